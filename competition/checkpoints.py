@@ -1,0 +1,105 @@
+"""All checkpoint I/O: atomic saves, weights_only loads, checks against the config, the fold lock."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from competition.errors import CompetitionError
+from competition.fileio import torch_save
+
+REQUIRED_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "metric", "config", "classes")
+BEST, LAST = "best.pt", "last.pt"
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write a checkpoint of plain data and tensors to a temp name, then rename it into place."""
+    torch_save(path, state)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load with weights_only=True; code-carrying, truncated and foreign files are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompetitionError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL [\w.]+", str(exc))
+        what = f" ({found.group(0)})" if found else ""
+        raise CompetitionError(
+            f"checkpoint {path} refused: it holds pickled objects{what} that could run code; "
+            f"the kit loads plain tensors and data only"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CompetitionError(f"checkpoint {path} is truncated or not a checkpoint ({first})") from None
+    if not isinstance(state, dict):
+        raise CompetitionError(f"checkpoint {path} is not a kit checkpoint (holds a {type(state).__name__})")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CompetitionError(f"checkpoint {path} is not a kit checkpoint: no {', '.join(missing)}")
+    return state
+
+
+def check_compatible(state: dict, path: Path, model_name: str, task: str, classes: list) -> None:
+    """A checkpoint must hold the model and class list the run expects; say what differs."""
+    cfg = state["config"]
+    got_model = cfg.get("model", {}).get("name")
+    if got_model != model_name:
+        raise CompetitionError(f"checkpoint {path} holds model {got_model!r}, the config says {model_name!r}")
+    if cfg.get("task") != task:
+        raise CompetitionError(f"checkpoint {path} is for task {cfg.get('task')!r}, the config says {task!r}")
+    if list(state["classes"]) != list(classes):
+        got, want = list(state["classes"]), list(classes)
+        unknown = [c for c in got if c not in want]
+        absent = [c for c in want if c not in got]
+        detail = []
+        if unknown:
+            detail.append(f"classes {unknown} unknown to the data")
+        if absent:
+            detail.append(f"data classes {absent} missing from it")
+        if not detail:
+            detail.append(f"class order {got} vs {want}")
+        raise CompetitionError(f"checkpoint {path} does not match train.csv: {'; '.join(detail)}")
+
+
+class FoldLock:
+    """An exclusive lock on a fold directory: a second training of the same fold refuses.
+
+    flock is released by the kernel when the holder dies, so a killed run never leaves a
+    stale lock behind.
+    """
+
+    def __init__(self, fold_dir: Path):
+        self.path = Path(fold_dir) / ".lock"
+        self.fh = None
+
+    def __enter__(self) -> FoldLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self.fh.close()
+            self.fh = None
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise CompetitionError(
+                    f"{self.path.parent} is being trained by another process (lock {self.path} is held); "
+                    f"wait for it to finish or stop it"
+                ) from None
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fh is not None:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None

@@ -1,0 +1,99 @@
+"""Datasets over a DataFrame: images (files or decode cache) and tables; modes train and test."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from competition.data import class_list, encode_labels, image_paths, load_image
+
+MODES = ("train", "test")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+class ImageDataset(Dataset):
+    """Rows of a DataFrame → (image tensor, class index) in train mode, image tensor in test mode.
+
+    `transform` is an albumentations pipeline called as transform(image=array)["image"].
+    `images`, when given, is an array [n, H, W, 3] of pre-decoded rows (the decode cache)
+    used instead of reading the files.
+    """
+
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        root: str | Path,
+        transform: Callable,
+        mode: str = "train",
+        *,
+        image_column: str = "image",
+        target_column: str = "label",
+        classes: list | None = None,
+        images: np.ndarray | None = None,
+    ):
+        _check_mode(mode)
+        self.paths = image_paths(df, Path(root), image_column)
+        self.transform = transform
+        self.mode = mode
+        self.images = images
+        if mode == "train":
+            self.classes = classes if classes is not None else class_list(df[target_column])
+            self.targets = encode_labels(df[target_column], self.classes)
+        if images is not None and len(images) != len(self.paths):
+            raise ValueError(f"images holds {len(images)} rows, the DataFrame {len(self.paths)}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def raw(self, index: int) -> np.ndarray:
+        """The decoded RGB image of a row (from the cache when there is one)."""
+        return np.asarray(self.images[index]) if self.images is not None else load_image(self.paths[index])
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        # The seeded sampler passes (row, seed): augmentation then depends on the epoch and the
+        # row only, never on which worker process serves it, so runs and resumes repeat exactly.
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image = self.raw(index)
+        if seed is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(seed)
+        x = self.transform(image=image)["image"]
+        if self.mode == "test":
+            return x
+        return x, int(self.targets[index])
+
+
+class TabularDataset(Dataset):
+    """Rows of a DataFrame through a fitted TabularPreprocessor → (features, class index) or features."""
+
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        preprocessor,
+        mode: str = "train",
+        *,
+        target_column: str = "label",
+        classes: list | None = None,
+    ):
+        _check_mode(mode)
+        self.features = torch.from_numpy(preprocessor.transform(df))
+        self.mode = mode
+        if mode == "train":
+            self.classes = classes if classes is not None else class_list(df[target_column])
+            self.targets = torch.from_numpy(encode_labels(df[target_column], self.classes))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index = key[0] if isinstance(key, tuple) else key  # tables have no random augmentation
+        if self.mode == "test":
+            return self.features[index]
+        return self.features[index], self.targets[index]

@@ -1,0 +1,75 @@
+"""`python -m competition.predict`: fold-ensemble + TTA → a submission checked against its sample."""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from competition.config import add_config_arguments, load_config
+from competition.data import load_competition, read_solution
+from competition.distributed import device_for, init_world
+from competition.ensemble import cv_report, load_fold_models, parse_folds, predict_test, trained_folds
+from competition.errors import run_cli
+from competition.fileio import write_csv, write_json
+from competition.finetune import prepare_images
+from competition.metrics import METRICS
+from competition.submission import leaderboard_score, make_submission, submission_path, validate_submission
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m competition.predict",
+        description="Average every fold's best checkpoint (× TTA views) on test.csv and write a submission.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--folds", default="all", help="'all' (default) or fold numbers like 0,2")
+    parser.add_argument("--output", default=None, help="submission path (default submissions/<name>-<UTC time>-cv<score>.csv)")
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    folds = parse_folds(args.folds, cfg.folds.n_splits)
+    comp = load_competition(cfg)
+    checkpoints = trained_folds(cfg, folds, explicit=args.folds != "all")
+    device = device_for(init_world())
+    loaded = load_fold_models(cfg, comp, checkpoints, device)
+    prepare_images(cfg, comp)
+    used = [f for f, _ in checkpoints]
+
+    report = cv_report(cfg, comp, used)
+    tta = cfg.predict.tta if cfg.task == "image" else []
+    probs = predict_test(cfg, comp, loaded, device, tta)
+    d = cfg.data
+    sub = make_submission(comp.sample, comp.test[d.id_column].tolist(), probs, comp.classes, d.id_column, d.target_column)
+    validate_submission(sub, comp.sample, d.id_column, comp.sample_path.name)
+
+    out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name, report["cv"])
+    write_json(cfg.run_dir / "cv.json", {**report, "submission": str(out), "tta": list(tta)})
+    write_csv(out, sub)
+
+    for f, score in report["folds"].items():
+        print(f"fold {f}: {report['metric']} {score:.5f}")
+    print(f"CV {report['metric']}: {report['cv']:.5f} (folds {', '.join(map(str, used))}; {len(tta) + 1} TTA view(s))")
+    print(f"submission: {out} ({len(sub)} rows)")
+    solution = read_solution(cfg, comp.root)
+    if solution is not None:
+        row_of = {str(i): r for r, i in enumerate(comp.test[d.id_column].tolist())}
+        ordered = probs[np.array([row_of[str(i)] for i in sub[d.id_column]])]
+        lb = leaderboard_score(sub, ordered, solution, d.id_column, d.target_column, comp.classes, METRICS[cfg.train.metric])
+        print(f"local leaderboard {report['metric']}: {lb:.5f} ({Path(d.root) / d.solution})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""What a run records: TensorBoard scalars and figures, summary.csv, oof.csv."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import confusion_matrix  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+from competition.fileio import write_csv  # noqa: E402
+
+PROB_PREFIX = "prob_"
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict:
+    """Nested config → {"train.lr": 0.001, ...} with TensorBoard-friendly scalar values."""
+    out: dict = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
+
+def confusion_figure(targets: np.ndarray, preds: np.ndarray, classes: Sequence) -> plt.Figure:
+    """Counts of true (rows) × predicted (columns) classes."""
+    k = len(classes)
+    cm = confusion_matrix(targets, preds, labels=np.arange(k))
+    size = min(2.0 + 0.45 * k, 14.0)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), [str(c) for c in classes], rotation=90 if k > 8 else 0)
+    ax.set_yticks(range(k), [str(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 30:
+        top = cm.max() or 1
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if cm[i, j] > top / 2 else "black")
+    fig.tight_layout()
+    return fig
+
+
+def mistakes_figure(images: Sequence[np.ndarray], true: Sequence, pred: Sequence, confidence: Sequence[float]) -> plt.Figure:
+    """A grid of misclassified images titled with their true and predicted labels."""
+    n = len(images)
+    cols = min(n, 6)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, t, p, c in zip(axes.flat, images, true, pred, confidence, strict=False):
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+        ax.set_title(f"true {t}\npred {p} ({c:.2f})", fontsize=8, color="crimson")
+    fig.tight_layout()
+    return fig
+
+
+class FoldTracker:
+    """TensorBoard events in <fold>/tb plus summary.csv and oof.csv beside them."""
+
+    def __init__(self, fold_dir: Path, purge_step: int | None = None, enabled: bool = True):
+        self.fold_dir = Path(fold_dir)
+        self.writer = SummaryWriter(log_dir=str(self.fold_dir / "tb"), purge_step=purge_step) if enabled else None
+
+    def log_epoch(self, epoch: int, row: dict, metric_name: str, lrs: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        self.writer.add_scalar("loss/train", row["train_loss"], epoch)
+        self.writer.add_scalar("loss/val", row["val_loss"], epoch)
+        self.writer.add_scalar(f"metric/val_{metric_name}", row["metric"], epoch)
+        self.writer.add_scalar("stage", row["stage"], epoch)
+        for name, lr in lrs.items():
+            self.writer.add_scalar(f"lr/{name}", lr, epoch)
+        self.writer.flush()
+
+    def log_figures(self, epoch: int, targets: np.ndarray, probs: np.ndarray, classes: Sequence,
+                    image_of: Callable[[int], np.ndarray] | None = None, max_images: int = 24) -> None:
+        """Confusion matrix and (image task) the misclassified validation images."""
+        if self.writer is None:
+            return
+        preds = probs.argmax(1)
+        self.writer.add_figure("val/confusion_matrix", confusion_figure(targets, preds, classes), epoch, close=True)
+        if image_of is None:
+            return
+        wrong = np.flatnonzero(preds != targets)
+        # The most confident mistakes first: those are the ones worth a look.
+        wrong = wrong[np.argsort(-probs[wrong, preds[wrong]])][:max_images]
+        if len(wrong) == 0:
+            return
+        fig = mistakes_figure(
+            [image_of(int(i)) for i in wrong],
+            [classes[targets[i]] for i in wrong],
+            [classes[preds[i]] for i in wrong],
+            [float(probs[i, preds[i]]) for i in wrong],
+        )
+        self.writer.add_figure("val/misclassified", fig, epoch, close=True)
+        self.writer.flush()
+
+    def log_hparams(self, config: dict, metric_name: str, best: float, best_epoch: int) -> None:
+        if self.writer is None:
+            return
+        self.writer.add_hparams(
+            flat_hparams(config), {f"hparam/best_{metric_name}": best, "hparam/best_epoch": best_epoch}, run_name="."
+        )
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def write_summary(fold_dir: Path, history: list[dict]) -> None:
+    write_csv(Path(fold_dir) / "summary.csv", pd.DataFrame(history))
+
+
+def oof_frame(ids: Sequence, id_column: str, target_column: str, classes: Sequence, targets: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    frame = pd.DataFrame({id_column: list(ids), target_column: [classes[t] for t in targets]})
+    for k, c in enumerate(classes):
+        frame[f"{PROB_PREFIX}{c}"] = probs[:, k]
+    return frame
+
+
+def read_oof_probs(frame: pd.DataFrame, classes: Sequence) -> np.ndarray:
+    return frame[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy(dtype=np.float64)

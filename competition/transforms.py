@@ -1,0 +1,75 @@
+"""Albumentations pipelines (train / eval) and the TTA views applied to image batches."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import albumentations as A
+import cv2
+import torch
+from albumentations.pytorch import ToTensorV2
+
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+
+# Train-time augmentations by name (config `image.augment`). `random_resized_crop` replaces
+# the plain resize; the others run after it, in the order given.
+AUGMENTATIONS: dict[str, Callable[[int], A.BasicTransform]] = {
+    "random_resized_crop": lambda size: A.RandomResizedCrop(size=(size, size), scale=(0.5, 1.0)),
+    "hflip": lambda size: A.HorizontalFlip(p=0.5),
+    "vflip": lambda size: A.VerticalFlip(p=0.5),
+    "rotate90": lambda size: A.RandomRotate90(p=0.5),
+    "affine": lambda size: A.Affine(
+        scale=(0.9, 1.1), translate_percent=(-0.08, 0.08), rotate=(-12, 12), shear=(-5, 5), p=0.8
+    ),
+    "color_jitter": lambda size: A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.5),
+    "brightness_contrast": lambda size: A.RandomBrightnessContrast(p=0.5),
+    "blur": lambda size: A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+    "coarse_dropout": lambda size: A.CoarseDropout(
+        num_holes_range=(1, 4), hole_height_range=(0.05, 0.2), hole_width_range=(0.05, 0.2), p=0.5
+    ),
+}
+
+# Test-time views (config `predict.tta`), applied to normalised NCHW batches; the
+# plain view is always included.
+TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "hflip": lambda x: x.flip(-1),
+    "vflip": lambda x: x.flip(-2),
+    "rot90": lambda x: torch.rot90(x, 1, (-2, -1)),
+    "rot180": lambda x: torch.rot90(x, 2, (-2, -1)),
+    "rot270": lambda x: torch.rot90(x, 3, (-2, -1)),
+    "transpose": lambda x: x.transpose(-2, -1),
+}
+
+
+def _tail(mean: Sequence[float], std: Sequence[float]) -> list:
+    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+
+
+def build_train_transform(
+    size: int, augment: Sequence[str], mean: Sequence[float], std: Sequence[float], interpolation: str = "bilinear"
+) -> A.Compose:
+    """Resize (or random-resized-crop) to `size`, the named augmentations, normalise, to tensor."""
+    interp = INTERPOLATIONS.get(interpolation, cv2.INTER_LINEAR)
+    if "random_resized_crop" in augment:
+        first = A.RandomResizedCrop(size=(size, size), scale=(0.5, 1.0), interpolation=interp)
+    else:
+        first = A.Resize(size, size, interpolation=interp, area_for_downscale="image")
+    rest = [AUGMENTATIONS[name](size) for name in augment if name != "random_resized_crop"]
+    return A.Compose([first, *rest, *_tail(mean, std)])
+
+
+def build_eval_transform(
+    size: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bilinear"
+) -> A.Compose:
+    """Resize to `size`, normalise, to tensor: validation and test."""
+    interp = INTERPOLATIONS.get(interpolation, cv2.INTER_LINEAR)
+    return A.Compose([A.Resize(size, size, interpolation=interp, area_for_downscale="image"), *_tail(mean, std)])
+
+
+def tta_views(names: Sequence[str]) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The plain view followed by the named TTA views."""
+    return [lambda x: x, *(TTA_VIEWS[n] for n in names)]
