@@ -87,7 +87,6 @@ def build_cache(paths: list[Path], size: int, cache_dir: Path, workers: int | No
             list(tqdm(pool.map(fill, range(len(paths))), total=len(paths), desc=f"decode cache {size}px",
                       leave=False, disable=not show_progress()))
         array.flush()
-        del array
     write_json(path.with_suffix(".json"), {"images": len(paths), "size": size, "first": str(paths[0]) if paths else None})
     log.info("decode cache: %d images at %dpx in %s", len(paths), size, path)
     return CachedImages(path, len(paths), size)

@@ -58,8 +58,8 @@ class SeededSampler(Sampler):
     size, rank r takes every size-th row from r.
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, world: World = World()):
-        self.n, self.seed, self.shuffle, self.world = n, seed, shuffle, world
+    def __init__(self, n: int, seed: int, shuffle: bool = True, world: World | None = None):
+        self.n, self.seed, self.shuffle, self.world = n, seed, shuffle, world or World()
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -87,8 +87,8 @@ class SeededSampler(Sampler):
 class ShardSampler(Sampler):
     """Evaluation rows for one rank, in order, padded; `gather_rows` undoes the padding."""
 
-    def __init__(self, n: int, world: World = World()):
-        self.n, self.world = n, world
+    def __init__(self, n: int, world: World | None = None):
+        self.n, self.world = n, world or World()
 
     def __iter__(self):
         if not self.world.distributed:

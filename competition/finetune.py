@@ -2,6 +2,7 @@
 backbone at a lower learning rate), early stopping, best/last checkpoints and exact resume."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -152,11 +153,12 @@ def fit_fold(
     fold: int,
     *,
     device: torch.device,
-    world: World = World(),
+    world: World | None = None,
     resume: bool = False,
 ) -> dict:
     """Train one fold end to end; returns {"fold", "best_metric", "best_epoch"}."""
     fold_dir = cfg.fold_dir(fold)
+    world = world or World()
     if world.is_main:
         with FoldLock(fold_dir) as lock:
             return _fit_fold(cfg, comp, df, fold, device=device, world=world, resume=resume, lock=lock)
@@ -209,6 +211,7 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
     history: list[dict] = list(state["history"]) if state else []
     best_metric = state["best_metric"] if state else None
     best_epoch = state["best_epoch"] if state else 0
+    best_loss = state["best_loss"] if state else math.inf
     epoch = state["epoch"] if state else 0  # epochs completed
     tracker = FoldTracker(fold_dir, purge_step=epoch + 1 if state else None, enabled=world.is_main)
     common = {
@@ -263,7 +266,7 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
             step = (e - stage_first) * steps_per_epoch
             train = train_one_epoch(
                 module, train_loader, optimizer, device, loss_fn=loss_fn,
-                lr_factor=lambda s: lr_factor(s, total_steps, warmup), step=step,
+                lr_factor=functools.partial(lr_factor, total=total_steps, warmup=warmup), step=step,
                 amp_dtype=amp_dtype, scaler=scaler, desc=f"fold {fold} epoch {e + 1}",
             )
             lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
@@ -273,9 +276,10 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
             train_loss = all_mean(train["loss"], train["samples"], world)
             score = metric(data.valid_targets, probs)
             epoch = e + 1
-            improved = metric.better(score, best_metric)
+            # A tie on the metric (accuracy saturates) goes to the lower validation loss.
+            improved = metric.better(score, best_metric) or (score == best_metric and val_loss < best_loss)
             if improved:
-                best_metric, best_epoch = score, epoch
+                best_metric, best_epoch, best_loss = score, epoch, val_loss
                 bad_epochs = 0
             else:
                 bad_epochs += 1
@@ -299,6 +303,7 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
                 "metric": score,
                 "best_metric": best_metric,
                 "best_epoch": best_epoch,
+                "best_loss": best_loss,
                 "bad_epochs": bad_epochs,
                 "history": history,
             }
@@ -319,7 +324,7 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
                 fold, epoch, t.freeze_epochs + t.epochs, stage, train_loss, val_loss, metric.name, score,
                 " *" if improved else "", row["seconds"],
             )
-            if stop:
+            if stop and epoch < stage_first + n_epochs:
                 log.info("fold %d: no improvement for %d epochs, stage %d ends early", fold, bad_epochs, stage)
                 break
         state = None  # later stages start fresh
@@ -331,7 +336,6 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
         tracker.log_hparams(config_to_dict(cfg), metric.name, best_metric, best_epoch)
     tracker.close()
     barrier(world)
-    log.info("fold %d: best %s %.5f at epoch %d", fold, metric.name, best_metric, best_epoch)
     return {"fold": fold, "best_metric": best_metric, "best_epoch": best_epoch}
 
 

@@ -64,7 +64,7 @@ def folds_path(cfg: Config) -> Path:
 
 def check_folds(folds: pd.DataFrame, train: pd.DataFrame, cfg: Config, path: Path) -> None:
     """folds.csv must cover exactly train.csv's ids with the configured number of folds."""
-    regen = f"delete it or run `python -m competition.folds --force` to regenerate (retrain every fold after)"
+    regen = "delete it or run `python -m competition.folds --force` to regenerate (retrain every fold after)"
     idc = cfg.data.id_column
     if idc not in folds.columns or "fold" not in folds.columns:
         raise CompetitionError(f"{path} needs columns '{idc}' and 'fold'; {regen}")

@@ -1,0 +1,133 @@
+"""Shared fixtures: tiny generated competitions (images and a table) and a fast config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+CLASSES = ["circle", "cross", "square"]
+
+
+def draw(kind: str, rng: np.random.Generator, size: int = 24) -> np.ndarray:
+    """A noisy RGB picture of a shape: easy enough that a tiny model learns it in an epoch or two."""
+    img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+    c = size // 2 + rng.integers(-2, 3)
+    yy, xx = np.mgrid[:size, :size]
+    if kind == "circle":
+        mask = (yy - c) ** 2 + (xx - c) ** 2 < (size // 3) ** 2
+    elif kind == "cross":
+        mask = (abs(yy - c) < 2) | (abs(xx - c) < 2)
+    else:
+        mask = (abs(yy - c) < size // 3) & (abs(xx - c) < size // 3)
+    img[mask] = [230, 200, 40] if kind == "circle" else [40, 200, 230] if kind == "cross" else [200, 60, 200]
+    return img
+
+
+def make_image_competition(root: Path, n_train: int = 36, n_test: int = 9, seed: int = 0, groups: bool = False) -> Path:
+    """Kaggle layout: train.csv (id,image,label[,patient]), test.csv, sample_submission.csv, images/."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_train + n_test):
+        label = CLASSES[i % len(CLASSES)]
+        name = f"images/img_{i:03d}.png"
+        Image.fromarray(draw(label, rng)).save(root / name)
+        rows.append({"id": f"r{i:03d}", "image": name, "label": label, "patient": f"p{i // 3}"})
+    df = pd.DataFrame(rows)
+    train, test = df.iloc[:n_train], df.iloc[n_train:]
+    cols = ["id", "image", "label"] + (["patient"] if groups else [])
+    train[cols].to_csv(root / "train.csv", index=False)
+    test[["id", "image"]].to_csv(root / "test.csv", index=False)
+    # Kaggle's samples often list ids in another order than test.csv: the submission must follow it.
+    sample = test[["id"]].iloc[::-1].assign(label=CLASSES[0])
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    test[["id", "label"]].to_csv(root / "solution.csv", index=False)
+    return root
+
+
+def make_table_competition(root: Path, n_train: int = 120, n_test: int = 30, seed: int = 0) -> Path:
+    """A small table with numeric, categorical and missing values; the target follows from x1 and color."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    x1 = rng.normal(size=n)
+    color = rng.choice(["red", "green", "blue"], size=n)
+    y = ((x1 + (color == "red") * 1.5) > 0.5).astype(int)
+    df = pd.DataFrame({"key": np.arange(1000, 1000 + n), "x1": x1, "x2": rng.normal(size=n), "color": color, "target": y})
+    df.loc[rng.choice(n, 10, replace=False), "x2"] = np.nan
+    root.mkdir(parents=True, exist_ok=True)
+    df.iloc[:n_train].to_csv(root / "train.csv", index=False)
+    df.iloc[n_train:].drop(columns="target").to_csv(root / "test.csv", index=False)
+    df.iloc[n_train:][["key"]].assign(target=0).to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+def image_config(tmp: Path, root: Path, **sections) -> dict:
+    cfg = {
+        "name": "shapes",
+        "task": "image",
+        "seed": 7,
+        "output_dir": str(tmp / "outputs"),
+        "submission_dir": str(tmp / "submissions"),
+        "data": {"root": str(root), "solution": "solution.csv"},
+        "folds": {"n_splits": 2, "strategy": "stratified"},
+        "model": {"name": "test_resnet", "pretrained": False},
+        "image": {"size": 32, "augment": ["hflip", "affine"]},
+        "train": {"epochs": 1, "freeze_epochs": 1, "batch_size": 8, "lr": 3e-3, "num_workers": 0,
+                  "patience": 0, "warmup_epochs": 0, "cache": "off"},
+        "predict": {"tta": ["hflip"], "batch_size": 16},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
+    return cfg
+
+
+def table_config(tmp: Path, root: Path, **sections) -> dict:
+    cfg = {
+        "name": "table",
+        "task": "tabular",
+        "seed": 3,
+        "output_dir": str(tmp / "outputs"),
+        "submission_dir": str(tmp / "submissions"),
+        "data": {"root": str(root), "id_column": "key", "target_column": "target", "image_column": None},
+        "folds": {"n_splits": 2, "strategy": "stratified"},
+        "model": {"name": "mlp", "hidden_sizes": [16]},
+        "train": {"epochs": 2, "freeze_epochs": 0, "batch_size": 16, "lr": 1e-2, "num_workers": 0, "patience": 0},
+        "predict": {"tta": []},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
+    return cfg
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def image_comp(tmp_path: Path) -> tuple[Path, Path]:
+    """(config path, data root) of a tiny image competition; cwd is tmp_path."""
+    root = make_image_competition(tmp_path / "data" / "shapes")
+    return write_yaml(tmp_path / "shapes.yaml", image_config(tmp_path, root)), root
+
+
+@pytest.fixture
+def table_comp(tmp_path: Path) -> tuple[Path, Path]:
+    root = make_table_competition(tmp_path / "data" / "table")
+    return write_yaml(tmp_path / "table.yaml", table_config(tmp_path, root)), root
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own directory: nothing lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
