@@ -57,7 +57,9 @@ class TabularPreprocessor:
             }
         state: dict = {"columns": list(columns), "titanic": titanic, "numeric": [], "categorical": []}
         frame = cls._engineer(df, state, fitting=True)
+        # Names follow transform()'s layout: every numeric block, then every one-hot block.
         names: list[str] = []
+        cat_names: list[str] = []
         for col in frame.columns:
             series = frame[col]
             if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
@@ -80,8 +82,8 @@ class TabularPreprocessor:
                     continue
                 categories = sorted(distinct.index.tolist())
                 state["categorical"].append({"column": col, "categories": categories})
-                names.extend(f"{col}={c}" for c in categories)
-        state["feature_names"] = names
+                cat_names.extend(f"{col}={c}" for c in categories)
+        state["feature_names"] = names + cat_names
         return cls(state)
 
     @staticmethod

@@ -1,0 +1,72 @@
+"""Config: shipped names, files, --set overrides and the errors a user meets."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from competition.config import load_config, shipped_configs
+from competition.errors import CompetitionError
+
+
+def test_shipped_configs_load_and_default_is_digits():
+    assert {"digits", "titanic"} <= set(shipped_configs())
+    assert load_config().name == "digits"  # no ./competition.yaml in the test's cwd
+    titanic = load_config("titanic")
+    assert titanic.task == "tabular" and titanic.data.id_column == "PassengerId"
+
+
+def test_local_competition_yaml_is_the_default(tmp_path):
+    (tmp_path / "competition.yaml").write_text("name: mine\ntrain: {lr: 0.01}\n")
+    cfg = load_config()
+    assert cfg.name == "mine" and cfg.train.lr == 0.01
+
+
+def test_set_parses_yaml_scalars_and_lists():
+    cfg = load_config(
+        "digits",
+        ["train.lr=3e-4", "model.pretrained_file=null", "predict.tta=[hflip, vflip]", "train.compile=true", "train.epochs=3"],
+    )
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.model.pretrained_file is None
+    assert cfg.predict.tta == ["hflip", "vflip"]
+    assert cfg.train.compile is True and cfg.train.epochs == 3
+
+
+def test_config_is_frozen():
+    cfg = load_config("digits")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(CompetitionError, match=r"unknown config key train\.learning_rate: valid keys in section 'train' are .*\blr\b"):
+        load_config("digits", ["train.learning_rate=0.1"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(CompetitionError, match=r"config key train\.epochs: expected an integer, got 'many'"):
+        load_config("digits", ["train.epochs=many"])
+    with pytest.raises(CompetitionError, match=r"train\.lr"):
+        load_config("digits", ["train.lr=fast"])
+
+
+def test_bad_choice_lists_the_options():
+    with pytest.raises(CompetitionError, match=r"train\.metric: 'auc' is not one of accuracy, f1_macro, log_loss, roc_auc"):
+        load_config("digits", ["train.metric=auc"])
+    with pytest.raises(CompetitionError, match=r"folds\.strategy"):
+        load_config("digits", ["folds.strategy=random"])
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(CompetitionError, match=r"config nope\.yaml not found"):
+        load_config("nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: [1, 2\n")
+    with pytest.raises(CompetitionError, match=r"bad\.yaml is not valid YAML"):
+        load_config(str(bad))
+
+
+def test_group_strategy_needs_group_column():
+    with pytest.raises(CompetitionError, match="data.group_column"):
+        load_config("digits", ["folds.strategy=group"])

@@ -1,0 +1,126 @@
+"""Datasets in train and test modes; images of any PIL mode become RGB; tables fit on train rows only."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from competition.data import load_image
+from competition.datasets import ImageDataset, TabularDataset
+from competition.features import TabularPreprocessor
+from competition.transforms import build_eval_transform, build_train_transform
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def test_image_dataset_modes(image_comp):
+    _, root = image_comp
+    train = pd.read_csv(root / "train.csv")
+    tf = build_eval_transform(32, MEAN, STD)
+    ds = ImageDataset(train, root, tf, "train")
+    x, y = ds[4]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert ds.classes == ["circle", "cross", "square"]
+    assert ds.classes[y] == train["label"][4]
+    test = pd.read_csv(root / "test.csv")
+    item = ImageDataset(test, root, tf, "test")[0]
+    assert isinstance(item, torch.Tensor) and item.shape == (3, 32, 32)  # no label in test mode
+    with pytest.raises(ValueError, match="mode"):
+        ImageDataset(test, root, tf, "valid")
+
+
+def test_normalisation_uses_the_given_mean_and_std(tmp_path):
+    Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "white.png")
+    df = pd.DataFrame({"image": ["white.png"], "label": [0]})
+    x, _ = ImageDataset(df, tmp_path, build_eval_transform(8, MEAN, STD), "train")[0]
+    assert torch.allclose(x, torch.full_like(x, (1.0 - 0.5) / 0.25))
+
+
+def test_seeded_augmentation_repeats_per_row_and_seed(image_comp):
+    _, root = image_comp
+    train = pd.read_csv(root / "train.csv")
+    ds = ImageDataset(train, root, build_train_transform(32, ["affine", "hflip", "color_jitter"], MEAN, STD), "train")
+    a, b, c = ds[(3, 123)][0], ds[(3, 123)][0], ds[(3, 124)][0]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA"])
+def test_any_pil_mode_becomes_rgb(tmp_path, mode):
+    rgb = np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8)
+    img = Image.fromarray(rgb)
+    if mode == "I;16":
+        img = Image.fromarray((np.asarray(img.convert("L")).astype(np.uint16) * 257))
+    else:
+        img = img.convert(mode)
+    suffix = {"CMYK": ".jpg", "P": ".gif"}.get(mode, ".png")
+    path = tmp_path / f"img{suffix}"
+    img.save(path)
+    arr = load_image(path)
+    assert arr.shape == (10, 12, 3) and arr.dtype == np.uint8
+    if mode == "I;16":  # 16-bit values are scaled down, not clipped to white
+        assert np.abs(arr[..., 0].astype(int) - np.asarray(Image.fromarray(rgb).convert("L"))).max() <= 1
+
+
+def _titanic_like(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    titles = rng.choice(["Mr.", "Mrs.", "Miss.", "Master.", "Dr."], size=n)
+    return pd.DataFrame({
+        "PassengerId": np.arange(n),
+        "Survived": rng.integers(0, 2, n),
+        "Pclass": rng.integers(1, 4, n),
+        "Name": [f"Doe, {t} John" for t in titles],
+        "Sex": rng.choice(["male", "female"], n),
+        "Age": np.where(rng.random(n) < 0.2, np.nan, rng.uniform(1, 70, n)),
+        "SibSp": rng.integers(0, 3, n),
+        "Parch": rng.integers(0, 3, n),
+        "Ticket": rng.choice(["A1", "B2", "C3", "D4", "E5", "F6"], n),
+        "Fare": rng.uniform(5, 100, n),
+        "Cabin": rng.choice(["C85", None, "E46", None], n),
+        "Embarked": rng.choice(["S", "C", "Q", None], n),
+    })
+
+
+def test_tabular_preprocessor_fits_on_training_rows_only():
+    df = _titanic_like()
+    columns = [c for c in df.columns if c not in ("PassengerId", "Survived")]
+    fit_rows, other = df.iloc[:40], df.iloc[40:].copy()
+    pre = TabularPreprocessor.fit(fit_rows, columns)
+    before = pre.transform(fit_rows)
+    # Changing held-out rows changes nothing that was fit: the same training rows map identically.
+    other["Fare"] = other["Fare"] * 1000
+    pre_again = TabularPreprocessor.fit(fit_rows, columns)
+    assert np.array_equal(pre_again.transform(fit_rows), before)
+    # Standardised numeric columns are centred on the fit rows.
+    assert abs(before[:, pre.feature_names.index("LogFare")].mean()) < 1e-5
+    # Engineered features are there, and the state is plain data (it lives in weights_only checkpoints).
+    assert {"FamilySize", "TicketGroupSize", "Title=Mr", "Deck=C"} <= set(pre.feature_names)
+    assert not any(name.startswith("Name") for name in pre.feature_names)
+    torch.save(pre.state, "state.pt")
+    restored = TabularPreprocessor(torch.load("state.pt", weights_only=True))
+    assert np.array_equal(restored.transform(other), pre.transform(other))
+
+
+def test_ticket_group_size_counts_a_new_row_as_joining_its_group():
+    df = _titanic_like()
+    columns = [c for c in df.columns if c not in ("PassengerId", "Survived")]
+    pre = TabularPreprocessor.fit(df.iloc[:40], columns)
+    ticket = df["Ticket"].iloc[45]
+    in_fit = int((df["Ticket"].iloc[:40] == ticket).sum())
+    pre.state["numeric"] = [s | {"mean": 0.0, "std": 1.0} for s in pre.state["numeric"]]  # read raw values
+    col = pre.feature_names.index("TicketGroupSize")
+    assert pre.transform(df.iloc[[45]])[0, col] == in_fit + 1
+
+
+def test_tabular_dataset_modes(table_comp):
+    _, root = table_comp
+    df = pd.read_csv(root / "train.csv")
+    pre = TabularPreprocessor.fit(df, ["x1", "x2", "color"])
+    ds = TabularDataset(df, pre, "train", target_column="target")
+    x, y = ds[0]
+    assert x.shape == (pre.n_features,) and int(y) == df["target"][0]
+    assert "x2_missing" in pre.feature_names and "color=red" in pre.feature_names
+    test = TabularDataset(pd.read_csv(root / "test.csv"), pre, "test")
+    assert test[0].shape == (pre.n_features,)

@@ -1,0 +1,102 @@
+"""Freeze → unfreeze: which parameters learn, BatchNorm statistics in stage 1, parameter groups, schedule."""
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from competition.config import load_config
+from competition.datasets import ImageDataset
+from competition.engine import train_one_epoch
+from competition.errors import CompetitionError
+from competition.finetune import lr_factor
+from competition.models import (
+    backbone_parameters,
+    build_model,
+    head_parameters,
+    param_groups,
+    preprocessing,
+    set_stage,
+    train_mode,
+)
+from competition.transforms import build_train_transform
+
+
+def _setup(image_comp, stage):
+    cfg_path, root = image_comp
+    cfg = load_config(str(cfg_path))
+    torch.manual_seed(0)
+    model = build_model(cfg, 3)
+    prep = preprocessing(model, 32)
+    ds = ImageDataset(pd.read_csv(root / "train.csv"), root,
+                      build_train_transform(32, [], prep["mean"], prep["std"]), "train")
+    set_stage(model, stage)
+    opt = torch.optim.AdamW(param_groups(model, stage, 1e-2, 0.1, 0.0))
+    return model, DataLoader(ds, batch_size=8), opt
+
+
+def _bn_stats(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+def test_stage1_trains_the_head_only_and_keeps_batchnorm_statistics(image_comp):
+    model, loader, opt = _setup(image_comp, stage=1)
+    before = copy.deepcopy(model.state_dict())
+    head_ids = {id(p) for p in head_parameters(model)}
+    assert all(not p.requires_grad for p in backbone_parameters(model))
+    assert all(p.requires_grad for p in head_parameters(model))
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["name"] == "head"
+
+    train_mode(model, 1)
+    assert model.training
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(not m.training for m in norms)
+    train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
+                    lr_factor=lambda s: 1.0, step=0)
+
+    after = model.state_dict()
+    for name, p in model.named_parameters():
+        changed = not torch.equal(before[name], after[name])
+        assert changed == (id(p) in head_ids), name
+    for key, value in _bn_stats(model).items():
+        assert torch.equal(before[key], value), f"{key} moved in stage 1"
+
+
+def test_stage2_trains_everything_with_a_lower_backbone_rate(image_comp):
+    model, loader, opt = _setup(image_comp, stage=2)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["backbone"]["lr"] == pytest.approx(1e-3) and groups["head"]["lr"] == pytest.approx(1e-2)
+    n_params = sum(1 for _ in model.parameters())
+    assert len(groups["backbone"]["params"]) + len(groups["head"]["params"]) == n_params
+    before = copy.deepcopy(model.state_dict())
+    train_mode(model, 2)
+    train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
+                    lr_factor=lambda s: 1.0, step=0)
+    after = model.state_dict()
+    assert all(not torch.equal(before[n], after[n]) for n, _ in model.named_parameters())
+    assert any(not torch.equal(before[k], v) for k, v in _bn_stats(model).items())
+
+
+def test_tabular_mlp_is_sized_from_the_feature_count():
+    cfg = load_config("titanic")
+    model = build_model(cfg, 2, in_features=17)
+    assert model(torch.zeros(4, 17)).shape == (4, 2)
+    assert model.get_classifier().out_features == 2
+
+
+def test_unknown_timm_model_is_a_config_error():
+    cfg = load_config("digits", ["model.name=resnet_does_not_exist"])
+    with pytest.raises(CompetitionError, match=r"model\.name: 'resnet_does_not_exist' is not a timm model"):
+        build_model(cfg, 10)
+
+
+def test_schedule_warms_up_then_decays():
+    total, warmup = 100, 10
+    values = [lr_factor(s, total, warmup) for s in range(total)]
+    assert values[0] < values[5] < values[9] <= 1.0
+    assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))
+    assert values[-1] == pytest.approx(0.05, abs=0.01)
