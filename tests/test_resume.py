@@ -1,0 +1,91 @@
+"""Exact resume: a run killed with SIGKILL and resumed ends bit-identical to one never interrupted."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from competition import train
+from competition.checkpoints import load_checkpoint
+from tests.conftest import image_config, write_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path, root, out):
+    cfg = image_config(tmp_path, root, train={"epochs": 3, "freeze_epochs": 2, "patience": 0, "warmup_epochs": 0.5},
+                       image={"size": 40, "augment": ["hflip", "affine", "color_jitter"]},
+                       model={"name": "test_resnet", "drop_rate": 0.2})
+    cfg["output_dir"] = str(tmp_path / out)
+    return write_yaml(tmp_path / f"{out}.yaml", cfg)
+
+
+def _epochs_saved(fold_dir: Path) -> int:
+    """Epochs completed according to last.pt (0 before the first one lands)."""
+    try:
+        return int(torch.load(fold_dir / "last.pt", weights_only=True)["epoch"])
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return 0
+
+
+def test_checkpoint_round_trip_is_weights_only(image_comp, tmp_path):
+    cfg_path, _ = image_comp
+    assert train.main(["--config", str(cfg_path), "--fold", "0"]) == 0
+    state = torch.load(tmp_path / "outputs" / "shapes" / "fold0" / "best.pt", weights_only=True)
+    for key in ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "metric", "config", "classes", "stage"):
+        assert key in state
+    assert isinstance(state["config"], dict) and state["config"]["name"] == "shapes"
+    from competition.config import config_from_dict
+    from competition.models import build_model
+
+    model = build_model(config_from_dict(state["config"]), len(state["classes"]), load_pretrained=False)
+    model.load_state_dict(state["model_state_dict"])  # strict: every key fits the rebuilt model
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(image_comp, tmp_path):
+    _, root = image_comp
+    reference = _config(tmp_path, root, "ref")
+    assert train.main(["--config", str(reference), "--fold", "0"]) == 0
+    ref = load_checkpoint(tmp_path / "ref" / "shapes" / "fold0" / "best.pt")
+    ref_last = load_checkpoint(tmp_path / "ref" / "shapes" / "fold0" / "last.pt")
+
+    interrupted = _config(tmp_path, root, "run")
+    fold_dir = tmp_path / "run" / "shapes" / "fold0"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "competition.train", "--config", str(interrupted), "--fold", "0"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    # Kill inside stage 2 (epochs 3-5), where the optimizer, schedule and early-stopping
+    # state of an unfinished stage must all come back.
+    while _epochs_saved(fold_dir) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_after = _epochs_saved(fold_dir)
+    assert proc.returncode == -signal.SIGKILL
+    assert 3 <= killed_after < 5, "the run must be killed part-way through stage 2"
+    assert not load_checkpoint(fold_dir / "last.pt").get("finished")
+
+    assert train.main(["--config", str(interrupted), "--fold", "0", "--resume"]) == 0
+    got = load_checkpoint(fold_dir / "best.pt")
+    assert (got["epoch"], got["metric"]) == (ref["epoch"], ref["metric"])
+    for name, tensor in ref["model_state_dict"].items():
+        assert torch.equal(tensor, got["model_state_dict"][name]), name
+    last = load_checkpoint(fold_dir / "last.pt")
+    assert last["history"] == [dict(r, seconds=h["seconds"]) for r, h in zip(ref_last["history"], last["history"], strict=True)]
+    assert pd.read_csv(fold_dir / "summary.csv")["epoch"].tolist() == [1, 2, 3, 4, 5]
+    assert not list(fold_dir.glob(".*.tmp"))
+
+
+def test_resume_refuses_a_changed_config(image_comp, tmp_path, capsys):
+    cfg_path, root = image_comp
+    assert train.main(["--config", str(cfg_path), "--fold", "0"]) == 0
+    code = train.main(["--config", str(cfg_path), "--fold", "0", "--resume", "--set", "train.lr=0.5"])
+    assert code == 2
+    assert "train.lr" in capsys.readouterr().err
