@@ -1,6 +1,7 @@
 """One process or many (torchrun): the process group, rank-aware sampling and gathering."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ def init_world() -> World:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
+    if dist.get_rank() != 0:  # every rank runs the same loop: one copy of the progress log is enough
+        logging.getLogger().setLevel(logging.WARNING)
     return World(dist.get_rank(), dist.get_world_size(), local)
 
 
@@ -125,6 +128,19 @@ def all_mean(value: float, weight: float, world: World) -> float:
     t = torch.tensor([value * weight, weight], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t[0] / t[1])
+
+
+def broadcast_buffers(model: torch.nn.Module, world: World) -> None:
+    """Copy the first rank's buffers (BatchNorm running statistics) to every rank.
+
+    DDP syncs gradients, not the statistics each rank's last forward pass updated: without
+    this, every rank would validate its share of the rows with other statistics than the
+    ones the first rank saves in the checkpoint.
+    """
+    if not world.distributed:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def barrier(world: World) -> None:

@@ -28,6 +28,7 @@ from competition.distributed import (
     World,
     all_mean,
     barrier,
+    broadcast_buffers,
     gather_rows,
     mix_seed,
 )
@@ -200,7 +201,7 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
 
     train_sampler = SeededSampler(len(data.train_ds), mix_seed(cfg.seed, fold), shuffle=True, world=world)
     # Batch norm layers cannot learn from a batch of one: drop a lone last row.
-    drop_last = len(data.train_ds) % t.batch_size == 1
+    drop_last = len(train_sampler) % t.batch_size == 1  # rows per rank under DDP
     train_loader = _loader(data.train_ds, t.batch_size, train_sampler, t.num_workers, device, drop_last)
     valid_loader = _loader(data.valid_ds, t.batch_size * 2, ShardSampler(len(data.valid_ds), world), t.num_workers, device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
@@ -262,7 +263,7 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
             began = time.time()
             seed_everything(mix_seed(cfg.seed, fold, e))
             train_sampler.set_epoch(e)
-            train_mode(module, stage)
+            train_mode(base_model, stage)  # DDP and compile wrappers stay in train mode
             step = (e - stage_first) * steps_per_epoch
             train = train_one_epoch(
                 module, train_loader, optimizer, device, loss_fn=loss_fn,
@@ -270,6 +271,7 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
                 amp_dtype=amp_dtype, scaler=scaler, desc=f"fold {fold} epoch {e + 1}",
             )
             lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+            broadcast_buffers(base_model, world)  # validate with the statistics best.pt will hold
             result = evaluate(base_model, valid_loader, device, loss_fn=eval_loss, amp_dtype=amp_dtype, desc="valid")
             probs = gather_rows(result["probs"], len(data.valid_ds), world)
             val_loss = all_mean(result["loss"], len(result["targets"]), world)
