@@ -23,6 +23,12 @@ def _ticket_key(ticket: object) -> str:
     return str(ticket).strip()
 
 
+def _family_key(frame: pd.DataFrame) -> pd.Series:
+    """Surname plus fare: relatives travel on one booking, and the fare tells namesakes apart."""
+    surname = frame["Name"].map(lambda n: str(n).split(",")[0].strip())
+    return surname + "|" + frame["Fare"].round(1).astype(str)
+
+
 class TabularPreprocessor:
     """Impute, scale, one-hot, plus the engineered Titanic features when those columns exist.
 
@@ -44,19 +50,41 @@ class TabularPreprocessor:
 
     # 1. engineered columns  2. numeric: impute + indicator + standardise  3. categorical: one-hot
     @classmethod
-    def fit(cls, df: pd.DataFrame, columns: list[str]) -> TabularPreprocessor:
+    def fit(
+        cls,
+        df: pd.DataFrame,
+        columns: list[str],
+        *,
+        id_column: str | None = None,
+        target_column: str | None = None,
+    ) -> TabularPreprocessor:
+        """Fit on `df` (a fold's training rows). With `id_column` the fitted rows are remembered,
+        so group features count a row once whether it is transformed later or not; with a
+        binary `target_column` the Titanic group-survival features are added (leave-one-out)."""
         titanic = None
         if TITANIC_COLUMNS <= set(columns):
-            counts = df["Ticket"].map(_ticket_key).value_counts()
+            tickets = df["Ticket"].map(_ticket_key)
             titles = df["Name"].map(_title)
             age_by_title = df.groupby(titles)["Age"].median().dropna()
             titanic = {
-                "ticket_counts": {str(k): int(v) for k, v in counts.items()},
+                "ticket_counts": {str(k): int(v) for k, v in tickets.value_counts().items()},
                 "age_by_title": {str(k): float(v) for k, v in age_by_title.items()},
                 "age_median": float(df["Age"].median()),
+                "id_column": id_column,
+                "fit_ids": df[id_column].astype(str).tolist() if id_column else [],
+                "target_column": None,
             }
+            if target_column and target_column in df and df[target_column].nunique() == 2:
+                positive = sorted(df[target_column].unique().tolist())[1]
+                y = (df[target_column] == positive).astype(float)
+                titanic["target_column"] = target_column
+                titanic["positive"] = positive.item() if hasattr(positive, "item") else positive
+                titanic["groups"] = {}
+                for kind, keys in (("ticket", tickets), ("family", _family_key(df))):
+                    stats = y.groupby(keys.to_numpy()).agg(["sum", "count"])
+                    titanic["groups"][kind] = {str(k): [float(r["sum"]), int(r["count"])] for k, r in stats.iterrows()}
         state: dict = {"columns": list(columns), "titanic": titanic, "numeric": [], "categorical": []}
-        frame = cls._engineer(df, state, fitting=True)
+        frame = cls._engineer(df, state)
         # Names follow transform()'s layout: every numeric block, then every one-hot block.
         names: list[str] = []
         cat_names: list[str] = []
@@ -87,16 +115,20 @@ class TabularPreprocessor:
         return cls(state)
 
     @staticmethod
-    def _engineer(df: pd.DataFrame, state: dict, fitting: bool = False) -> pd.DataFrame:
+    def _engineer(df: pd.DataFrame, state: dict) -> pd.DataFrame:
         frame = df[state["columns"]].copy()
         t = state["titanic"]
         if t is None:
             return frame
         title = frame["Name"].map(_title)
         ticket = frame["Ticket"].map(_ticket_key)
+        if t["id_column"] and t["id_column"] in df:
+            fitted = df[t["id_column"]].astype(str).isin(set(t["fit_ids"])).to_numpy()
+        else:
+            fitted = np.zeros(len(df), dtype=bool)
         seen = ticket.map(t["ticket_counts"]).fillna(0).astype(float)
-        # A row of the fitted set counts itself already; any other row joins its group.
-        group = seen if fitting else seen + 1.0
+        # A fitted row is already in the counts; any other row joins its group.
+        group = seen + (~fitted).astype(float)
         family = frame["SibSp"].astype(float) + frame["Parch"].astype(float) + 1.0
         age = frame["Age"].astype(float)
         age_filled = age.fillna(title.map(t["age_by_title"])).fillna(t["age_median"])
@@ -122,6 +154,20 @@ class TabularPreprocessor:
             },
             index=frame.index,
         )
+        if t.get("target_column"):
+            # Fellow passengers' fate (the strongest Titanic signal): the survival rate of the
+            # *other* fitted members of the row's ticket and family groups; NaN when none is known.
+            own = (df[t["target_column"]] == t["positive"]).astype(float) if t["target_column"] in df else None
+            for kind, keys in (("ticket", ticket), ("family", _family_key(frame))):
+                stats = t["groups"][kind]
+                total = keys.map(lambda k, s=stats: s.get(str(k), [0.0, 0])[0]).astype(float).to_numpy()
+                count = keys.map(lambda k, s=stats: s.get(str(k), [0.0, 0])[1]).astype(float).to_numpy()
+                if own is not None:
+                    mine = np.where(fitted, own.to_numpy(), 0.0)
+                    total, count = total - mine, count - fitted.astype(float)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out[f"{kind.capitalize()}Survival"] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+                out[f"{kind.capitalize()}Known"] = count
         rest = [c for c in state["columns"] if c not in TITANIC_COLUMNS]
         return pd.concat([out, frame[rest]], axis=1)
 

@@ -88,7 +88,9 @@ def build_fold_data(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int,
     train_df = df[df.fold != fold].reset_index(drop=True)
     valid_df = df[df.fold == fold].reset_index(drop=True)
     if cfg.task == "tabular":
-        pre = TabularPreprocessor.fit(train_df, feature_columns(cfg, comp.train))
+        pre = TabularPreprocessor.fit(
+            train_df, feature_columns(cfg, comp.train), id_column=d.id_column, target_column=d.target_column
+        )
         kw = {"target_column": d.target_column, "classes": comp.classes}
         return FoldData(
             TabularDataset(train_df, pre, "train", **kw),

@@ -52,7 +52,7 @@ def test_any_pil_mode_becomes_rgb(tmp_path, mode):
     rgb = np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8)
     img = Image.fromarray(rgb)
     if mode == "I;16":
-        img = Image.fromarray((np.asarray(img.convert("L")).astype(np.uint16) * 257))
+        img = Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)
     else:
         img = img.convert(mode)
     suffix = {"CMYK": ".jpg", "P": ".gif"}.get(mode, ".png")
@@ -124,3 +124,21 @@ def test_tabular_dataset_modes(table_comp):
     assert "x2_missing" in pre.feature_names and "color=red" in pre.feature_names
     test = TabularDataset(pd.read_csv(root / "test.csv"), pre, "test")
     assert test[0].shape == (pre.n_features,)
+
+
+def test_group_survival_is_leave_one_out_and_never_reads_held_out_labels():
+    df = _titanic_like(n=80, seed=1)
+    columns = [c for c in df.columns if c not in ("PassengerId", "Survived")]
+    fit_rows, held_out = df.iloc[:60], df.iloc[60:].copy()
+    pre = TabularPreprocessor.fit(fit_rows, columns, id_column="PassengerId", target_column="Survived")
+    raw = TabularPreprocessor._engineer(fit_rows, pre.state)
+    # A fitted row's ticket survival is the mean over the *other* fitted rows of its ticket.
+    row = fit_rows.iloc[0]
+    others = fit_rows[(fit_rows["Ticket"] == row["Ticket"]) & (fit_rows["PassengerId"] != row["PassengerId"])]
+    assert raw["TicketSurvival"].iloc[0] == pytest.approx(others["Survived"].mean())
+    # Held-out labels are never read: flipping them changes nothing the model sees.
+    before = pre.transform(held_out)
+    held_out["Survived"] = 1 - held_out["Survived"]
+    assert np.array_equal(pre.transform(held_out), before)
+    # Without labels at all (test.csv) the held-out rows transform the same way.
+    assert np.array_equal(pre.transform(held_out.drop(columns="Survived")), before)
