@@ -67,6 +67,7 @@ class TrainConfig:
     metric: str = "accuracy"  # see metrics.METRICS
     num_workers: int = 2
     cache: str = "off"  # auto | off: decode images once into a uint8 memmap
+    device_augment: str = "auto"  # auto | on | off: crop/flip/normalise cached batches on the device
     compile: bool = False  # torch.compile the model
     amp: bool = True  # bf16/fp16 autocast, CUDA only
 
@@ -102,6 +103,7 @@ class Config:
 TASKS = ("image", "tabular")
 FOLD_STRATEGIES = ("stratified", "group", "stratified_group", "kfold")
 CACHE_MODES = ("auto", "off")
+DEVICE_AUGMENT_MODES = ("auto", "on", "off")
 
 
 def shipped_configs() -> list[str]:
@@ -239,6 +241,7 @@ def _validate(cfg: Config) -> None:
     choice("folds.strategy", cfg.folds.strategy, FOLD_STRATEGIES)
     choice("train.metric", cfg.train.metric, METRICS)
     choice("train.cache", cfg.train.cache, CACHE_MODES)
+    choice("train.device_augment", cfg.train.device_augment, DEVICE_AUGMENT_MODES)
     for name in cfg.image.augment:
         choice("image.augment", name, AUGMENTATIONS)
     for name in cfg.predict.tta:

@@ -45,19 +45,23 @@ def train_one_epoch(
     step: int,
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_transform: Callable[..., torch.Tensor] | None = None,
     desc: str = "train",
 ) -> dict:
-    """One pass over `loader`; the learning rate of every group is base_lr × lr_factor(step)."""
+    """One pass over `loader`; the learning rate of every group is base_lr × lr_factor(step).
+
+    Batches are (x, y), or (x, y, seeds) when `batch_transform(x, seeds)` augments on the device.
+    """
     total, count = torch.zeros((), dtype=torch.float64), 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not show_progress())
-    for x, y in bar:
+    for batch in bar:
+        x, y = batch[0], batch[1]
         factor = lr_factor(step)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         x, y = to_device(x, device), y.to(device, non_blocking=True)
         if batch_transform is not None:
-            x = batch_transform(x)
+            x = batch_transform(x, batch[2].tolist() if len(batch) > 2 else None)
         with _autocast(device, amp_dtype):
             loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -90,8 +94,8 @@ def evaluate(
     """Validation pass: mean loss, softmax probabilities and targets in loader order."""
     model.eval()
     probs, targets, total = [], [], 0.0
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not show_progress()):
-        x, y = to_device(x, device), y.to(device, non_blocking=True)
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not show_progress()):
+        x, y = to_device(batch[0], device), batch[1].to(device, non_blocking=True)
         if batch_transform is not None:
             x = batch_transform(x)
         with _autocast(device, amp_dtype):

@@ -16,7 +16,8 @@ from competition.datasets import ImageDataset, TabularDataset
 from competition.engine import amp_dtype_for, predict_probs
 from competition.errors import CompetitionError
 from competition.features import TabularPreprocessor
-from competition.finetune import image_cache, restore_config
+from competition.finetune import image_cache, restore_config, use_device_augment
+from competition.gpu_augment import BatchAugment, CachedRows
 from competition.metrics import METRICS
 from competition.models import build_model
 from competition.tracking import read_oof_probs
@@ -94,10 +95,16 @@ def predict_test(cfg: Config, comp: Competition, loaded: list, device: torch.dev
     total = np.zeros((len(comp.test), len(comp.classes)))
     for (size, mean, std, interp), models in groups.items():
         cache = image_cache(cfg, image_paths(comp.test, comp.root, cfg.data.image_column), size)
-        ds = ImageDataset(comp.test, comp.root, build_eval_transform(size, mean, std, interp), "test",
-                          image_column=cfg.data.image_column, images=cache)
+        on_device = cache is not None and use_device_augment(cfg, device, cached=True)
+        if on_device:  # uint8 rows to the device, resized and normalised there
+            ds, batch_transform = CachedRows(cache), BatchAugment(size, mean, std)
+        else:
+            ds = ImageDataset(comp.test, comp.root, build_eval_transform(size, mean, std, interp), "test",
+                              image_column=cfg.data.image_column, images=cache)
+            batch_transform = None
         loader = DataLoader(ds, batch_size=bs, num_workers=cfg.train.num_workers, pin_memory=device.type == "cuda")
-        total += predict_probs(models, loader, device, views=views, amp_dtype=amp) * len(models)
+        total += predict_probs(models, loader, device, views=views, amp_dtype=amp,
+                               batch_transform=batch_transform) * len(models)
     return total / len(loaded)
 
 

@@ -7,6 +7,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from competition.engine import amp_dtype_for, evaluate, train_one_epoch
 from competition.errors import CompetitionError
 from competition.features import TabularPreprocessor
 from competition.fileio import write_csv
+from competition.gpu_augment import BatchAugment, CachedRows, supports
 from competition.metrics import METRICS
 from competition.models import build_model, param_groups, preprocessing, set_stage, train_mode
 from competition.tracking import FoldTracker, oof_frame, write_summary
@@ -74,6 +76,8 @@ class FoldData:
     in_features: int | None
     preprocessor_state: dict | None
     preprocessing: dict
+    train_transform: Callable | None = None  # batch augmentation on the device
+    eval_transform: Callable | None = None
 
 
 def image_cache(cfg: Config, paths: list[Path], size: int):
@@ -83,7 +87,18 @@ def image_cache(cfg: Config, paths: list[Path], size: int):
     return build_cache(paths, size, Path(cfg.output_dir) / "cache")
 
 
-def build_fold_data(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, prep: dict) -> FoldData:
+def use_device_augment(cfg: Config, device: torch.device, cached: bool) -> bool:
+    """train.device_augment: auto = on CUDA when the images come from the decode cache and the
+    augmentations are ones the device path does; on = wherever they can; off = never."""
+    mode = cfg.train.device_augment
+    if mode == "off" or not cached or not supports(cfg.image.augment):
+        return False
+    return mode == "on" or device.type == "cuda"
+
+
+def build_fold_data(
+    cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, prep: dict, device: torch.device | None = None
+) -> FoldData:
     d = cfg.data
     train_df = df[df.fold != fold].reset_index(drop=True)
     valid_df = df[df.fold == fold].reset_index(drop=True)
@@ -105,14 +120,25 @@ def build_fold_data(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int,
     cache = image_cache(cfg, image_paths(df, comp.root, d.image_column), size)
     train_rows = np.flatnonzero((df.fold != fold).to_numpy())
     valid_rows = np.flatnonzero((df.fold == fold).to_numpy())
+    valid_ids = valid_df[d.id_column].tolist()
+    valid_targets = encode_labels(valid_df[d.target_column], comp.classes)
+    if cache is not None and use_device_augment(cfg, device or torch.device("cpu"), cached=True):
+        train_targets = encode_labels(train_df[d.target_column], comp.classes)
+        return FoldData(
+            CachedRows(cache.subset(train_rows), train_targets),
+            CachedRows(cache.subset(valid_rows), valid_targets),
+            valid_ids, valid_targets, None, None, prep,
+            BatchAugment(size, prep["mean"], prep["std"], cfg.image.augment, train=True),
+            BatchAugment(size, prep["mean"], prep["std"]),
+        )
     kw = {"image_column": d.image_column, "target_column": d.target_column, "classes": comp.classes}
     train_tf = build_train_transform(size, cfg.image.augment, prep["mean"], prep["std"], prep["interpolation"])
     eval_tf = build_eval_transform(size, prep["mean"], prep["std"], prep["interpolation"])
     return FoldData(
         ImageDataset(train_df, comp.root, train_tf, "train", images=cache.subset(train_rows) if cache else None, **kw),
         ImageDataset(valid_df, comp.root, eval_tf, "train", images=cache.subset(valid_rows) if cache else None, **kw),
-        valid_df[d.id_column].tolist(),
-        encode_labels(valid_df[d.target_column], comp.classes),
+        valid_ids,
+        valid_targets,
         None,
         None,
         prep,
@@ -193,7 +219,7 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
         model = build_model(cfg, num_classes, data.in_features, load_pretrained=False)
     else:
         model = build_model(cfg, num_classes, load_pretrained=state is None)
-        data = build_fold_data(cfg, comp, df, fold, preprocessing(model, cfg.image.size))
+        data = build_fold_data(cfg, comp, df, fold, preprocessing(model, cfg.image.size), device)
     if state is not None:
         model.load_state_dict(state["model_state_dict"])
     model.to(device)
@@ -270,11 +296,13 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
             train = train_one_epoch(
                 module, train_loader, optimizer, device, loss_fn=loss_fn,
                 lr_factor=functools.partial(lr_factor, total=total_steps, warmup=warmup), step=step,
-                amp_dtype=amp_dtype, scaler=scaler, desc=f"fold {fold} epoch {e + 1}",
+                amp_dtype=amp_dtype, scaler=scaler, batch_transform=data.train_transform,
+                desc=f"fold {fold} epoch {e + 1}",
             )
             lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
             broadcast_buffers(base_model, world)  # validate with the statistics best.pt will hold
-            result = evaluate(base_model, valid_loader, device, loss_fn=eval_loss, amp_dtype=amp_dtype, desc="valid")
+            result = evaluate(base_model, valid_loader, device, loss_fn=eval_loss, amp_dtype=amp_dtype,
+                              batch_transform=data.eval_transform, desc="valid")
             probs = gather_rows(result["probs"], len(data.valid_ds), world)
             val_loss = all_mean(result["loss"], len(result["targets"]), world)
             train_loss = all_mean(train["loss"], train["samples"], world)

@@ -1,0 +1,99 @@
+"""Augmentation on the device: random-resized crop, flips and affine jitter as one affine
+resample per batch, then normalisation — for uint8 batches from the decode cache.
+
+On a GPU, decoding is already done by the cache, so what is left of the loader is copying
+uint8 pixels; cropping, flipping and normalising on the device keeps the CPU out of the
+way. Each sample's parameters come from its own seed (the sampler's (row, seed) pairs), so
+a batch is augmented the same way whatever the device or the worker layout.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# Augmentations this path can do; a config asking for others keeps the albumentations path.
+GPU_AUGMENTATIONS = frozenset({"random_resized_crop", "hflip", "vflip", "affine"})
+
+
+def supports(augment: Sequence[str]) -> bool:
+    return set(augment) <= GPU_AUGMENTATIONS
+
+
+def _sample_params(seed: int, augment: Sequence[str]) -> list[float]:
+    """(scale_x, scale_y, angle, shift_x, shift_y, flip_x, flip_y) for one sample."""
+    g = torch.Generator().manual_seed(int(seed))
+    u = torch.rand(10, generator=g).tolist()
+    sx = sy = 1.0
+    angle = tx = ty = 0.0
+    if "random_resized_crop" in augment:
+        area = 0.5 + 0.5 * u[0]  # crop area fraction, as transforms.AUGMENTATIONS
+        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
+        sx, sy = min(1.0, math.sqrt(area * ratio)), min(1.0, math.sqrt(area / ratio))
+        # the crop stays inside the image: its centre moves by at most the slack
+        tx, ty = (1 - sx) * (2 * u[2] - 1), (1 - sy) * (2 * u[3] - 1)
+    if "affine" in augment and u[4] < 0.8:
+        zoom = 1 / (0.9 + 0.2 * u[5])
+        sx, sy = sx * zoom, sy * zoom
+        angle = math.radians(-12 + 24 * u[6])
+        tx, ty = tx + 0.16 * (u[7] - 0.5), ty + 0.16 * (u[8] - 0.5)
+    fx = -1.0 if "hflip" in augment and u[9] < 0.5 else 1.0
+    fy = -1.0 if "vflip" in augment and torch.rand(1, generator=g).item() < 0.5 else 1.0
+    return [sx, sy, angle, tx, ty, fx, fy]
+
+
+class BatchAugment:
+    """uint8 NHWC batch on any device → normalised float NCHW, augmented when `train`."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], augment: Sequence[str] = (), train: bool = False):
+        if train and not supports(augment):
+            raise ValueError(f"device augmentation supports {sorted(GPU_AUGMENTATIONS)}, got {list(augment)}")
+        self.size, self.augment, self.train = size, list(augment), train
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+
+    def theta(self, seeds: Sequence[int]) -> torch.Tensor:
+        """The [n, 2, 3] affine matrices (output → input coordinates) of a batch."""
+        rows = []
+        for seed in seeds:
+            sx, sy, a, tx, ty, fx, fy = _sample_params(seed, self.augment)
+            c, s = math.cos(a), math.sin(a)
+            rows.append([[c * sx * fx, -s * sy * fy, tx], [s * sx * fx, c * sy * fy, ty]])
+        return torch.tensor(rows, dtype=torch.float32)
+
+    def __call__(self, images: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        if self.train and self.augment:
+            if seeds is None:
+                raise ValueError("training augmentation needs one seed per sample")
+            theta = self.theta([int(s) for s in seeds]).to(x.device)
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+class CachedRows(torch.utils.data.Dataset):
+    """Rows of the decode cache as uint8 HWC tensors (with the label and the sample's seed)."""
+
+    def __init__(self, images, targets=None):
+        self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def raw(self, index: int):
+        import numpy as np
+
+        return np.asarray(self.images[index])
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        x = torch.from_numpy(self.raw(index).copy())
+        if self.targets is None:
+            return x
+        return x, int(self.targets[index]), int(seed)
