@@ -1,0 +1,230 @@
+"""`python -m competition.import_folders SRC DST`: class-per-folder images → a Kaggle-layout competition.
+
+SRC holds one folder per class (torchvision's ImageFolder layout, subfolders allowed inside a
+class); DST receives
+
+    DST/train.csv               id,image,label  (sorted by label, then path)
+    DST/images/train/<class>/…  copies of the images (hard links with --link)
+    DST/test.csv                id,image        (--test DIR: every image under DIR, unlabelled)
+    DST/sample_submission.csv   id,label        (--test; label filled with the first class)
+    DST/images/test/…
+
+An image's id is its path relative to SRC (or to the test folder), so ids and row order depend
+on the files alone. Files PIL cannot decode are skipped with a warning that lists them; hidden
+files and folders (.DS_Store, .ipynb_checkpoints) are ignored. DST is built in a temporary
+sibling folder and renamed into place: an import that fails leaves nothing behind.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from competition.errors import CompetitionError, run_cli
+from competition.fileio import write_csv
+
+log = logging.getLogger(__name__)
+
+SHOWN = 10  # skipped files named in the warning before "and N more"
+
+
+@dataclass
+class Imported:
+    """What an import wrote, for the CLI's report."""
+
+    dst: Path
+    counts: dict[str, int]  # images per class
+    n_test: int
+    skipped: list[str]  # files (relative to their source folder) that do not decode
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """Every file under `folder`, hidden files and folders left out, sorted by relative path."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back up the tree: walk each real folder once
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # sorted: a fixed walk order
+        found += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _decodes(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except Exception:  # PIL raises many types for broken or non-image files
+        return False
+
+
+def _split_decodable(paths: list[Path], what: str) -> tuple[list[Path], list[Path]]:
+    """(decodable, not decodable), each in the input order; every file fully decoded in parallel."""
+    workers = min(16, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        ok = list(tqdm(pool.map(_decodes, paths), total=len(paths), desc=f"checking {what}",
+                       leave=False, disable=not sys.stderr.isatty()))
+    return [p for p, good in zip(paths, ok, strict=True) if good], [p for p, good in zip(paths, ok, strict=True) if not good]
+
+
+def _check_folder(folder: Path, what: str) -> None:
+    if not folder.exists():
+        raise CompetitionError(f"{what} {folder} not found")
+    if not folder.is_dir():
+        raise CompetitionError(f"{what} {folder} is not a folder")
+
+
+def scan_classes(src: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    """{class name: decodable images, sorted} and the files skipped because they do not decode."""
+    _check_folder(src, "source folder")
+    classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise CompetitionError(f"{src} has no class folders: expected one folder per class ({src}/<class>/<image>)")
+    if len(classes) < 2:
+        raise CompetitionError(f"{src} has one class folder ({classes[0]}): a classifier needs at least 2")
+    loose = [p.name for p in src.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if loose:
+        log.warning("ignored %d file(s) directly in %s, outside any class folder (e.g. %s)", len(loose), src, sorted(loose)[0])
+    files = {c: _visible_files(src / c) for c in classes}
+    empty = [c for c in classes if not files[c]]
+    if empty:
+        raise CompetitionError(f"class folder {src / empty[0]} is empty: every class needs at least one image")
+    everything = [p for c in classes for p in files[c]]
+    _, bad = _split_decodable(everything, "images")
+    bad_set = set(bad)
+    images = {c: [p for p in files[c] if p not in bad_set] for c in classes}
+    hollow = [c for c in classes if not images[c]]
+    if hollow:
+        raise CompetitionError(
+            f"class folder {src / hollow[0]} has no images that decode ({len(files[hollow[0]])} other file(s))"
+        )
+    return images, bad
+
+
+def scan_test(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(decodable images under the unlabelled test folder, sorted; files that do not decode)."""
+    _check_folder(folder, "test folder")
+    files = _visible_files(folder)
+    if not files:
+        raise CompetitionError(f"test folder {folder} has no images")
+    good, bad = _split_decodable(files, "test images")
+    if not good:
+        raise CompetitionError(f"test folder {folder} has no images that decode ({len(files)} other file(s))")
+    return good, bad
+
+
+def _place(src: Path, dst: Path, link: bool) -> None:
+    """Copy `src` to `dst`, or hard-link it when asked and the filesystem allows."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another filesystem, or links not allowed: copy instead
+            pass
+    shutil.copy2(src, dst)
+
+
+def _check_destination(dst: Path, sources: list[Path]) -> None:
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise CompetitionError(f"destination {dst} already exists and is not an empty folder: choose a new one")
+    target = dst.resolve()
+    for src in sources:
+        if target.is_relative_to(src.resolve()):
+            raise CompetitionError(f"destination {dst} is inside the source folder {src}: choose a folder outside it")
+
+
+def import_folders(src: Path, dst: Path, test: Path | None = None, link: bool = False) -> Imported:
+    """Write the Kaggle layout for the class folders under `src` (and an unlabelled `test` folder) into `dst`."""
+    src, dst = Path(src), Path(dst)
+    sources = [src] + ([Path(test)] if test is not None else [])
+    # 1. Check and scan everything before the first write.
+    images, bad = scan_classes(src)
+    test_images, bad_test = scan_test(Path(test)) if test is not None else ([], [])
+    _check_destination(dst, sources)
+    skipped = [p.relative_to(src).as_posix() for p in bad] + [
+        f"{Path(test).name}/{p.relative_to(test).as_posix()}" for p in bad_test
+    ]
+    if skipped:
+        more = f" and {len(skipped) - SHOWN} more" if len(skipped) > SHOWN else ""
+        log.warning("skipped %d file(s) that do not decode as images: %s%s", len(skipped), ", ".join(skipped[:SHOWN]), more)
+
+    # 2. Build the competition in a sibling temporary folder.
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".import", dir=dst.parent))
+    try:
+        rows = []
+        for label, paths in images.items():
+            for p in paths:
+                rel = p.relative_to(src).as_posix()
+                rows.append({"id": rel, "image": f"images/train/{rel}", "label": label})
+        test_rows = []
+        for p in test_images:
+            rel = p.relative_to(test).as_posix()
+            test_rows.append({"id": rel, "image": f"images/test/{rel}"})
+        todo = [(src / r["id"], r["image"]) for r in rows] + [(Path(test) / r["id"], r["image"]) for r in test_rows]
+        for source, image in tqdm(todo, desc="copying", leave=False, disable=not sys.stderr.isatty()):
+            _place(source, stage / image, link)
+        write_csv(stage / "train.csv", pd.DataFrame(rows, columns=["id", "image", "label"]))
+        if test is not None:
+            test_df = pd.DataFrame(test_rows, columns=["id", "image"])
+            write_csv(stage / "test.csv", test_df)
+            write_csv(stage / "sample_submission.csv", test_df[["id"]].assign(label=next(iter(images))))
+        # 3. Rename it into place: DST appears complete or not at all.
+        if dst.exists():
+            dst.rmdir()  # checked empty above
+        stage.rename(dst)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return Imported(dst, {c: len(p) for c, p in images.items()}, len(test_images), skipped)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m competition.import_folders",
+        description="Turn class-per-folder images (SRC/<class>/<image>) into a Kaggle-layout competition in DST: "
+        "train.csv (id,image,label), images/, and with --test also test.csv and sample_submission.csv.",
+    )
+    parser.add_argument("src", metavar="SRC", help="folder with one subfolder of images per class")
+    parser.add_argument("dst", metavar="DST", help="new (or empty) folder to write the competition into")
+    parser.add_argument("--test", metavar="DIR", default=None,
+                        help="folder of unlabelled test images (searched recursively) → test.csv, sample_submission.csv")
+    parser.add_argument("--link", action="store_true",
+                        help="hard-link the images instead of copying them (copies where linking is not possible)")
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    result = import_folders(Path(args.src), Path(args.dst), Path(args.test) if args.test else None, args.link)
+    per_class = ", ".join(f"{c} {n}" for c, n in result.counts.items())
+    print(f"wrote {result.dst}: {sum(result.counts.values())} train images in {len(result.counts)} classes ({per_class})"
+          + (f", {result.n_test} test images" if args.test else ""))
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} file(s) that do not decode (listed above)")
+    if not args.test:
+        print(f"no --test folder: add {result.dst}/test.csv and sample_submission.csv before training")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
