@@ -5,7 +5,9 @@ import errno
 import fcntl
 import os
 import pickle
+import pickletools
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,28 +26,70 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     torch_save(path, state)
 
 
+def _pickle_globals(path: Path) -> list[str]:
+    """Names a plain pickle file would import when unpickled, read without unpickling it."""
+    names: list[str] = []
+    strings: list[str] = []  # the strings pushed so far; STACK_GLOBAL takes the last two
+    memo: dict = {}
+    last = None  # what the previous opcode pushed, when it was a string
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):  # parses opcodes only, runs nothing
+                pushed = None
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = last
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = last
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed = memo.get(arg)
+                elif isinstance(arg, str):
+                    pushed = arg
+                if pushed is not None:
+                    strings.append(pushed)
+                last = pushed if op.name not in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT") else last
+    except Exception:  # not a pickle, or a broken one: nothing more to say
+        pass
+    return names
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load with weights_only=True; code-carrying, truncated and foreign files are refused."""
     path = Path(path)
     if not path.is_file():
         raise CompetitionError(f"checkpoint {path} not found")
+    if path.stat().st_size == 0:
+        raise CompetitionError(f"checkpoint {path} is empty: truncated or not a checkpoint")
+    foreign = f"checkpoint {path} is truncated or not a checkpoint"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols: the one line below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL [\w.]+", str(exc))
-        what = f" ({found.group(0)})" if found else ""
-        raise CompetitionError(
-            f"checkpoint {path} refused: it holds pickled objects{what} that could run code; "
-            f"the kit loads plain tensors and data only"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CompetitionError(f"checkpoint {path} is truncated or not a checkpoint ({first})") from None
+        # torch names the first global it refused; a plain pickle file fails earlier, so read its globals.
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        names = [found.group(1)] if found else _pickle_globals(path)
+        if names:
+            raise CompetitionError(
+                f"checkpoint {path} refused: it holds pickled objects ({', '.join(dict.fromkeys(names[:3]))}) "
+                f"that could run code; the kit loads plain tensors and data only"
+            ) from None
+        raise CompetitionError(f"{foreign} (not a file written by torch.save)") from None
+    except RuntimeError as exc:  # the zip reader: "failed finding central directory" when cut short
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompetitionError(f"{foreign} ({first.split('. ')[0][:160]})") from None
+    except (EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError, IndexError):
+        raise CompetitionError(f"{foreign} (not a file written by torch.save, or cut short)") from None
     if not isinstance(state, dict):
         raise CompetitionError(f"checkpoint {path} is not a kit checkpoint (holds a {type(state).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CompetitionError(f"checkpoint {path} is not a kit checkpoint: no {', '.join(missing)}")
+    if not isinstance(state["config"], dict) or not isinstance(state["classes"], list):
+        raise CompetitionError(f"checkpoint {path} is not a kit checkpoint: 'config' must be a mapping, 'classes' a list")
     return state
 
 

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
-from competition.config import add_config_arguments, config_to_dict, load_config
-from competition.data import load_competition
+from competition.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
+from competition.config import Config, add_config_arguments, config_to_dict, load_config
+from competition.data import Competition, load_competition
 from competition.distributed import barrier, device_for, init_world
 from competition.ensemble import cv_report
 from competition.errors import CompetitionError, run_cli
@@ -42,6 +43,21 @@ def parse_fold(spec: str, n_splits: int) -> list[int]:
     return [fold]
 
 
+def check_resumable(cfg: Config, comp: Competition, folds: list[int]) -> None:
+    """Each last.pt to resume from must load and hold this model and the data's classes."""
+    for fold in folds:
+        path = cfg.fold_dir(fold) / LAST
+        if path.is_file():
+            check_compatible(load_checkpoint(path), path, cfg.model.name, cfg.task, comp.classes)
+
+
+def check_not_running(cfg: Config, folds: list[int]) -> None:
+    """Refuse up front when another process trains one of these folds (each fold locks again to train)."""
+    for fold in folds:
+        with FoldLock(cfg.fold_dir(fold)):
+            pass
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -49,9 +65,13 @@ def _main(argv: Sequence[str] | None) -> int:
     world = init_world()
     device = device_for(world)
     if world.is_main:
+        # Every check comes before the first write: a refused run leaves no config.yaml or checkpoint.
         comp = load_competition(cfg)
-        df = load_or_create_folds(cfg, comp.train)
         prepare_images(cfg, comp)
+        if args.resume:
+            check_resumable(cfg, comp, folds)
+        df = load_or_create_folds(cfg, comp.train)
+        check_not_running(cfg, folds)
         write_yaml(cfg.run_dir / "config.yaml", config_to_dict(cfg))
     barrier(world)
     if not world.is_main:  # the first rank wrote folds.csv; the others read it

@@ -1,0 +1,239 @@
+"""Checkpoints never run code, broken ones are refused in one line, and a fold trains once at a time."""
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from competition import predict, train
+from competition.checkpoints import BEST, LAST, FoldLock, check_compatible, load_checkpoint, save_checkpoint
+from competition.config import config_to_dict, load_config
+from competition.errors import CompetitionError
+
+CLASSES = ["circle", "cross", "square"]
+
+
+class TouchOnLoad:
+    """Unpickling this creates `path`: the way a hostile checkpoint runs code."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def kit_state(cfg_path: Path, classes: list | None = None, model: str | None = None) -> dict:
+    """A loadable checkpoint of plain data, as training writes it (weights are not needed to be refused)."""
+    cfg = config_to_dict(load_config(str(cfg_path)))
+    if model:
+        cfg["model"]["name"] = model
+    return {
+        "epoch": 1, "model_state_dict": {"w": torch.zeros(3)}, "optimizer_state_dict": {}, "loss": 0.9,
+        "metric": 0.5, "config": cfg, "classes": list(classes or CLASSES), "stage": 1,
+    }
+
+
+def refused(capsys, code: int, *culprits: str) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err, captured.err
+    for culprit in culprits:
+        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
+    return lines[0]
+
+
+def no_submission(tmp_path: Path) -> None:
+    assert not (tmp_path / "submissions").exists()
+    assert not (tmp_path / "outputs" / "shapes" / "cv.json").exists()
+
+
+def fold_dir(tmp_path: Path, fold: int = 0) -> Path:
+    return tmp_path / "outputs" / "shapes" / f"fold{fold}"
+
+
+# --- hostile, truncated and foreign files ---------------------------------------------------
+
+
+def _torch_save(path: Path, obj) -> None:
+    torch.save(obj, path)
+
+
+def _torch_save_legacy(path: Path, obj) -> None:
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+
+
+def _plain_pickle(path: Path, obj) -> None:
+    path.write_bytes(pickle.dumps(obj))
+
+
+WRITERS = {"torch.save": _torch_save, "torch.save legacy": _torch_save_legacy, "pickle.dumps": _plain_pickle}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_checkpoint_that_runs_code_is_refused_and_nothing_runs(image_comp, tmp_path, capsys, writer):
+    cfg, _ = image_comp
+    # The payload is real: the unsafe load that the kit never does creates the file.
+    proof = tmp_path / "proof"
+    WRITERS[writer](tmp_path / "proof.pt", {**kit_state(cfg), "extra": TouchOnLoad(proof)})
+    with contextlib.suppress(Exception):  # a plain pickle runs, then fails torch's format check
+        torch.load(tmp_path / "proof.pt", weights_only=False)
+    assert proof.exists()
+
+    created = tmp_path / "created-by-the-checkpoint"
+    best = fold_dir(tmp_path) / BEST
+    best.parent.mkdir(parents=True)
+    WRITERS[writer](best, {**kit_state(cfg), "extra": TouchOnLoad(created)})
+
+    refused(capsys, predict.main(["--config", str(cfg)]), str(best), "refused", "could run code")
+    assert not created.exists()
+    no_submission(tmp_path)
+    with pytest.raises(CompetitionError, match="could run code"):
+        load_checkpoint(best)
+    assert not created.exists()
+
+
+def test_a_truncated_checkpoint_is_refused(image_comp, tmp_path, capsys):
+    cfg, _ = image_comp
+    best = fold_dir(tmp_path) / BEST
+    save_checkpoint(best, kit_state(cfg))
+    assert load_checkpoint(best)["classes"] == CLASSES  # whole, it loads
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    refused(capsys, predict.main(["--config", str(cfg)]), str(best), "truncated or not a checkpoint")
+    no_submission(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"", "empty"),
+        (b"hello, not a checkpoint\n", "not a checkpoint"),
+        (b"PK\x03\x04" + bytes(64), "not a checkpoint"),
+    ],
+)
+def test_a_foreign_file_is_refused(image_comp, tmp_path, capsys, content, said):
+    cfg, _ = image_comp
+    best = fold_dir(tmp_path) / BEST
+    best.parent.mkdir(parents=True)
+    best.write_bytes(content)
+    refused(capsys, predict.main(["--config", str(cfg)]), str(best), said)
+    no_submission(tmp_path)
+
+
+def test_a_safetensors_file_is_foreign_not_hostile(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.pt"
+    save_file({"w": torch.zeros(3)}, str(path))
+    with pytest.raises(CompetitionError, match=r"weights\.pt is truncated or not a checkpoint") as info:
+        load_checkpoint(path)
+    assert "could run code" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("state", "said"),
+    [
+        ([1, 2, 3], "holds a list"),
+        ({"epoch": 1, "weights": torch.zeros(2)}, "no model_state_dict"),
+    ],
+)
+def test_plain_data_that_is_not_a_kit_checkpoint(tmp_path, state, said):
+    path = tmp_path / "other.pt"
+    torch.save(state, path)
+    with pytest.raises(CompetitionError, match=said):
+        load_checkpoint(path)
+
+
+# --- checkpoints that do not fit the config or the data --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "culprits"),
+    [
+        ({"classes": ["circle", "cross", "hexagon"]}, ["['hexagon'] unknown to the data", "['square'] missing"]),
+        ({"classes": ["circle", "cross", "square", "star"]}, ["['star'] unknown to the data"]),
+        ({"model": "resnet18"}, ["model 'resnet18'", "the config says 'test_resnet'"]),
+    ],
+)
+def test_predict_refuses_a_checkpoint_that_does_not_match(image_comp, tmp_path, capsys, changes, culprits):
+    cfg, _ = image_comp
+    best = fold_dir(tmp_path) / BEST
+    save_checkpoint(best, kit_state(cfg, **changes))
+    refused(capsys, predict.main(["--config", str(cfg)]), str(best), *culprits)
+    no_submission(tmp_path)
+
+
+def test_resume_refuses_a_last_checkpoint_with_classes_unknown_to_the_data(image_comp, tmp_path, capsys):
+    cfg, _ = image_comp
+    last = fold_dir(tmp_path) / LAST
+    save_checkpoint(last, kit_state(cfg, classes=["circle", "cross", "hexagon"]))
+    before = last.read_bytes()
+    refused(capsys, train.main(["--config", str(cfg), "--fold", "0", "--resume"]), str(last), "['hexagon'] unknown to the data")
+    assert last.read_bytes() == before
+    assert not (fold_dir(tmp_path) / BEST).exists()
+    assert not (tmp_path / "outputs" / "shapes" / "config.yaml").exists()
+
+
+def test_class_order_difference_is_named(tmp_path):
+    state = {"config": {"model": {"name": "m"}, "task": "image"}, "classes": ["b", "a"]}
+    with pytest.raises(CompetitionError, match=r"class order \['b', 'a'\] vs \['a', 'b'\]"):
+        check_compatible(state, tmp_path / "best.pt", "m", "image", ["a", "b"])
+    with pytest.raises(CompetitionError, match="task 'image', the config says 'tabular'"):
+        check_compatible(state, tmp_path / "best.pt", "m", "tabular", ["b", "a"])
+    check_compatible(state, tmp_path / "best.pt", "m", "image", ["b", "a"])  # a match passes
+
+
+def test_save_and_load_round_trip_plain_data_and_tensors(tmp_path):
+    state = {"epoch": 3, "model_state_dict": {"w": torch.arange(4.0)}, "optimizer_state_dict": {"lr": 0.1},
+             "loss": 0.25, "metric": 0.75, "config": {"model": {"name": "m"}}, "classes": [0, 1], "history": [{"epoch": 1}]}
+    path = tmp_path / "fold0" / "best.pt"
+    save_checkpoint(path, state)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model_state_dict"]["w"], torch.arange(4.0))
+    assert loaded["history"] == [{"epoch": 1}] and loaded["classes"] == [0, 1]
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temporary file left beside it
+
+
+# --- one training per fold at a time --------------------------------------------------------
+
+
+def test_training_a_locked_fold_refuses_and_writes_nothing(image_comp, tmp_path, capsys):
+    cfg, root = image_comp
+    with FoldLock(fold_dir(tmp_path)):
+        refused(capsys, train.main(["--config", str(cfg), "--fold", "0"]), str(fold_dir(tmp_path)), "another process")
+    assert sorted(p.name for p in fold_dir(tmp_path).iterdir()) == [".lock"]
+    assert not (tmp_path / "outputs" / "shapes" / "config.yaml").exists()
+    # --fold all refuses too, before training the free fold 1.
+    with FoldLock(fold_dir(tmp_path)):
+        refused(capsys, train.main(["--config", str(cfg), "--fold", "all"]), "fold0", "another process")
+    assert not (fold_dir(tmp_path, 1) / BEST).exists()
+
+
+def test_a_second_process_holding_the_lock_blocks_training_until_it_dies(image_comp, tmp_path, capsys):
+    cfg, _ = image_comp
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from competition.checkpoints import FoldLock\n"
+         "with FoldLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)\n",
+         str(fold_dir(tmp_path))],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        refused(capsys, train.main(["--config", str(cfg), "--fold", "0"]), str(fold_dir(tmp_path)), "another process")
+        assert not (fold_dir(tmp_path) / LAST).exists()
+        with pytest.raises(CompetitionError, match="another process"):
+            FoldLock(fold_dir(tmp_path)).__enter__()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs in the holder
+        holder.wait()
+        holder.stdout.close()
+    with FoldLock(fold_dir(tmp_path)):  # the kernel released the dead holder's lock: no stale lock
+        pass
