@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from competition.config import Config
 from competition.errors import CompetitionError
@@ -191,8 +191,11 @@ def _decode_error(path: Path) -> str | None:
         with Image.open(path) as im:
             im.load()
         return None
+    except UnidentifiedImageError:
+        return f"{path} (not an image format PIL reads)"
     except Exception as exc:  # PIL raises many types for broken files
-        return f"{path.name}: {type(exc).__name__}"
+        reason = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ""
+        return f"{path} ({type(exc).__name__}{': ' + reason if reason else ''})"
 
 
 def check_images_decode(paths: list[Path], cache_dir: Path, workers: int | None = None) -> None:

@@ -50,6 +50,14 @@ def _main(argv: Sequence[str] | None) -> int:
     sub = make_submission(comp.sample, comp.test[d.id_column].tolist(), probs, comp.classes, d.id_column, d.target_column)
     validate_submission(sub, comp.sample, d.id_column, comp.sample_path.name)
 
+    # The local leaderboard file is checked too before anything is written.
+    solution = read_solution(cfg, comp.root)
+    lb = None
+    if solution is not None:
+        row_of = {str(i): r for r, i in enumerate(comp.test[d.id_column].tolist())}
+        ordered = probs[np.array([row_of[str(i)] for i in sub[d.id_column]])]
+        lb = leaderboard_score(sub, ordered, solution, d.id_column, d.target_column, comp.classes, METRICS[cfg.train.metric])
+
     out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name, report["cv"])
     write_json(cfg.run_dir / "cv.json", {**report, "submission": str(out), "tta": list(tta)})
     write_csv(out, sub)
@@ -58,11 +66,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"fold {f}: {report['metric']} {score:.5f}")
     print(f"CV {report['metric']}: {report['cv']:.5f} (folds {', '.join(map(str, used))}; {len(tta) + 1} TTA view(s))")
     print(f"submission: {out} ({len(sub)} rows)")
-    solution = read_solution(cfg, comp.root)
-    if solution is not None:
-        row_of = {str(i): r for r, i in enumerate(comp.test[d.id_column].tolist())}
-        ordered = probs[np.array([row_of[str(i)] for i in sub[d.id_column]])]
-        lb = leaderboard_score(sub, ordered, solution, d.id_column, d.target_column, comp.classes, METRICS[cfg.train.metric])
+    if lb is not None:
         print(f"local leaderboard {report['metric']}: {lb:.5f} ({Path(d.root) / d.solution})")
     return 0
 
