@@ -143,6 +143,15 @@ def broadcast_buffers(model: torch.nn.Module, world: World) -> None:
         dist.broadcast(buffer, src=0)
 
 
+def broadcast_object(obj, world: World):
+    """The first rank's `obj` on every rank (picklable Python data)."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

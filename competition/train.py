@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -10,9 +11,9 @@ import torch
 from competition.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
 from competition.config import Config, add_config_arguments, config_to_dict, load_config
 from competition.data import Competition, load_competition
-from competition.distributed import barrier, device_for, init_world
+from competition.distributed import barrier, broadcast_object, device_for, init_world
 from competition.ensemble import cv_report
-from competition.errors import CompetitionError, run_cli
+from competition.errors import EXIT_USAGE, CompetitionError, run_cli
 from competition.fileio import write_yaml
 from competition.finetune import fit_fold, prepare_images
 from competition.folds import load_or_create_folds
@@ -64,16 +65,30 @@ def _main(argv: Sequence[str] | None) -> int:
     folds = parse_fold(args.fold, cfg.folds.n_splits)
     world = init_world()
     device = device_for(world)
+    refusal = None
     if world.is_main:
         # Every check comes before the first write: a refused run leaves no config.yaml or checkpoint.
-        comp = load_competition(cfg)
-        prepare_images(cfg, comp)
-        if args.resume:
-            check_resumable(cfg, comp, folds)
-        df = load_or_create_folds(cfg, comp.train)
-        check_not_running(cfg, folds)
-        write_yaml(cfg.run_dir / "config.yaml", config_to_dict(cfg))
-    barrier(world)
+        try:
+            comp = load_competition(cfg)
+            prepare_images(cfg, comp)
+            if args.resume:
+                check_resumable(cfg, comp, folds)
+            df = load_or_create_folds(cfg, comp.train)
+            check_not_running(cfg, folds)
+            write_yaml(cfg.run_dir / "config.yaml", config_to_dict(cfg))
+        except CompetitionError as exc:
+            refusal = str(exc)
+    # Under torchrun the other ranks wait for the first one's checks: they stop with it.
+    refusal = broadcast_object(refusal, world)
+    if refusal is not None:
+        if not world.distributed:
+            raise CompetitionError(refusal)
+        # torchrun stops the other processes as soon as one exits: say it before anyone leaves.
+        if world.is_main:
+            print(f"error: {refusal}", file=sys.stderr, flush=True)
+        barrier(world)
+        torch.distributed.destroy_process_group()
+        return EXIT_USAGE
     if not world.is_main:  # the first rank wrote folds.csv; the others read it
         comp = load_competition(cfg)
         df = load_or_create_folds(cfg, comp.train)
