@@ -61,7 +61,14 @@ def build_model(cfg: Config, num_classes: int, in_features: int | None = None, l
             raise CompetitionError(f"config key model.pretrained_file: {path} not found")
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
     try:
-        return timm.create_model(m.name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(m.name, pretrained=pretrained, **kwargs)
+        # timm keeps the pretrained head when the class counts match (1000 = ImageNet's); the
+        # competition's classes are not ImageNet's, so that head starts afresh too.
+        if pretrained and num_classes == model.pretrained_cfg.get("num_classes"):
+            for layer in model.get_classifier().modules():
+                if hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+        return model
     except CompetitionError:
         raise
     except Exception as exc:  # hub, network, file-format and shape errors all end here
@@ -77,6 +84,12 @@ def build_model(cfg: Config, num_classes: int, in_features: int | None = None, l
             f"HF_HUB_OFFLINE=1?): download them once, or set model.pretrained_file to a local "
             f".safetensors/.pth in timm's layout"
         ) from None
+
+
+def check_pretrained(cfg: Config, num_classes: int) -> None:
+    """Load the pretrained weights once now, so that missing or broken ones fail before a run writes anything."""
+    if uses_pretrained(cfg):
+        build_model(cfg, num_classes)
 
 
 def preprocessing(model: nn.Module, size: int) -> dict:
