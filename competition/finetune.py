@@ -188,6 +188,11 @@ def fit_fold(
     """Train one fold end to end; returns {"fold", "best_metric", "best_epoch"}."""
     fold_dir = cfg.fold_dir(fold)
     world = world or World()
+    if world.distributed and cfg.task == "image":
+        # One rank decodes the cache while the others wait, then every rank maps that file.
+        if world.is_main:
+            image_cache(cfg, image_paths(df, comp.root, cfg.data.image_column), cfg.image.size)
+        barrier(world)
     if world.is_main:
         with FoldLock(fold_dir) as lock:
             return _fit_fold(cfg, comp, df, fold, device=device, world=world, resume=resume, lock=lock)

@@ -40,7 +40,9 @@ RECORD_WRITES = textwrap.dedent(
 def test_torchrun_two_processes_train_one_fold(tmp_path):
     # 35 rows: the folds hold 18 and 17, so one rank gets a padded share of train or validation rows.
     root = make_image_competition(tmp_path / "data" / "shapes", n_train=35)
-    cfg_path = write_yaml(tmp_path / "shapes.yaml", image_config(tmp_path, root))
+    cfg = image_config(tmp_path, root)
+    cfg["train"]["cache"] = "auto"
+    cfg_path = write_yaml(tmp_path / "shapes.yaml", cfg)
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(RECORD_WRITES)
@@ -72,6 +74,9 @@ def test_torchrun_two_processes_train_one_fold(tmp_path):
         writers.setdefault(Path(dst).name, set()).add(pid)
     for name in ("best.pt", "last.pt", "oof.csv", "summary.csv", "folds.csv", "config.yaml"):
         assert len(writers.get(name, ())) == 1, (name, writers.get(name))
+    # One decode cache, decoded by one rank and mapped by both.
+    caches = [name for name in writers if name.startswith("images-") and name.endswith(".u8")]
+    assert len(caches) == 1 and len(writers[caches[0]]) == 1, {n: writers[n] for n in caches}
     tb_pids = {p.name.split(".")[-2] for p in (fold_dir / "tb").glob("events.out.tfevents.*")}
     assert len(tb_pids) == 1
     assert list(pd.read_csv(fold_dir / "summary.csv")["epoch"]) == [1, 2]
