@@ -86,10 +86,10 @@ def build_model(cfg: Config, num_classes: int, in_features: int | None = None, l
         ) from None
 
 
-def check_pretrained(cfg: Config, num_classes: int) -> None:
-    """Load the pretrained weights once now, so that missing or broken ones fail before a run writes anything."""
-    if uses_pretrained(cfg):
-        build_model(cfg, num_classes)
+def check_model(cfg: Config, num_classes: int, load_pretrained: bool = True) -> None:
+    """Build the model once now (with its pretrained weights), so that an unknown model name or
+    missing or broken weights fail before a run writes anything."""
+    build_model(cfg, num_classes, in_features=1, load_pretrained=load_pretrained)
 
 
 def preprocessing(model: nn.Module, size: int) -> dict:

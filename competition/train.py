@@ -17,7 +17,7 @@ from competition.errors import EXIT_USAGE, CompetitionError, run_cli
 from competition.fileio import write_yaml
 from competition.finetune import fit_fold, prepare_images
 from competition.folds import load_or_create_folds
-from competition.models import check_pretrained
+from competition.models import check_model
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def _main(argv: Sequence[str] | None) -> int:
         # Every check comes before the first write: a refused run leaves no config.yaml or checkpoint.
         try:
             comp = load_competition(cfg)
-            if not args.resume:  # a resumed fold takes its weights from last.pt
-                check_pretrained(cfg, len(comp.classes))
+            # A resumed fold takes its weights from last.pt: no pretrained download needed.
+            check_model(cfg, len(comp.classes), load_pretrained=not args.resume)
             prepare_images(cfg, comp)
             if args.resume:
                 check_resumable(cfg, comp, folds)

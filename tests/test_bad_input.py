@@ -307,3 +307,12 @@ def test_training_accepts_odd_images(tmp_path, capsys):
 
     assert train.main(["--config", str(cfg), "--fold", "0"]) == 0, capsys.readouterr().err
     assert (tmp_path / "outputs" / "odd" / "fold0" / "best.pt").is_file()
+
+
+def test_unknown_model_name_refused_before_anything_is_written(image_comp, tmp_path, capsys):
+    cfg_path, root = image_comp
+    code = train.main(["--config", str(cfg_path), "--set", "model.name=resnet_does_not_exist"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.name: 'resnet_does_not_exist' is not a timm model" in err[0]
+    assert not (tmp_path / "outputs").exists()
