@@ -65,6 +65,16 @@ def make_table_competition(root: Path, n_train: int = 120, n_test: int = 30, see
     return root
 
 
+def _merge(cfg: dict, sections: dict) -> dict:
+    """Override whole keys, or single keys inside a section when given a dict."""
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
+    return cfg
+
+
 def image_config(tmp: Path, root: Path, **sections) -> dict:
     cfg = {
         "name": "shapes",
@@ -80,12 +90,7 @@ def image_config(tmp: Path, root: Path, **sections) -> dict:
                   "patience": 0, "warmup_epochs": 0, "cache": "off"},
         "predict": {"tta": ["hflip"], "batch_size": 16},
     }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            cfg.setdefault(section, {}).update(values)
-        else:
-            cfg[section] = values
-    return cfg
+    return _merge(cfg, sections)
 
 
 def table_config(tmp: Path, root: Path, **sections) -> dict:
@@ -101,12 +106,7 @@ def table_config(tmp: Path, root: Path, **sections) -> dict:
         "train": {"epochs": 2, "freeze_epochs": 0, "batch_size": 16, "lr": 1e-2, "num_workers": 0, "patience": 0},
         "predict": {"tta": []},
     }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            cfg.setdefault(section, {}).update(values)
-        else:
-            cfg[section] = values
-    return cfg
+    return _merge(cfg, sections)
 
 
 def write_yaml(path: Path, data: dict) -> Path:
