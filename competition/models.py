@@ -62,9 +62,11 @@ def build_model(cfg: Config, num_classes: int, in_features: int | None = None, l
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
     try:
         model = timm.create_model(m.name, pretrained=pretrained, **kwargs)
-        # timm keeps the pretrained head when the class counts match (1000 = ImageNet's); the
-        # competition's classes are not ImageNet's, so that head starts afresh too.
-        if pretrained and num_classes == model.pretrained_cfg.get("num_classes"):
+        # The competition's head starts afresh, scaled by its fan-in (PyTorch's Linear default):
+        # 1. timm keeps the pretrained head when the class counts match (1000 = ImageNet's), and
+        # 2. some timm inits scale by fan-out (EfficientNet: ±1/√classes), which for 2 classes
+        #    gives logits of ±6 on pretrained features and a head-only stage that barely recovers.
+        if pretrained:
             for layer in model.get_classifier().modules():
                 if hasattr(layer, "reset_parameters"):
                     layer.reset_parameters()

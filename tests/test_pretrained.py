@@ -85,6 +85,16 @@ def test_head_is_fresh_even_with_as_many_classes_as_imagenet(tmp_path):
     assert not torch.equal(state["fc.weight"], weights["fc.weight"])  # 1000 classes, but not ImageNet's
 
 
+def test_fresh_head_is_scaled_by_its_inputs_not_by_the_class_count(tmp_path):
+    """EfficientNet's own init draws head weights in ±1/√classes: ±0.71 for two classes, which on
+    ImageNet features means logits of several units and a head-only stage that starts far off."""
+    file = tmp_path / "effnet.safetensors"
+    safetensors.torch.save_file(timm.create_model("test_efficientnet", num_classes=1000).state_dict(), str(file))
+    _, cfg = _cfg(tmp_path, name="test_efficientnet", pretrained_file=str(file))
+    head = build_model(cfg, num_classes=2).get_classifier()
+    assert float(head.weight.detach().abs().max()) <= head.in_features ** -0.5
+
+
 def test_stage_one_training_keeps_the_file_backbone_exactly(tmp_path, capsys):
     """Head-only training from a pretrained file: the best checkpoint's backbone, BatchNorm
     statistics included, is still the file's, and its head learned for the 3 classes."""
