@@ -52,7 +52,9 @@ def train_one_epoch(
 
     Batches are (x, y), or (x, y, seeds) when `batch_transform(x, seeds)` augments on the device.
     """
-    total, count = torch.zeros((), dtype=torch.float64), 0
+    # The running loss stays on the device: reading it every step would make the CPU wait for
+    # the GPU each step instead of queueing the next one.
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not show_progress())
     for batch in bar:
         x, y = batch[0], batch[1]
@@ -73,7 +75,7 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         step += 1
-        total += loss.detach().double().cpu() * len(y)
+        total += loss.detach().double() * len(y)
         count += len(y)
         if bar.disable is False:
             bar.set_postfix(loss=f"{float(total) / count:.4f}")
@@ -130,11 +132,14 @@ def predict_probs(
         x = to_device(x, device)
         if batch_transform is not None:
             x = batch_transform(x)
+        # Each view once per batch, not once per model; to_device puts rotated and transposed
+        # views back in channels_last on CUDA.
+        batches = [to_device(view(x), device) for view in views]
         acc = None
         for model in models:
-            for view in views:
+            for xv in batches:
                 with _autocast(device, amp_dtype):
-                    p = model(view(x)).float().softmax(1)
+                    p = model(xv).float().softmax(1)
                 acc = p if acc is None else acc + p
         out.append((acc / (len(models) * len(views))).cpu())
     return torch.cat(out).numpy().astype(np.float64)
