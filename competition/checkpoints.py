@@ -7,6 +7,7 @@ import os
 import pickle
 import pickletools
 import re
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from competition.errors import CompetitionError
-from competition.fileio import torch_save
+from competition.fileio import atomic_path, torch_save
 
 REQUIRED_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "metric", "config", "classes")
 BEST, LAST = "best.pt", "last.pt"
@@ -24,6 +25,18 @@ BEST, LAST = "best.pt", "last.pt"
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write a checkpoint of plain data and tensors to a temp name, then rename it into place."""
     torch_save(path, state)
+
+
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Put the bytes of checkpoint `src` under `dst` too, atomically: a hard link where the
+    filesystem has them (no second serialisation and fsync of the whole file), else a copy.
+    Replacing either name later leaves the other as it was."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def _pickle_globals(path: Path) -> list[str]:

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 
 from competition import __version__
 from competition.cache import build_cache
-from competition.checkpoints import BEST, LAST, FoldLock, load_checkpoint, save_checkpoint
+from competition.checkpoints import BEST, LAST, FoldLock, copy_checkpoint, load_checkpoint, save_checkpoint
 from competition.config import Config, config_from_dict, config_to_dict
-from competition.data import Competition, check_images_decode, encode_labels, feature_columns, image_paths
+from competition.data import Competition, check_images_decode, encode_labels, feature_columns, image_paths, read_csv
 from competition.datasets import ImageDataset, TabularDataset
 from competition.distributed import (
     SeededSampler,
@@ -40,7 +40,7 @@ from competition.fileio import write_csv
 from competition.gpu_augment import BatchAugment, CachedRows, supports
 from competition.metrics import METRICS
 from competition.models import build_model, param_groups, preprocessing, set_stage, train_mode
-from competition.tracking import FoldTracker, oof_frame, write_summary
+from competition.tracking import FoldTracker, oof_frame, read_oof_probs, write_summary
 from competition.transforms import build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,7 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
     }
 
     stages = [(1, t.freeze_epochs), (2, t.epochs)] if cfg.task == "image" else [(2, t.freeze_epochs + t.epochs)]
+    last_stage = max(stage for stage, n in stages if n > 0)
     stage_offset = 0
     for stage, n_epochs in stages:
         if n_epochs == 0:
@@ -332,7 +333,8 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
                 "epoch": epoch,
                 "stage": stage,
                 "stage_complete": stop or epoch == stage_first + n_epochs,
-                "finished": False,
+                # the fold's last epoch marks itself, so no rewrite of last.pt at the end
+                "finished": stage == last_stage and (stop or epoch == stage_first + n_epochs),
                 "model_state_dict": _unwrap(module).state_dict(),
                 "optimizer_state_dict": optimizer.state_dict(),
                 "scaler_state_dict": scaler.state_dict() if scaler.is_enabled() else None,
@@ -350,11 +352,12 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
                     write_csv(fold_dir / "oof.csv", oof_frame(
                         data.valid_ids, cfg.data.id_column, cfg.data.target_column, comp.classes, data.valid_targets, probs
                     ))
-                    image_of = data.valid_ds.raw if cfg.task == "image" else None
-                    tracker.log_figures(epoch, data.valid_targets, probs, comp.classes, image_of)
                 write_summary(fold_dir, history)
                 tracker.log_epoch(epoch, row, metric.name, lrs)
-                save_checkpoint(fold_dir / LAST, ckpt)
+                if improved:  # the same checkpoint: link it instead of writing it twice
+                    copy_checkpoint(fold_dir / BEST, fold_dir / LAST)
+                else:
+                    save_checkpoint(fold_dir / LAST, ckpt)
             barrier(world)
             log.info(
                 "fold %d | epoch %d/%d stage %d | train_loss %.4f | val_loss %.4f | %s %.5f%s | %.1fs",
@@ -367,9 +370,11 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
         state = None  # later stages start fresh
 
     if world.is_main:
-        last = load_checkpoint(fold_dir / LAST)
-        last["finished"] = True
-        save_checkpoint(fold_dir / LAST, last)
+        # Figures of the best epoch, drawn once (from its oof.csv, which a resumed run also has)
+        # rather than on every improvement: each costs as much as a small model's epoch.
+        best_probs = read_oof_probs(read_csv(fold_dir / "oof.csv", "out-of-fold file"), comp.classes)
+        image_of = data.valid_ds.raw if cfg.task == "image" else None
+        tracker.log_figures(best_epoch, data.valid_targets, best_probs, comp.classes, image_of)
         tracker.log_hparams(config_to_dict(cfg), metric.name, best_metric, best_epoch)
     tracker.close()
     barrier(world)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from competition.config import Config, add_config_arguments, load_config
 from competition.data import load_competition, read_csv
@@ -31,6 +30,9 @@ def make_folds(
     group_column: str | None = None,
 ) -> pd.DataFrame:
     """Assign every train row to one validation fold; returns columns (id, fold) in train order."""
+    # Imported here: runs that find folds.csv never need scikit-learn's second of start-up.
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
     y = train[target_column].astype(str).to_numpy()
     groups = train[group_column].astype(str).to_numpy() if group_column else None
     n_units = len(np.unique(groups)) if groups is not None else len(train)

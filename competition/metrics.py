@@ -5,7 +5,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn import metrics as skm
 
 
 @dataclass(frozen=True)
@@ -24,20 +23,29 @@ class Metric:
         return new > old if self.higher_is_better else new < old
 
 
+# scikit-learn is imported where a metric needs it: it costs a second of every run's start.
+
+
 def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    return skm.accuracy_score(y, p.argmax(1))
+    return float(np.mean(p.argmax(1) == y))
 
 
 def _f1_macro(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn import metrics as skm
+
     return skm.f1_score(y, p.argmax(1), average="macro", labels=np.arange(p.shape[1]), zero_division=0)
 
 
 def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn import metrics as skm
+
     p = np.clip(p, 1e-15, 1.0)
     return skm.log_loss(y, p / p.sum(1, keepdims=True), labels=np.arange(p.shape[1]))
 
 
 def _roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn import metrics as skm
+
     if p.shape[1] == 2:
         return skm.roc_auc_score(y, p[:, 1])
     present = np.unique(y)
