@@ -14,9 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
+from albumentations.pytorch import ToTensorV2
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -30,7 +32,7 @@ from competition.config import config_from_dict, config_to_dict  # noqa: E402
 from competition.data import load_competition  # noqa: E402
 from competition.ensemble import load_fold_models, predict_test, trained_folds  # noqa: E402
 from competition.models import build_model, preprocessing  # noqa: E402
-from competition.transforms import build_eval_transform, tta_views  # noqa: E402
+from competition.transforms import INTERPOLATIONS, tta_views  # noqa: E402
 
 TITLE = "Prediction: each test image decoded once for every fold and view"
 
@@ -61,7 +63,7 @@ def fake_fold_checkpoints(cfg, classes: list, folds: int) -> None:
 
 
 class TestFiles(Dataset):
-    """The naive loop's own decoding: PIL, then the same eval transform as the kit."""
+    """The naive loop's own decoding: PIL, then resize, normalise and to-tensor per image."""
 
     def __init__(self, paths: list[str], transform):
         self.paths, self.transform = paths, transform
@@ -80,7 +82,10 @@ def naive_predict(loaded: list, paths: list[str], tta: list[str], batch_size: in
     total, passes = None, 0
     for _, model, state in loaded:
         p = state["preprocessing"]
-        ds = TestFiles(paths, build_eval_transform(p["size"], p["mean"], p["std"], p["interpolation"]))
+        ds = TestFiles(paths, A.Compose([
+            A.Resize(p["size"], p["size"], interpolation=INTERPOLATIONS[p["interpolation"]], area_for_downscale="image"),
+            A.Normalize(mean=p["mean"], std=p["std"]), ToTensorV2(),
+        ]))
         model.eval()
         for view in tta_views(tta):
             out = []

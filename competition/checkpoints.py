@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import os
 import pickle
 import pickletools
@@ -25,6 +26,13 @@ BEST, LAST = "best.pt", "last.pt"
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write a checkpoint of plain data and tensors to a temp name, then rename it into place."""
     torch_save(path, state)
+
+
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """The bytes save_checkpoint would write: a snapshot that later training steps cannot change."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:

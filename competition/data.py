@@ -186,16 +186,32 @@ def feature_columns(cfg: Config, train: pd.DataFrame) -> list[str]:
 # --- image decodability -------------------------------------------------------------------
 
 
+def decode_failure(path: Path, exc: Exception) -> str:
+    """`path (why)`: one entry of the list of images that cannot be decoded."""
+    if isinstance(exc, UnidentifiedImageError):
+        return f"{path} (not an image format PIL reads)"
+    reason = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ""
+    return f"{path} ({type(exc).__name__}{': ' + reason if reason else ''})"
+
+
+class UndecodableImages(CompetitionError):
+    """The one-line refusal for images that cannot be decoded (the first ten named); `failures`
+    keeps every entry so that refusals for several image lists can be merged into one."""
+
+    def __init__(self, failures: list[str]):
+        self.failures = list(failures)
+        shown = "; ".join(failures[:10])
+        more = f" and {len(failures) - 10} more" if len(failures) > 10 else ""
+        super().__init__(f"{len(failures)} image(s) cannot be decoded: {shown}{more}")
+
+
 def _decode_error(path: Path) -> str | None:
     try:
         with Image.open(path) as im:
             im.load()
         return None
-    except UnidentifiedImageError:
-        return f"{path} (not an image format PIL reads)"
     except Exception as exc:  # PIL raises many types for broken files
-        reason = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ""
-        return f"{path} ({type(exc).__name__}{': ' + reason if reason else ''})"
+        return decode_failure(path, exc)
 
 
 def check_images_decode(paths: list[Path], cache_dir: Path, workers: int | None = None) -> None:
@@ -216,9 +232,7 @@ def check_images_decode(paths: list[Path], cache_dir: Path, workers: int | None 
     with ThreadPoolExecutor(workers) as pool:
         errors = [e for e in pool.map(_decode_error, paths, chunksize=16) if e]
     if errors:
-        shown = "; ".join(errors[:10])
-        more = f" and {len(errors) - 10} more" if len(errors) > 10 else ""
-        raise CompetitionError(f"{len(errors)} image(s) cannot be decoded: {shown}{more}")
+        raise UndecodableImages(errors)
     write_json(marker, {"images": len(paths)})
 
 

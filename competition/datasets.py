@@ -20,9 +20,10 @@ def _check_mode(mode: str) -> None:
 
 
 class ImageDataset(Dataset):
-    """Rows of a DataFrame → (image tensor, class index) in train mode, image tensor in test mode.
+    """Rows of a DataFrame → (image, class index) in train mode, image in test mode; the image is
+    a uint8 HWC tensor, converted and normalised per batch by `gpu_augment.BatchAugment`.
 
-    `transform` is an albumentations pipeline called as transform(image=array)["image"].
+    `transform` is a uint8 albumentations pipeline called as transform(image=array)["image"].
     `images`, when given, is an array [n, H, W, 3] of pre-decoded rows (the decode cache)
     used instead of reading the files.
     """
@@ -64,7 +65,8 @@ class ImageDataset(Dataset):
         image = self.raw(index)
         if seed is not None and hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(seed)
-        x = self.transform(image=image)["image"]
+        # A pipeline that leaves a cached row as it is returns the read-only memmap: copy it then.
+        x = torch.from_numpy(np.require(self.transform(image=image)["image"], requirements=["C", "W"]))
         if self.mode == "test":
             return x
         return x, int(self.targets[index])

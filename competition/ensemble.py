@@ -96,12 +96,12 @@ def predict_test(cfg: Config, comp: Competition, loaded: list, device: torch.dev
     for (size, mean, std, interp), models in groups.items():
         cache = image_cache(cfg, image_paths(comp.test, comp.root, cfg.data.image_column), size)
         on_device = cache is not None and use_device_augment(cfg, device, cached=True)
-        if on_device:  # uint8 rows to the device, resized and normalised there
-            ds, batch_transform = CachedRows(cache), BatchAugment(size, mean, std)
+        if on_device:  # uint8 rows to the device, resized there
+            ds = CachedRows(cache)
         else:
-            ds = ImageDataset(comp.test, comp.root, build_eval_transform(size, mean, std, interp), "test",
+            ds = ImageDataset(comp.test, comp.root, build_eval_transform(size, interp), "test",
                               image_column=cfg.data.image_column, images=cache)
-            batch_transform = None
+        batch_transform = BatchAugment(size, mean, std)  # uint8 → normalised float on the device
         loader = DataLoader(ds, batch_size=bs, num_workers=cfg.train.num_workers, pin_memory=device.type == "cuda")
         total += predict_probs(models, loader, device, views=views, amp_dtype=amp,
                                batch_transform=batch_transform) * len(models)

@@ -77,3 +77,45 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
 def torch_save(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+class BackgroundWriter:
+    """Runs batches of writes on one background thread, in submission order, so their fsyncs
+    (about half a second for a ResNet-18 checkpoint with its optimizer state) overlap the next
+    epoch's training instead of adding to it.
+
+    One batch at a time: `submit` first waits for the previous batch, and `close` for the last;
+    an error in a batch is raised by whichever of them waits for it. Anything a batch writes
+    must already be a snapshot (bytes, a copied list, a finished DataFrame)."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._pending = None
+
+    def submit(self, fn, *args) -> None:
+        self.wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

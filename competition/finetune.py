@@ -19,9 +19,17 @@ from torch.utils.data import DataLoader
 
 from competition import __version__
 from competition.cache import build_cache
-from competition.checkpoints import BEST, LAST, FoldLock, copy_checkpoint, load_checkpoint, save_checkpoint
+from competition.checkpoints import BEST, LAST, FoldLock, checkpoint_bytes, copy_checkpoint, load_checkpoint
 from competition.config import Config, config_from_dict, config_to_dict
-from competition.data import Competition, check_images_decode, encode_labels, feature_columns, image_paths, read_csv
+from competition.data import (
+    Competition,
+    UndecodableImages,
+    check_images_decode,
+    encode_labels,
+    feature_columns,
+    image_paths,
+    read_csv,
+)
 from competition.datasets import ImageDataset, TabularDataset
 from competition.distributed import (
     SeededSampler,
@@ -36,7 +44,7 @@ from competition.distributed import (
 from competition.engine import amp_dtype_for, evaluate, train_one_epoch
 from competition.errors import CompetitionError
 from competition.features import TabularPreprocessor
-from competition.fileio import write_csv
+from competition.fileio import BackgroundWriter, write_bytes, write_csv
 from competition.gpu_augment import BatchAugment, CachedRows, supports
 from competition.metrics import METRICS
 from competition.models import build_model, param_groups, preprocessing, set_stage, train_mode
@@ -76,7 +84,7 @@ class FoldData:
     in_features: int | None
     preprocessor_state: dict | None
     preprocessing: dict
-    train_transform: Callable | None = None  # batch augmentation on the device
+    train_transform: Callable | None = None  # uint8 batch → normalised (and augmented) on the device
     eval_transform: Callable | None = None
 
 
@@ -132,8 +140,9 @@ def build_fold_data(
             BatchAugment(size, prep["mean"], prep["std"]),
         )
     kw = {"image_column": d.image_column, "target_column": d.target_column, "classes": comp.classes}
-    train_tf = build_train_transform(size, cfg.image.augment, prep["mean"], prep["std"], prep["interpolation"])
-    eval_tf = build_eval_transform(size, prep["mean"], prep["std"], prep["interpolation"])
+    train_tf = build_train_transform(size, cfg.image.augment, prep["interpolation"])
+    eval_tf = build_eval_transform(size, prep["interpolation"])
+    normalise = BatchAugment(size, prep["mean"], prep["std"])
     return FoldData(
         ImageDataset(train_df, comp.root, train_tf, "train", images=cache.subset(train_rows) if cache else None, **kw),
         ImageDataset(valid_df, comp.root, eval_tf, "train", images=cache.subset(valid_rows) if cache else None, **kw),
@@ -142,6 +151,8 @@ def build_fold_data(
         None,
         None,
         prep,
+        normalise,
+        normalise,
     )
 
 
@@ -261,113 +272,111 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
         "in_features": data.in_features,
     }
 
-    stages = [(1, t.freeze_epochs), (2, t.epochs)] if cfg.task == "image" else [(2, t.freeze_epochs + t.epochs)]
-    last_stage = max(stage for stage, n in stages if n > 0)
-    stage_offset = 0
-    for stage, n_epochs in stages:
-        if n_epochs == 0:
-            continue
-        stage_first = stage_offset
-        stage_offset += n_epochs
-        if state is not None and (stage < state["stage"] or (stage == state["stage"] and state["stage_complete"])):
-            continue  # done before the interruption
-        resuming_here = state is not None and stage == state["stage"]
-        set_stage(base_model, stage)
-        module: nn.Module = base_model
-        if t.compile:
-            module = torch.compile(module)
-        if world.distributed:
-            module = nn.parallel.DistributedDataParallel(
-                module, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        # A table's MLP has no pretrained body: every layer learns at train.lr.
-        mult = t.backbone_lr_mult if cfg.task == "image" else 1.0
-        optimizer = torch.optim.AdamW(param_groups(base_model, stage, t.lr, mult, t.weight_decay))
-        bad_epochs = 0
-        if resuming_here:
-            optimizer.load_state_dict(state["optimizer_state_dict"])
-            if state.get("scaler_state_dict"):
-                scaler.load_state_dict(state["scaler_state_dict"])
-            bad_epochs = state["bad_epochs"]
-        steps_per_epoch = len(train_loader)
-        total_steps = n_epochs * steps_per_epoch
-        warmup = int(round(t.warmup_epochs * steps_per_epoch))
-        start = max(epoch, stage_first)
-        for e in range(start, stage_first + n_epochs):
-            began = time.time()
-            seed_everything(mix_seed(cfg.seed, fold, e))
-            train_sampler.set_epoch(e)
-            train_mode(base_model, stage)  # DDP and compile wrappers stay in train mode
-            step = (e - stage_first) * steps_per_epoch
-            train = train_one_epoch(
-                module, train_loader, optimizer, device, loss_fn=loss_fn,
-                lr_factor=functools.partial(lr_factor, total=total_steps, warmup=warmup), step=step,
-                amp_dtype=amp_dtype, scaler=scaler, batch_transform=data.train_transform,
-                desc=f"fold {fold} epoch {e + 1}",
-            )
-            lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-            broadcast_buffers(base_model, world)  # validate with the statistics best.pt will hold
-            result = evaluate(base_model, valid_loader, device, loss_fn=eval_loss, amp_dtype=amp_dtype,
-                              batch_transform=data.eval_transform, desc="valid")
-            probs = gather_rows(result["probs"], len(data.valid_ds), world)
-            val_loss = all_mean(result["loss"], len(result["targets"]), world)
-            train_loss = all_mean(train["loss"], train["samples"], world)
-            score = metric(data.valid_targets, probs)
-            epoch = e + 1
-            # A tie on the metric (accuracy saturates) goes to the lower validation loss.
-            improved = metric.better(score, best_metric) or (score == best_metric and val_loss < best_loss)
-            if improved:
-                best_metric, best_epoch, best_loss = score, epoch, val_loss
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-            stop = t.patience > 0 and bad_epochs >= t.patience
-            row = {
-                "epoch": epoch, "stage": stage, "train_loss": train_loss, "val_loss": val_loss,
-                "metric": score, "best": improved, "seconds": round(time.time() - began, 2),
-                **{f"lr_{k}": v for k, v in lrs.items()},
-            }
-            history.append(row)
-            ckpt = {
-                **common,
-                "epoch": epoch,
-                "stage": stage,
-                "stage_complete": stop or epoch == stage_first + n_epochs,
-                # the fold's last epoch marks itself, so no rewrite of last.pt at the end
-                "finished": stage == last_stage and (stop or epoch == stage_first + n_epochs),
-                "model_state_dict": _unwrap(module).state_dict(),
-                "optimizer_state_dict": optimizer.state_dict(),
-                "scaler_state_dict": scaler.state_dict() if scaler.is_enabled() else None,
-                "loss": val_loss,
-                "metric": score,
-                "best_metric": best_metric,
-                "best_epoch": best_epoch,
-                "best_loss": best_loss,
-                "bad_epochs": bad_epochs,
-                "history": history,
-            }
-            if world.is_main:
+    writer = BackgroundWriter()
+    try:
+        stages = [(1, t.freeze_epochs), (2, t.epochs)] if cfg.task == "image" else [(2, t.freeze_epochs + t.epochs)]
+        last_stage = max(stage for stage, n in stages if n > 0)
+        stage_offset = 0
+        for stage, n_epochs in stages:
+            if n_epochs == 0:
+                continue
+            stage_first = stage_offset
+            stage_offset += n_epochs
+            if state is not None and (stage < state["stage"] or (stage == state["stage"] and state["stage_complete"])):
+                continue  # done before the interruption
+            resuming_here = state is not None and stage == state["stage"]
+            set_stage(base_model, stage)
+            module: nn.Module = base_model
+            if t.compile:
+                module = torch.compile(module)
+            if world.distributed:
+                module = nn.parallel.DistributedDataParallel(
+                    module, device_ids=[device.index] if device.type == "cuda" else None
+                )
+            # A table's MLP has no pretrained body: every layer learns at train.lr.
+            mult = t.backbone_lr_mult if cfg.task == "image" else 1.0
+            optimizer = torch.optim.AdamW(param_groups(base_model, stage, t.lr, mult, t.weight_decay))
+            bad_epochs = 0
+            if resuming_here:
+                optimizer.load_state_dict(state["optimizer_state_dict"])
+                if state.get("scaler_state_dict"):
+                    scaler.load_state_dict(state["scaler_state_dict"])
+                bad_epochs = state["bad_epochs"]
+            steps_per_epoch = len(train_loader)
+            total_steps = n_epochs * steps_per_epoch
+            warmup = int(round(t.warmup_epochs * steps_per_epoch))
+            start = max(epoch, stage_first)
+            for e in range(start, stage_first + n_epochs):
+                began = time.time()
+                seed_everything(mix_seed(cfg.seed, fold, e))
+                train_sampler.set_epoch(e)
+                train_mode(base_model, stage)  # DDP and compile wrappers stay in train mode
+                step = (e - stage_first) * steps_per_epoch
+                train = train_one_epoch(
+                    module, train_loader, optimizer, device, loss_fn=loss_fn,
+                    lr_factor=functools.partial(lr_factor, total=total_steps, warmup=warmup), step=step,
+                    amp_dtype=amp_dtype, scaler=scaler, batch_transform=data.train_transform,
+                    desc=f"fold {fold} epoch {e + 1}",
+                )
+                lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+                broadcast_buffers(base_model, world)  # validate with the statistics best.pt will hold
+                result = evaluate(base_model, valid_loader, device, loss_fn=eval_loss, amp_dtype=amp_dtype,
+                                  batch_transform=data.eval_transform, desc="valid")
+                probs = gather_rows(result["probs"], len(data.valid_ds), world)
+                val_loss = all_mean(result["loss"], len(result["targets"]), world)
+                train_loss = all_mean(train["loss"], train["samples"], world)
+                score = metric(data.valid_targets, probs)
+                epoch = e + 1
+                # A tie on the metric (accuracy saturates) goes to the lower validation loss.
+                improved = metric.better(score, best_metric) or (score == best_metric and val_loss < best_loss)
                 if improved:
-                    save_checkpoint(fold_dir / BEST, ckpt)
-                    write_csv(fold_dir / "oof.csv", oof_frame(
-                        data.valid_ids, cfg.data.id_column, cfg.data.target_column, comp.classes, data.valid_targets, probs
-                    ))
-                write_summary(fold_dir, history)
-                tracker.log_epoch(epoch, row, metric.name, lrs)
-                if improved:  # the same checkpoint: link it instead of writing it twice
-                    copy_checkpoint(fold_dir / BEST, fold_dir / LAST)
+                    best_metric, best_epoch, best_loss = score, epoch, val_loss
+                    bad_epochs = 0
                 else:
-                    save_checkpoint(fold_dir / LAST, ckpt)
-            barrier(world)
-            log.info(
-                "fold %d | epoch %d/%d stage %d | train_loss %.4f | val_loss %.4f | %s %.5f%s | %.1fs",
-                fold, epoch, t.freeze_epochs + t.epochs, stage, train_loss, val_loss, metric.name, score,
-                " *" if improved else "", row["seconds"],
-            )
-            if stop and epoch < stage_first + n_epochs:
-                log.info("fold %d: no improvement for %d epochs, stage %d ends early", fold, bad_epochs, stage)
-                break
-        state = None  # later stages start fresh
+                    bad_epochs += 1
+                stop = t.patience > 0 and bad_epochs >= t.patience
+                row = {
+                    "epoch": epoch, "stage": stage, "train_loss": train_loss, "val_loss": val_loss,
+                    "metric": score, "best": improved, "seconds": round(time.time() - began, 2),
+                    **{f"lr_{k}": v for k, v in lrs.items()},
+                }
+                history.append(row)
+                ckpt = {
+                    **common,
+                    "epoch": epoch,
+                    "stage": stage,
+                    "stage_complete": stop or epoch == stage_first + n_epochs,
+                    # the fold's last epoch marks itself, so no rewrite of last.pt at the end
+                    "finished": stage == last_stage and (stop or epoch == stage_first + n_epochs),
+                    "model_state_dict": _unwrap(module).state_dict(),
+                    "optimizer_state_dict": optimizer.state_dict(),
+                    "scaler_state_dict": scaler.state_dict() if scaler.is_enabled() else None,
+                    "loss": val_loss,
+                    "metric": score,
+                    "best_metric": best_metric,
+                    "best_epoch": best_epoch,
+                    "best_loss": best_loss,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                }
+                if world.is_main:
+                    tracker.log_epoch(epoch, row, metric.name, lrs)
+                    oof = oof_frame(data.valid_ids, cfg.data.id_column, cfg.data.target_column, comp.classes,
+                                    data.valid_targets, probs) if improved else None
+                    # Serialised here, written (in this order, each atomically) while the next epoch trains.
+                    writer.submit(_write_epoch, fold_dir, checkpoint_bytes(ckpt), oof, list(history))
+                barrier(world)
+                log.info(
+                    "fold %d | epoch %d/%d stage %d | train_loss %.4f | val_loss %.4f | %s %.5f%s | %.1fs",
+                    fold, epoch, t.freeze_epochs + t.epochs, stage, train_loss, val_loss, metric.name, score,
+                    " *" if improved else "", row["seconds"],
+                )
+                if stop and epoch < stage_first + n_epochs:
+                    log.info("fold %d: no improvement for %d epochs, stage %d ends early", fold, bad_epochs, stage)
+                    break
+            state = None  # later stages start fresh
+    finally:
+        writer.close()  # the last epoch's files are in place before anything reads them
 
     if world.is_main:
         # Figures of the best epoch, drawn once (from its oof.csv, which a resumed run also has)
@@ -381,12 +390,40 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
     return {"fold": fold, "best_metric": best_metric, "best_epoch": best_epoch}
 
 
+def _write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, history: list[dict]) -> None:
+    """One epoch's files, each atomic, in this order: best.pt and its oof.csv (when the epoch
+    improved), summary.csv, then last.pt (a link to best.pt when they are the same epoch)."""
+    if oof is not None:
+        write_bytes(fold_dir / BEST, checkpoint)
+        write_csv(fold_dir / "oof.csv", oof)
+    write_summary(fold_dir, history)
+    if oof is not None:
+        copy_checkpoint(fold_dir / BEST, fold_dir / LAST)
+    else:
+        write_bytes(fold_dir / LAST, checkpoint)
+
+
 def prepare_images(cfg: Config, comp: Competition) -> None:
-    """Decode every train and test image once before training: broken files fail now, listed."""
+    """Decode every train and test image once before training: broken files fail now, listed.
+
+    With the decode cache on, that one decode pass is the cache build (train and test images,
+    at the training size): every fold and predict then read it, and no image is decoded twice.
+    """
     if cfg.task != "image":
         return
-    paths = image_paths(comp.train, comp.root, cfg.data.image_column) + image_paths(comp.test, comp.root, cfg.data.image_column)
-    check_images_decode(paths, Path(cfg.output_dir) / "cache")
+    train = image_paths(comp.train, comp.root, cfg.data.image_column)
+    test = image_paths(comp.test, comp.root, cfg.data.image_column)
+    if cfg.train.cache == "off":
+        check_images_decode(train + test, Path(cfg.output_dir) / "cache")
+        return
+    failures: list[str] = []
+    for paths in (train, test):
+        try:
+            image_cache(cfg, paths, cfg.image.size)
+        except UndecodableImages as exc:
+            failures += exc.failures
+    if failures:  # train and test in one message, as the check without the cache gives it
+        raise UndecodableImages(failures)
 
 
 def restore_config(state: dict, path: Path) -> Config:

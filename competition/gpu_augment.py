@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 # Augmentations this path can do; a config asking for others keeps the albumentations path.
 GPU_AUGMENTATIONS = frozenset({"random_resized_crop", "hflip", "vflip", "affine"})
+FLIPS = frozenset({"hflip", "vflip"})
 
 
 def supports(augment: Sequence[str]) -> bool:
@@ -71,10 +72,21 @@ class BatchAugment:
             if seeds is None:
                 raise ValueError("training augmentation needs one seed per sample")
             theta = self.theta([int(s) for s in seeds]).to(x.device)
-            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            if set(self.augment) <= FLIPS:  # flips only: exact pixel flips, no resampling pass
+                x = _flip(x, theta[:, 0, 0] < 0, -1)
+                x = _flip(x, theta[:, 1, 1] < 0, -2)
+            else:
+                grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+                x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+        return x.contiguous(memory_format=torch.channels_last if x.is_cuda else torch.contiguous_format)
+
+
+def _flip(x: torch.Tensor, which: torch.Tensor, dim: int) -> torch.Tensor:
+    """x with the samples marked in `which` flipped along `dim`."""
+    if not bool(which.any()):
+        return x
+    return torch.where(which.view(-1, 1, 1, 1), x.flip(dim), x)
 
 
 class CachedRows(torch.utils.data.Dataset):

@@ -1,4 +1,8 @@
-"""Albumentations pipelines (train / eval) and the TTA views applied to image batches."""
+"""Albumentations pipelines (train / eval) and the TTA views applied to image batches.
+
+The pipelines stay in uint8: loader workers hand over HWC uint8 arrays, a quarter of the bytes
+of float tensors, and `gpu_augment.BatchAugment` converts and normalises whole batches on the
+training device (timm's prefetcher makes the same split)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -6,7 +10,6 @@ from collections.abc import Callable, Sequence
 import albumentations as A
 import cv2
 import torch
-from albumentations.pytorch import ToTensorV2
 
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
@@ -45,29 +48,21 @@ TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _tail(mean: Sequence[float], std: Sequence[float]) -> list:
-    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
-
-
-def build_train_transform(
-    size: int, augment: Sequence[str], mean: Sequence[float], std: Sequence[float], interpolation: str = "bilinear"
-) -> A.Compose:
-    """Resize (or random-resized-crop) to `size`, the named augmentations, normalise, to tensor."""
+def build_train_transform(size: int, augment: Sequence[str], interpolation: str = "bilinear") -> A.Compose:
+    """Resize (or random-resized-crop) to `size`, then the named augmentations; uint8 in and out."""
     interp = INTERPOLATIONS.get(interpolation, cv2.INTER_LINEAR)
     if "random_resized_crop" in augment:
         first = A.RandomResizedCrop(size=(size, size), scale=(0.5, 1.0), interpolation=interp)
     else:
         first = A.Resize(size, size, interpolation=interp, area_for_downscale="image")
     rest = [AUGMENTATIONS[name](size) for name in augment if name != "random_resized_crop"]
-    return A.Compose([first, *rest, *_tail(mean, std)])
+    return A.Compose([first, *rest])
 
 
-def build_eval_transform(
-    size: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bilinear"
-) -> A.Compose:
-    """Resize to `size`, normalise, to tensor: validation and test."""
+def build_eval_transform(size: int, interpolation: str = "bilinear") -> A.Compose:
+    """Resize to `size`: validation and test; uint8 in and out."""
     interp = INTERPOLATIONS.get(interpolation, cv2.INTER_LINEAR)
-    return A.Compose([A.Resize(size, size, interpolation=interp, area_for_downscale="image"), *_tail(mean, std)])
+    return A.Compose([A.Resize(size, size, interpolation=interp, area_for_downscale="image")])
 
 
 def tta_views(names: Sequence[str]) -> list[Callable[[torch.Tensor], torch.Tensor]]:

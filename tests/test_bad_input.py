@@ -202,11 +202,15 @@ def _break_images(root: Path) -> list[Path]:
     return [cut, text]
 
 
-def test_undecodable_images_are_listed_before_training(image_comp, tmp_path, capsys):
+@pytest.mark.parametrize("cache", ["off", "auto"])
+def test_undecodable_images_are_listed_before_training(image_comp, tmp_path, capsys, cache):
+    """With the decode cache on, its build is the decode check: same message, no cache left."""
     cfg, root = image_comp
     bad = _break_images(root)
-    line = refused(capsys, train.main(["--config", str(cfg), "--fold", "0"]), "2 image(s) cannot be decoded",
-                   *map(str, bad))
+    test_image = root / pd.read_csv(root / "test.csv")["image"][0]
+    test_image.write_bytes(b"")
+    line = refused(capsys, train.main(["--config", str(cfg), "--fold", "0", "--set", f"train.cache='{cache}'"]),
+                   "3 image(s) cannot be decoded", *map(str, bad), str(test_image))
     assert "truncated" in line or "OSError" in line
     nothing_written(tmp_path, root)
 

@@ -10,6 +10,7 @@ from PIL import Image
 from competition.data import load_image
 from competition.datasets import ImageDataset, TabularDataset
 from competition.features import TabularPreprocessor
+from competition.gpu_augment import BatchAugment
 from competition.transforms import build_eval_transform, build_train_transform
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -18,15 +19,15 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 def test_image_dataset_modes(image_comp):
     _, root = image_comp
     train = pd.read_csv(root / "train.csv")
-    tf = build_eval_transform(32, MEAN, STD)
+    tf = build_eval_transform(32)
     ds = ImageDataset(train, root, tf, "train")
     x, y = ds[4]
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert x.shape == (32, 32, 3) and x.dtype == torch.uint8  # normalised per batch, on the device
     assert ds.classes == ["circle", "cross", "square"]
     assert ds.classes[y] == train["label"][4]
     test = pd.read_csv(root / "test.csv")
     item = ImageDataset(test, root, tf, "test")[0]
-    assert isinstance(item, torch.Tensor) and item.shape == (3, 32, 32)  # no label in test mode
+    assert isinstance(item, torch.Tensor) and item.shape == (32, 32, 3)  # no label in test mode
     with pytest.raises(ValueError, match="mode"):
         ImageDataset(test, root, tf, "valid")
 
@@ -34,14 +35,15 @@ def test_image_dataset_modes(image_comp):
 def test_normalisation_uses_the_given_mean_and_std(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "white.png")
     df = pd.DataFrame({"image": ["white.png"], "label": [0]})
-    x, _ = ImageDataset(df, tmp_path, build_eval_transform(8, MEAN, STD), "train")[0]
-    assert torch.allclose(x, torch.full_like(x, (1.0 - 0.5) / 0.25))
+    x, _ = ImageDataset(df, tmp_path, build_eval_transform(8), "train")[0]
+    x = BatchAugment(8, MEAN, STD)(x[None])
+    assert x.shape == (1, 3, 8, 8) and torch.allclose(x, torch.full_like(x, (1.0 - 0.5) / 0.25))
 
 
 def test_seeded_augmentation_repeats_per_row_and_seed(image_comp):
     _, root = image_comp
     train = pd.read_csv(root / "train.csv")
-    ds = ImageDataset(train, root, build_train_transform(32, ["affine", "hflip", "color_jitter"], MEAN, STD), "train")
+    ds = ImageDataset(train, root, build_train_transform(32, ["affine", "hflip", "color_jitter"]), "train")
     a, b, c = ds[(3, 123)][0], ds[(3, 123)][0], ds[(3, 124)][0]
     assert torch.equal(a, b)
     assert not torch.equal(a, c)

@@ -17,6 +17,7 @@ from conftest import image_config, make_image_competition, write_yaml
 from competition.config import config_from_dict
 from competition.datasets import ImageDataset
 from competition.engine import predict_probs
+from competition.gpu_augment import BatchAugment
 from competition.models import build_model
 from competition.transforms import build_eval_transform
 
@@ -74,9 +75,10 @@ def test_torchrun_two_processes_train_one_fold(tmp_path):
         writers.setdefault(Path(dst).name, set()).add(pid)
     for name in ("best.pt", "last.pt", "oof.csv", "summary.csv", "folds.csv", "config.yaml"):
         assert len(writers.get(name, ())) == 1, (name, writers.get(name))
-    # One decode cache, decoded by one rank and mapped by both.
+    # One decode cache for the train images and one for the test images, each decoded by one
+    # rank (before training, as the decode check) and mapped by both.
     caches = [name for name in writers if name.startswith("images-") and name.endswith(".u8")]
-    assert len(caches) == 1 and len(writers[caches[0]]) == 1, {n: writers[n] for n in caches}
+    assert len(caches) == 2 and all(len(writers[c]) == 1 for c in caches), {n: writers[n] for n in caches}
     tb_pids = {p.name.split(".")[-2] for p in (fold_dir / "tb").glob("events.out.tfevents.*")}
     assert len(tb_pids) == 1
     assert list(pd.read_csv(fold_dir / "summary.csv")["epoch"]) == [1, 2]
@@ -99,6 +101,7 @@ def test_torchrun_two_processes_train_one_fold(tmp_path):
     model.load_state_dict(state["model_state_dict"])
     p = state["preprocessing"]
     oof = oof.set_index("id").loc[valid["id"]]
-    ds = ImageDataset(valid, root, build_eval_transform(p["size"], p["mean"], p["std"], p["interpolation"]), "test")
-    probs = predict_probs([model], torch.utils.data.DataLoader(ds, batch_size=16), torch.device("cpu"))
+    ds = ImageDataset(valid, root, build_eval_transform(p["size"], p["interpolation"]), "test")
+    probs = predict_probs([model], torch.utils.data.DataLoader(ds, batch_size=16), torch.device("cpu"),
+                          batch_transform=BatchAugment(p["size"], p["mean"], p["std"]))
     np.testing.assert_allclose(oof[[f"prob_{c}" for c in classes]].to_numpy(), probs, atol=1e-4)

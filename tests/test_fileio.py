@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ import torch
 import yaml
 
 from competition.checkpoints import load_checkpoint, save_checkpoint
-from competition.fileio import atomic_path, torch_save, write_csv, write_json, write_text, write_yaml
+from competition.fileio import BackgroundWriter, atomic_path, torch_save, write_csv, write_json, write_text, write_yaml
 
 
 def versions(n_rows: int = 3000) -> list[pd.DataFrame]:
@@ -153,3 +154,23 @@ def test_atomic_path_writes_nothing_when_the_body_fails(tmp_path):
         raise ValueError("boom")
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_background_writes_land_in_order_and_their_errors_are_not_lost(tmp_path):
+    order = []
+
+    def slow_write(name, seconds):
+        time.sleep(seconds)
+        write_text(tmp_path / name, name)
+        order.append(name)
+
+    with BackgroundWriter() as writer:
+        writer.submit(slow_write, "first", 0.2)
+        writer.submit(slow_write, "second", 0.0)  # waits for the first batch
+        assert order == ["first"]
+    assert order == ["first", "second"] and (tmp_path / "second").read_text() == "second"
+
+    writer = BackgroundWriter()
+    writer.submit(write_text, tmp_path / "missing" / "\0bad", "x")  # an invalid name fails in the thread
+    with pytest.raises(ValueError):
+        writer.close()

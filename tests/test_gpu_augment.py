@@ -9,6 +9,7 @@ import yaml
 
 from competition import predict, train
 from competition.checkpoints import load_checkpoint
+from competition.datasets import ImageDataset
 from competition.gpu_augment import BatchAugment
 from competition.transforms import build_eval_transform
 
@@ -19,13 +20,23 @@ def _batch(n=4, size=16, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
 
 
-def test_eval_path_matches_albumentations_normalisation():
+def test_eval_path_normalises_with_the_models_mean_and_std():
     images = _batch()
     ours = BatchAugment(16, MEAN, STD)(images)
-    tf = build_eval_transform(16, MEAN, STD)
-    theirs = torch.stack([tf(image=img.numpy())["image"] for img in images])
-    assert ours.shape == (4, 3, 16, 16)
-    assert torch.allclose(ours, theirs, atol=1e-5)
+    # what timm's and albumentations' Normalize compute: (pixel / 255 - mean) / std, channels first
+    theirs = (images.numpy() / 255.0 - np.array(MEAN)) / np.array(STD)
+    assert ours.shape == (4, 3, 16, 16) and ours.dtype == torch.float32 and ours.is_contiguous()
+    np.testing.assert_allclose(ours.numpy(), theirs.transpose(0, 3, 1, 2), atol=1e-5)
+
+
+def test_albumentations_path_hands_over_uint8_rows_of_the_batch_layout(image_comp):
+    _, root = image_comp
+    train = pd.read_csv(root / "train.csv")
+    ds = ImageDataset(train, root, build_eval_transform(16), "train")
+    x, _ = ds[0]
+    assert x.dtype == torch.uint8 and x.shape == (16, 16, 3)  # what CachedRows hands over too
+    batch = torch.stack([ds[i][0] for i in range(4)])
+    assert BatchAugment(16, MEAN, STD)(batch).shape == (4, 3, 16, 16)
 
 
 def test_training_augmentation_is_seeded_per_sample():
@@ -56,7 +67,11 @@ def test_training_and_prediction_through_the_device_path(image_comp, tmp_path):
     assert train.main(["--config", str(cfg_path), "--fold", "all"]) == 0
     state = load_checkpoint(tmp_path / "outputs" / "shapes" / "fold0" / "best.pt")
     assert state["config"]["train"]["device_augment"] == "on"
+    # Each image decoded once: one cache of the train images (every fold), one of the test images.
+    caches = {p: p.stat().st_mtime_ns for p in (tmp_path / "outputs" / "cache").glob("images-*.u8")}
+    assert len(caches) == 2
     out = tmp_path / "sub.csv"
     assert predict.main(["--config", str(cfg_path), "--output", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "outputs" / "cache").glob("images-*.u8")} == caches
     sub = pd.read_csv(out)
     assert list(sub["id"]) == list(pd.read_csv(root / "sample_submission.csv")["id"])

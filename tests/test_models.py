@@ -14,6 +14,7 @@ from competition.datasets import ImageDataset
 from competition.engine import train_one_epoch
 from competition.errors import CompetitionError
 from competition.finetune import lr_factor
+from competition.gpu_augment import BatchAugment
 from competition.models import (
     backbone_parameters,
     build_model,
@@ -33,10 +34,10 @@ def _setup(image_comp, stage):
     model = build_model(cfg, 3)
     prep = preprocessing(model, 32)
     ds = ImageDataset(pd.read_csv(root / "train.csv"), root,
-                      build_train_transform(32, [], prep["mean"], prep["std"]), "train")
+                      build_train_transform(32, []), "train")
     set_stage(model, stage)
     opt = torch.optim.AdamW(param_groups(model, stage, 1e-2, 0.1, 0.0))
-    return model, DataLoader(ds, batch_size=8), opt
+    return model, DataLoader(ds, batch_size=8), opt, BatchAugment(32, prep["mean"], prep["std"])
 
 
 def _bn_stats(model):
@@ -44,7 +45,7 @@ def _bn_stats(model):
 
 
 def test_stage1_trains_the_head_only_and_keeps_batchnorm_statistics(image_comp):
-    model, loader, opt = _setup(image_comp, stage=1)
+    model, loader, opt, normalise = _setup(image_comp, stage=1)
     before = copy.deepcopy(model.state_dict())
     head_ids = {id(p) for p in head_parameters(model)}
     assert all(not p.requires_grad for p in backbone_parameters(model))
@@ -56,7 +57,7 @@ def test_stage1_trains_the_head_only_and_keeps_batchnorm_statistics(image_comp):
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms and all(not m.training for m in norms)
     train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
-                    lr_factor=lambda s: 1.0, step=0)
+                    lr_factor=lambda s: 1.0, step=0, batch_transform=normalise)
 
     after = model.state_dict()
     for name, p in model.named_parameters():
@@ -67,7 +68,7 @@ def test_stage1_trains_the_head_only_and_keeps_batchnorm_statistics(image_comp):
 
 
 def test_stage2_trains_everything_with_a_lower_backbone_rate(image_comp):
-    model, loader, opt = _setup(image_comp, stage=2)
+    model, loader, opt, normalise = _setup(image_comp, stage=2)
     groups = {g["name"]: g for g in opt.param_groups}
     assert groups["backbone"]["lr"] == pytest.approx(1e-3) and groups["head"]["lr"] == pytest.approx(1e-2)
     n_params = sum(1 for _ in model.parameters())
@@ -75,7 +76,7 @@ def test_stage2_trains_everything_with_a_lower_backbone_rate(image_comp):
     before = copy.deepcopy(model.state_dict())
     train_mode(model, 2)
     train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
-                    lr_factor=lambda s: 1.0, step=0)
+                    lr_factor=lambda s: 1.0, step=0, batch_transform=normalise)
     after = model.state_dict()
     assert all(not torch.equal(before[n], after[n]) for n, _ in model.named_parameters())
     assert any(not torch.equal(before[k], v) for k, v in _bn_stats(model).items())
