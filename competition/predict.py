@@ -16,6 +16,7 @@ from competition.errors import run_cli
 from competition.fileio import write_csv, write_json
 from competition.finetune import prepare_images
 from competition.metrics import METRICS
+from competition.runtime import keep_freed_memory
 from competition.submission import leaderboard_score, make_submission, submission_path, validate_submission
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    keep_freed_memory()  # before the big allocations: see runtime.py
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     folds = parse_folds(args.folds, cfg.folds.n_splits)

@@ -18,6 +18,7 @@ from competition.fileio import write_yaml
 from competition.finetune import fit_fold, prepare_images
 from competition.folds import load_or_create_folds
 from competition.models import check_model
+from competition.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def check_not_running(cfg: Config, folds: list[int]) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    keep_freed_memory()  # before the big allocations: see runtime.py
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     folds = parse_fold(args.fold, cfg.folds.n_splits)
