@@ -60,6 +60,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1.0e-3
     backbone_lr_mult: float = 0.1
+    freeze_bn: bool = False  # stage 2 too keeps the backbone's BatchNorm statistics (small data, small batches)
     weight_decay: float = 1.0e-4
     warmup_epochs: float = 0.5  # linear warmup at the start of each stage
     label_smoothing: float = 0.0
@@ -269,6 +270,8 @@ def _validate(cfg: Config) -> None:
             raise CompetitionError(f"config key {key}: must not be negative, got {value}")
     if cfg.train.epochs + cfg.train.freeze_epochs == 0:
         raise CompetitionError("config keys train.epochs and train.freeze_epochs are both 0: nothing to train")
+    if cfg.task == "tabular" and cfg.train.freeze_bn:
+        raise CompetitionError("config key train.freeze_bn: applies to image backbones; a tabular MLP learns its BatchNorm statistics")
     if cfg.task == "image" and not cfg.data.image_column:
         raise CompetitionError("config key data.image_column: an image task needs the image path column")
     if cfg.folds.strategy in ("group", "stratified_group") and not cfg.data.group_column:

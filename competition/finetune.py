@@ -310,7 +310,7 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
                 began = time.time()
                 seed_everything(mix_seed(cfg.seed, fold, e))
                 train_sampler.set_epoch(e)
-                train_mode(base_model, stage)  # DDP and compile wrappers stay in train mode
+                train_mode(base_model, stage, t.freeze_bn)  # DDP and compile wrappers stay in train mode
                 step = (e - stage_first) * steps_per_epoch
                 train = train_one_epoch(
                     module, train_loader, optimizer, device, loss_fn=loss_fn,

@@ -132,11 +132,12 @@ def set_stage(model: nn.Module, stage: int) -> None:
         p.requires_grad_(True)
 
 
-def train_mode(model: nn.Module, stage: int) -> None:
-    """model.train(), but in stage 1 the backbone's BatchNorm layers stay in eval mode so their
-    running statistics are neither updated nor replaced by batch statistics."""
+def train_mode(model: nn.Module, stage: int, freeze_bn: bool = False) -> None:
+    """model.train(), but in stage 1 (and in stage 2 too with `freeze_bn`) the backbone's
+    BatchNorm layers stay in eval mode: their running statistics are neither updated nor
+    replaced by batch statistics. Their scale and shift still learn in stage 2."""
     model.train()
-    if stage == 1:
+    if stage == 1 or freeze_bn:
         for m in _backbone_norm_layers(model):
             m.eval()
 

@@ -101,3 +101,23 @@ def test_schedule_warms_up_then_decays():
     assert values[0] < values[5] < values[9] <= 1.0
     assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))
     assert values[-1] == pytest.approx(0.05, abs=0.01)
+
+
+def test_stage2_with_freeze_bn_learns_every_layer_but_keeps_batchnorm_statistics(image_comp):
+    model, loader, opt, normalise = _setup(image_comp, stage=2)
+    before = copy.deepcopy(model.state_dict())
+    train_mode(model, 2, freeze_bn=True)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert model.training and norms and all(not m.training for m in norms)
+    train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
+                    lr_factor=lambda s: 1.0, step=0, batch_transform=normalise)
+    after = model.state_dict()
+    assert all(not torch.equal(before[n], after[n]) for n, _ in model.named_parameters())
+    for key, value in _bn_stats(model).items():
+        assert torch.equal(before[key], value), f"{key} moved with freeze_bn"
+
+
+def test_freeze_bn_is_refused_for_a_tabular_mlp(table_comp):
+    cfg_path, _ = table_comp
+    with pytest.raises(CompetitionError, match="train.freeze_bn"):
+        load_config(str(cfg_path), ["train.freeze_bn=true"])
