@@ -37,6 +37,7 @@ from competition.distributed import SeededSampler  # noqa: E402
 from competition.engine import amp_dtype_for, train_one_epoch  # noqa: E402
 from competition.finetune import _loader, build_fold_data, lr_factor, use_device_augment  # noqa: E402
 from competition.folds import load_or_create_folds  # noqa: E402
+from competition.gpu_augment import CachedRows  # noqa: E402
 from competition.models import build_model, param_groups, preprocessing, set_stage, train_mode  # noqa: E402
 
 TITLE = "GPU training throughput: the kit against the synthetic-data ceiling"
@@ -127,7 +128,7 @@ def kit(cfg, comp, df, device: torch.device, epochs: int) -> tuple[float, bool]:
         if e > 0 or epochs == 1:
             images += out["samples"]
             seconds += time.perf_counter() - start
-    return images / seconds, data.train_transform is not None
+    return images / seconds, isinstance(data.train_ds, CachedRows)  # the device path reads uint8 cache rows
 
 
 def main() -> int:
