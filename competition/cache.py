@@ -2,7 +2,6 @@
 every epoch and every fold; rebuilt when the image list, the files or the resolution change."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -78,29 +77,22 @@ def build_cache(paths: list[Path], size: int, cache_dir: Path, workers: int | No
     if path.is_file() and path.stat().st_size == len(paths) * size * size * 3:
         return CachedImages(path, len(paths), size)
     workers = workers or min(16, (os.cpu_count() or 2) * 2)
-    new_dirs = [d for d in (cache_dir, *cache_dir.parents) if not d.exists()]
-    try:
-        with atomic_path(path) as tmp:
-            array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(paths), size, size, 3))
+    with atomic_path(path) as tmp:
+        array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(paths), size, size, 3))
 
-            def fill(i: int) -> str | None:
-                try:
-                    array[i] = resize(load_image(paths[i]), size)
-                    return None
-                except Exception as exc:  # PIL raises many types for broken files
-                    return decode_failure(paths[i], exc)
+        def fill(i: int) -> str | None:
+            try:
+                array[i] = resize(load_image(paths[i]), size)
+                return None
+            except Exception as exc:  # PIL raises many types for broken files
+                return decode_failure(paths[i], exc)
 
-            with ThreadPoolExecutor(workers) as pool:
-                failures = [f for f in tqdm(pool.map(fill, range(len(paths))), total=len(paths),
-                                            desc=f"decode cache {size}px", leave=False, disable=not show_progress()) if f]
-            if failures:  # every broken file named, and no cache (nor folder) left behind
-                raise UndecodableImages(failures)
-            array.flush()
-    except BaseException:
-        for d in new_dirs:  # innermost first; only what this call created, and only if empty
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
+        with ThreadPoolExecutor(workers) as pool:
+            failures = [f for f in tqdm(pool.map(fill, range(len(paths))), total=len(paths),
+                                        desc=f"decode cache {size}px", leave=False, disable=not show_progress()) if f]
+        if failures:  # every broken file named; atomic_path leaves no cache (nor folder) behind
+            raise UndecodableImages(failures)
+        array.flush()
     write_json(path.with_suffix(".json"), {"images": len(paths), "size": size, "first": str(paths[0]) if paths else None})
     log.info("decode cache: %d images at %dpx in %s", len(paths), size, path)
     return CachedImages(path, len(paths), size)

@@ -30,9 +30,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it into place.
 
     A crash at any moment leaves either the previous file or the new one under `path`,
-    never a half-written one. On an exception the temporary file is removed.
+    never a half-written one. On an exception the temporary file is removed, and so are the
+    folders this call created for it (when still empty): a refused write leaves nothing behind.
     """
     path = Path(path)
+    new_dirs = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # innermost first
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -46,6 +48,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        for d in new_dirs:
+            with contextlib.suppress(OSError):  # not empty: another writer is using it
+                d.rmdir()
         raise
     # The rename is durable only once the directory entry is on disk.
     with contextlib.suppress(OSError):
