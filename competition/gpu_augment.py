@@ -52,8 +52,9 @@ class BatchAugment:
         if train and not supports(augment):
             raise ValueError(f"device augmentation supports {sorted(GPU_AUGMENTATIONS)}, got {list(augment)}")
         self.size, self.augment, self.train = size, list(augment), train
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        # (pixel - 255·mean) / (255·std) as pixel · scale - shift, computed once
+        self.scale = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.shift = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0 * self.scale
 
     def theta(self, seeds: Sequence[int]) -> torch.Tensor:
         """The [n, 2, 3] affine matrices (output → input coordinates) of a batch."""
@@ -84,8 +85,7 @@ class BatchAugment:
                 grid = F.affine_grid(theta, list(x.shape), align_corners=False)
                 x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         x = x.contiguous(memory_format=layout)
-        scale = (1.0 / self.std).to(x.device)
-        return x.mul_(scale).sub_((self.mean * scale).to(x.device))
+        return x.mul_(self.scale.to(x.device)).sub_(self.shift.to(x.device))
 
 
 def _flip_(x: torch.Tensor, which: torch.Tensor, dim: int) -> None:
