@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from competition.data import class_list, encode_labels, image_paths, load_image
+from competition.transforms import seed_pipeline
 
 MODES = ("train", "test")
 
@@ -63,8 +64,8 @@ class ImageDataset(Dataset):
         # row only, never on which worker process serves it, so runs and resumes repeat exactly.
         index, seed = key if isinstance(key, tuple) else (key, None)
         image = self.raw(index)
-        if seed is not None and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(seed)
+        if seed is not None and hasattr(self.transform, "set_random_state"):
+            seed_pipeline(self.transform, seed)
         # A pipeline that leaves a cached row as it is returns the read-only memmap: copy it then.
         x = torch.from_numpy(np.require(self.transform(image=image)["image"], requirements=["C", "W"]))
         if self.mode == "test":

@@ -5,10 +5,12 @@ of float tensors, and `gpu_augment.BatchAugment` converts and normalises whole b
 training device (timm's prefetcher makes the same split)."""
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 
 import albumentations as A
 import cv2
+import numpy as np
 import torch
 
 INTERPOLATIONS = {
@@ -63,6 +65,17 @@ def build_eval_transform(size: int, interpolation: str = "bilinear") -> A.Compos
     """Resize to `size`: validation and test; uint8 in and out."""
     interp = INTERPOLATIONS.get(interpolation, cv2.INTER_LINEAR)
     return A.Compose([A.Resize(size, size, interpolation=interp, area_for_downscale="image")])
+
+
+def seed_pipeline(pipeline: A.BaseCompose, seed: int) -> None:
+    """Make the pipeline's next call depend on `seed` only.
+
+    One numpy and one Python generator, seeded once, are shared by every transform in it.
+    Albumentations' own `set_random_seed` gives each transform a generator of its own from the
+    same seed, so their draws coincide: hflip and vflip would always fire together (two of the
+    four flips, never one alone) and the crop size would follow the flip.
+    """
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 def tta_views(names: Sequence[str]) -> list[Callable[[torch.Tensor], torch.Tensor]]:

@@ -49,6 +49,18 @@ def test_seeded_augmentation_repeats_per_row_and_seed(image_comp):
     assert not torch.equal(a, c)
 
 
+def test_seeded_augmentations_draw_independently():
+    # Each sample's seed drives the whole pipeline; its transforms must not share one stream
+    # each (hflip and vflip would then always fire together and a row would never be flipped
+    # one way only).
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[0, 0] = 255  # the corner the bright pixel lands in tells the flips apart
+    ds = ImageDataset(pd.DataFrame({"image": ["x.png"], "label": [0]}), ".",
+                      build_train_transform(8, ["hflip", "vflip"]), "train", images=image[None])
+    corners = {tuple(np.argwhere(ds[(0, seed)][0].numpy()[..., 0] == 255)[0]) for seed in range(64)}
+    assert corners == {(0, 0), (0, 7), (7, 0), (7, 7)}
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA"])
 def test_any_pil_mode_becomes_rgb(tmp_path, mode):
     rgb = np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8)
