@@ -33,9 +33,10 @@ from results import machine_name, write_section  # noqa: E402
 
 from competition.config import config_from_dict  # noqa: E402
 from competition.data import load_competition  # noqa: E402
+from competition.datasets import build_loader  # noqa: E402
 from competition.distributed import SeededSampler  # noqa: E402
 from competition.engine import amp_dtype_for, train_one_epoch  # noqa: E402
-from competition.finetune import _loader, build_fold_data, lr_factor, use_device_augment  # noqa: E402
+from competition.finetune import build_fold_data, lr_factor, use_device_augment  # noqa: E402
 from competition.folds import load_or_create_folds  # noqa: E402
 from competition.gpu_augment import CachedRows  # noqa: E402
 from competition.models import build_model, param_groups, preprocessing, set_stage, train_mode  # noqa: E402
@@ -110,8 +111,8 @@ def kit(cfg, comp, df, device: torch.device, epochs: int) -> tuple[float, bool]:
         model = model.to(memory_format=torch.channels_last)
     set_stage(model, 2)
     sampler = SeededSampler(len(data.train_ds), cfg.seed, shuffle=True)
-    loader = _loader(data.train_ds, t.batch_size, sampler, t.num_workers, device,
-                     drop_last=len(data.train_ds) % t.batch_size == 1)
+    loader = build_loader(data.train_ds, t.batch_size, device, num_workers=t.num_workers, sampler=sampler,
+                          drop_last=len(data.train_ds) % t.batch_size == 1)
     opt = torch.optim.AdamW(param_groups(model, 2, t.lr, t.backbone_lr_mult, t.weight_decay))
     total = epochs * len(loader)
     amp = amp_dtype_for(device, t.amp)

@@ -1,13 +1,16 @@
 """Datasets over a DataFrame: images (files or decode cache) and tables; modes train and test."""
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from competition.data import class_list, encode_labels, image_paths, load_image
 from competition.transforms import seed_pipeline
@@ -55,6 +58,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def reads_files(self) -> bool:
+        return self.images is None
+
     def raw(self, index: int) -> np.ndarray:
         """The decoded RGB image of a row (from the cache when there is one)."""
         return np.asarray(self.images[index]) if self.images is not None else load_image(self.paths[index])
@@ -95,8 +102,72 @@ class TabularDataset(Dataset):
     def __len__(self) -> int:
         return len(self.features)
 
+    reads_files = False
+
     def __getitem__(self, key: int | tuple[int, int]):
         index = key[0] if isinstance(key, tuple) else key  # tables have no random augmentation
         if self.mode == "test":
             return self.features[index]
         return self.features[index], self.targets[index]
+
+
+class ThreadedRows(Dataset):
+    """A dataset whose batches are fetched by a pool of threads in this process.
+
+    Each thread works on its own shallow copy of `dataset` with its own copy of the transform
+    (albumentations pipelines keep their random state on the object); every sample is still
+    seeded by its key, so the batch does not depend on which thread served which row.
+    """
+
+    def __init__(self, dataset: Dataset, threads: int):
+        self.dataset, self.threads = dataset, max(1, threads)
+        self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _own(self) -> Dataset:
+        ds = getattr(self._local, "dataset", None)
+        if ds is None:
+            ds = copy.copy(self.dataset)
+            if getattr(ds, "transform", None) is not None:
+                ds.transform = copy.deepcopy(ds.transform)
+            self._local.dataset = ds
+        return ds
+
+    def __getitem__(self, key):
+        return self._own()[key]
+
+    def __getitems__(self, keys: list) -> list:
+        if self.threads == 1:
+            return [self[k] for k in keys]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rows")
+        return list(self._pool.map(self.__getitem__, keys))
+
+
+def build_loader(
+    ds: Dataset, batch_size: int, device: torch.device, *, num_workers: int, sampler=None, drop_last: bool = False,
+    persistent: bool = True,
+) -> DataLoader:
+    """The DataLoader for training, validation and prediction.
+
+    Rows that need no file read (the decode cache, tables) load in this process when the model
+    runs on the CPU: `num_workers` threads instead of worker processes. There, the processes
+    only compete with the model for the same cores, and handing each batch over from a process
+    costs more than cropping it (benchmarks/RESULTS.md, "Training loader"). Files to decode,
+    and anything feeding a GPU, go through worker processes (kept between passes when
+    `persistent`; pinned memory on CUDA).
+    """
+    if num_workers > 0 and device.type == "cpu" and not getattr(ds, "reads_files", True):
+        ds, num_workers = ThreadedRows(ds, num_workers), 0
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=persistent and num_workers > 0,
+        drop_last=drop_last,
+    )

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from competition.checkpoints import BEST, check_compatible, load_checkpoint
 from competition.config import Config
 from competition.data import Competition, encode_labels, image_paths, read_csv
-from competition.datasets import ImageDataset, TabularDataset
+from competition.datasets import ImageDataset, TabularDataset, build_loader
 from competition.engine import amp_dtype_for, predict_probs
 from competition.errors import CompetitionError
 from competition.features import TabularPreprocessor
@@ -102,7 +102,7 @@ def predict_test(cfg: Config, comp: Competition, loaded: list, device: torch.dev
             ds = ImageDataset(comp.test, comp.root, build_eval_transform(size, interp), "test",
                               image_column=cfg.data.image_column, images=cache)
         batch_transform = BatchAugment(size, mean, std)  # uint8 → normalised float on the device
-        loader = DataLoader(ds, batch_size=bs, num_workers=cfg.train.num_workers, pin_memory=device.type == "cuda")
+        loader = build_loader(ds, bs, device, num_workers=cfg.train.num_workers, persistent=False)
         total += predict_probs(models, loader, device, views=views, amp_dtype=amp,
                                batch_transform=batch_transform) * len(models)
     return total / len(loaded)

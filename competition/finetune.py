@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from competition import __version__
 from competition.cache import build_cache
@@ -30,7 +29,7 @@ from competition.data import (
     image_paths,
     read_csv,
 )
-from competition.datasets import ImageDataset, TabularDataset
+from competition.datasets import ImageDataset, TabularDataset, build_loader
 from competition.distributed import (
     SeededSampler,
     ShardSampler,
@@ -156,18 +155,6 @@ def build_fold_data(
     )
 
 
-def _loader(ds, batch_size: int, sampler, num_workers: int, device: torch.device, drop_last: bool = False) -> DataLoader:
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=num_workers > 0,
-        drop_last=drop_last,
-    )
-
-
 def _check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
     from competition.tracking import flat_hparams
 
@@ -246,8 +233,10 @@ def _fit_fold(cfg, comp, df, fold, *, device, world, resume, lock) -> dict:
     train_sampler = SeededSampler(len(data.train_ds), mix_seed(cfg.seed, fold), shuffle=True, world=world)
     # Batch norm layers cannot learn from a batch of one: drop a lone last row.
     drop_last = len(train_sampler) % t.batch_size == 1  # rows per rank under DDP
-    train_loader = _loader(data.train_ds, t.batch_size, train_sampler, t.num_workers, device, drop_last)
-    valid_loader = _loader(data.valid_ds, t.batch_size * 2, ShardSampler(len(data.valid_ds), world), t.num_workers, device)
+    train_loader = build_loader(data.train_ds, t.batch_size, device, num_workers=t.num_workers, sampler=train_sampler,
+                                drop_last=drop_last)
+    valid_loader = build_loader(data.valid_ds, t.batch_size * 2, device, num_workers=t.num_workers,
+                                sampler=ShardSampler(len(data.valid_ds), world))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     eval_loss = nn.CrossEntropyLoss()
     amp_dtype = amp_dtype_for(device, t.amp)

@@ -104,6 +104,8 @@ class CachedRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    reads_files = False
+
     def raw(self, index: int):
         import numpy as np
 

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from competition.data import load_image
-from competition.datasets import ImageDataset, TabularDataset
+from competition.datasets import ImageDataset, TabularDataset, ThreadedRows, build_loader
+from competition.distributed import SeededSampler
 from competition.features import TabularPreprocessor
 from competition.gpu_augment import BatchAugment
 from competition.transforms import build_eval_transform, build_train_transform
@@ -59,6 +60,29 @@ def test_seeded_augmentations_draw_independently():
                       build_train_transform(8, ["hflip", "vflip"]), "train", images=image[None])
     corners = {tuple(np.argwhere(ds[(0, seed)][0].numpy()[..., 0] == 255)[0]) for seed in range(64)}
     assert corners == {(0, 0), (0, 7), (7, 0), (7, 7)}
+
+
+def test_cached_rows_load_on_threads_and_give_the_batches_worker_processes_give(image_comp):
+    # With a CPU model, decode-cache rows load on threads of the training process; which of
+    # them served a row must not change a pixel, and files to decode keep their processes.
+    _, root = image_comp
+    train = pd.read_csv(root / "train.csv")
+    images = np.random.default_rng(0).integers(0, 256, (len(train), 24, 24, 3), dtype=np.uint8)
+    tf = build_train_transform(16, ["random_resized_crop", "hflip", "vflip", "color_jitter"])
+    cached = ImageDataset(train, root, tf, "train", images=images)
+    sampler = SeededSampler(len(cached), 0, shuffle=True)
+    cpu = torch.device("cpu")
+    threaded = build_loader(cached, 5, cpu, num_workers=2, sampler=sampler)
+    assert threaded.num_workers == 0 and isinstance(threaded.dataset, ThreadedRows)
+    processes = torch.utils.data.DataLoader(cached, 5, sampler=sampler, num_workers=2)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        got, want = list(threaded), list(processes)
+        assert len(got) == len(want) == -(-len(train) // 5)
+        for (x, y), (x2, y2) in zip(got, want):
+            assert torch.equal(x, x2) and torch.equal(y, y2)
+    files = ImageDataset(train, root, tf, "train")
+    assert build_loader(files, 5, cpu, num_workers=2, sampler=sampler).num_workers == 2
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA"])
