@@ -147,10 +147,12 @@ def main() -> None:
         loader, sampler, _, normalise = kit_loader(cfg_off, comp, df, prep, args.workers, args.batch_size)
         off = epoch_times(loader, args.epochs, sampler.set_epoch, normalise)
         del loader
-        # 4. Kit, device path (what train.device_augment=auto picks on CUDA): the workers copy
-        #    uint8 rows of the warm cache; crop, flip and normalise run per batch where the model is.
+        # 4. Kit, device path (what train.device_augment=auto picks on CUDA): worker processes, as
+        #    on CUDA, copy uint8 rows of the warm cache; crop, flip and normalise run per batch
+        #    where the model is.
         cfg_dev = config_from_dict({**raw, "train": {**raw["train"], "device_augment": "on"}})
-        loader, sampler, _, augment = kit_loader(cfg_dev, comp, df, prep, args.workers, args.batch_size)
+        loader, sampler, _, augment = kit_loader(cfg_dev, comp, df, prep, args.workers, args.batch_size,
+                                                 processes=True)
         assert augment is not None
         dev_rows = epoch_times(loader, args.epochs, sampler.set_epoch)
         dev_cpu = epoch_times(loader, args.epochs, sampler.set_epoch, augment)
@@ -177,7 +179,7 @@ def main() -> None:
         ("kit, cache cold (first pass includes building it)", n / (build + cold[0]), rate(cold[1:])),
         ("kit, cache warm (a later run)", n / warm[0], rate(warm[1:])),
         ("cache warm, rows from worker processes instead of threads", n / warm_proc[0], rate(warm_proc[1:])),
-        ("kit, device path: uint8 rows from the warm cache (crop, flip, normalise left to the GPU)", n / dev_rows[0],
+        ("kit, device path: uint8 rows from the warm cache in worker processes (crop, flip, normalise left to the GPU)", n / dev_rows[0],
          rate(dev_rows[1:])),
         ("kit, device path with its crop/flip/normalise run on this CPU", n / dev_cpu[0], rate(dev_cpu[1:])),
     ]
