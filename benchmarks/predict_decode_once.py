@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 from albumentations.pytorch import ToTensorV2
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +28,7 @@ from results import machine_name, write_section  # noqa: E402
 
 from competition.checkpoints import BEST, save_checkpoint  # noqa: E402
 from competition.config import config_from_dict, config_to_dict  # noqa: E402
-from competition.data import load_competition  # noqa: E402
+from competition.data import load_competition, load_image  # noqa: E402
 from competition.ensemble import load_fold_models, predict_test, trained_folds  # noqa: E402
 from competition.models import build_model, preprocessing  # noqa: E402
 from competition.transforms import INTERPOLATIONS, tta_views  # noqa: E402
@@ -63,17 +62,17 @@ def fake_fold_checkpoints(cfg, classes: list, folds: int) -> None:
 
 
 class TestFiles(Dataset):
-    """The naive loop's own decoding: PIL, then resize, normalise and to-tensor per image."""
+    """The naive loop's own decoding, per image: the file (through the kit's `load_image`, so
+    both sides decode the same pixels at the same JPEG scale), then resize, normalise, to-tensor."""
 
-    def __init__(self, paths: list[str], transform):
-        self.paths, self.transform = paths, transform
+    def __init__(self, paths: list[str], transform, size: int):
+        self.paths, self.transform, self.size = paths, transform, size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        with Image.open(self.paths[i]) as im:
-            return self.transform(image=np.asarray(im.convert("RGB")))["image"]
+        return self.transform(image=load_image(Path(self.paths[i]), self.size))["image"]
 
 
 @torch.inference_mode()
@@ -85,7 +84,7 @@ def naive_predict(loaded: list, paths: list[str], tta: list[str], batch_size: in
         ds = TestFiles(paths, A.Compose([
             A.Resize(p["size"], p["size"], interpolation=INTERPOLATIONS[p["interpolation"]], area_for_downscale="image"),
             A.Normalize(mean=p["mean"], std=p["std"]), ToTensorV2(),
-        ]))
+        ]), p["size"])
         model.eval()
         for view in tta_views(tta):
             out = []

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def cache_key(paths: list[Path], size: int) -> str:
     """Names the image list, each file's size and mtime, and the cache resolution."""
-    h = hashlib.sha1(f"v1|{size}".encode())
+    h = hashlib.sha1(f"v2|{size}".encode())  # v2: JPEGs decoded at reduced scale
     for p in paths:
         st = os.stat(p)
         h.update(f"\n{p}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -82,7 +82,7 @@ def build_cache(paths: list[Path], size: int, cache_dir: Path, workers: int | No
 
         def fill(i: int) -> str | None:
             try:
-                array[i] = resize(load_image(paths[i]), size)
+                array[i] = resize(load_image(paths[i], size), size)
                 return None
             except Exception as exc:  # PIL raises many types for broken files
                 return decode_failure(paths[i], exc)

@@ -29,7 +29,8 @@ class ImageDataset(Dataset):
 
     `transform` is a uint8 albumentations pipeline called as transform(image=array)["image"].
     `images`, when given, is an array [n, H, W, 3] of pre-decoded rows (the decode cache)
-    used instead of reading the files.
+    used instead of reading the files. `decode_side` lets large JPEG files decode at reduced
+    scale as long as both sides stay at least that long (`transforms.decode_side`).
     """
 
     def __init__(
@@ -43,10 +44,12 @@ class ImageDataset(Dataset):
         target_column: str = "label",
         classes: list | None = None,
         images: np.ndarray | None = None,
+        decode_side: int | None = None,
     ):
         _check_mode(mode)
         self.paths = image_paths(df, Path(root), image_column)
         self.transform = transform
+        self.decode_side = decode_side
         self.mode = mode
         self.images = images
         if mode == "train":
@@ -64,7 +67,7 @@ class ImageDataset(Dataset):
 
     def raw(self, index: int) -> np.ndarray:
         """The decoded RGB image of a row (from the cache when there is one)."""
-        return np.asarray(self.images[index]) if self.images is not None else load_image(self.paths[index])
+        return np.asarray(self.images[index]) if self.images is not None else load_image(self.paths[index], self.decode_side)
 
     def __getitem__(self, key: int | tuple[int, int]):
         # The seeded sampler passes (row, seed): augmentation then depends on the epoch and the

@@ -100,7 +100,7 @@ def predict_test(cfg: Config, comp: Competition, loaded: list, device: torch.dev
             ds = CachedRows(cache)
         else:
             ds = ImageDataset(comp.test, comp.root, build_eval_transform(size, interp), "test",
-                              image_column=cfg.data.image_column, images=cache)
+                              image_column=cfg.data.image_column, images=cache, decode_side=size)
         batch_transform = BatchAugment(size, mean, std)  # uint8 → normalised float on the device
         loader = build_loader(ds, bs, device, num_workers=cfg.train.num_workers, persistent=False)
         total += predict_probs(models, loader, device, views=views, amp_dtype=amp,

@@ -48,7 +48,7 @@ from competition.gpu_augment import BatchAugment, CachedRows, supports
 from competition.metrics import METRICS
 from competition.models import build_model, param_groups, preprocessing, set_stage, train_mode
 from competition.tracking import FoldTracker, oof_frame, read_oof_probs, write_summary
-from competition.transforms import build_eval_transform, build_train_transform
+from competition.transforms import build_eval_transform, build_train_transform, decode_side
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,10 @@ def build_fold_data(
     eval_tf = build_eval_transform(size, prep["interpolation"])
     normalise = BatchAugment(size, prep["mean"], prep["std"])
     return FoldData(
-        ImageDataset(train_df, comp.root, train_tf, "train", images=cache.subset(train_rows) if cache else None, **kw),
-        ImageDataset(valid_df, comp.root, eval_tf, "train", images=cache.subset(valid_rows) if cache else None, **kw),
+        ImageDataset(train_df, comp.root, train_tf, "train", images=cache.subset(train_rows) if cache else None,
+                     decode_side=decode_side(size, cfg.image.augment), **kw),
+        ImageDataset(valid_df, comp.root, eval_tf, "train", images=cache.subset(valid_rows) if cache else None,
+                     decode_side=size, **kw),
         valid_ids,
         valid_targets,
         None,

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from competition.transforms import RRC_RATIO, RRC_SCALE
+
 # Augmentations this path can do; a config asking for others keeps the albumentations path.
 GPU_AUGMENTATIONS = frozenset({"random_resized_crop", "hflip", "vflip", "affine"})
 FLIPS = frozenset({"hflip", "vflip"})
@@ -30,8 +32,9 @@ def _sample_params(seed: int, augment: Sequence[str]) -> list[float]:
     sx = sy = 1.0
     angle = tx = ty = 0.0
     if "random_resized_crop" in augment:
-        area = 0.5 + 0.5 * u[0]  # crop area fraction, as transforms.AUGMENTATIONS
-        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
+        (lo, hi), (r0, r1) = RRC_SCALE, RRC_RATIO  # as the albumentations path
+        area = lo + (hi - lo) * u[0]  # crop area fraction
+        ratio = math.exp(math.log(r0) + (math.log(r1) - math.log(r0)) * u[1])
         sx, sy = min(1.0, math.sqrt(area * ratio)), min(1.0, math.sqrt(area / ratio))
         # the crop stays inside the image: its centre moves by at most the slack
         tx, ty = (1 - sx) * (2 * u[2] - 1), (1 - sy) * (2 * u[3] - 1)

@@ -5,6 +5,7 @@ of float tensors, and `gpu_augment.BatchAugment` converts and normalises whole b
 training device (timm's prefetcher makes the same split)."""
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -20,10 +21,14 @@ INTERPOLATIONS = {
     "lanczos": cv2.INTER_LANCZOS4,
 }
 
+# random_resized_crop's crop: this fraction of the image's area, aspect ratio 3/4 to 4/3
+RRC_SCALE = (0.5, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+
 # Train-time augmentations by name (config `image.augment`). `random_resized_crop` replaces
 # the plain resize; the others run after it, in the order given.
 AUGMENTATIONS: dict[str, Callable[[int], A.BasicTransform]] = {
-    "random_resized_crop": lambda size: A.RandomResizedCrop(size=(size, size), scale=(0.5, 1.0)),
+    "random_resized_crop": lambda size: A.RandomResizedCrop(size=(size, size), scale=RRC_SCALE, ratio=RRC_RATIO),
     "hflip": lambda size: A.HorizontalFlip(p=0.5),
     "vflip": lambda size: A.VerticalFlip(p=0.5),
     "rotate90": lambda size: A.RandomRotate90(p=0.5),
@@ -54,11 +59,19 @@ def build_train_transform(size: int, augment: Sequence[str], interpolation: str 
     """Resize (or random-resized-crop) to `size`, then the named augmentations; uint8 in and out."""
     interp = INTERPOLATIONS.get(interpolation, cv2.INTER_LINEAR)
     if "random_resized_crop" in augment:
-        first = A.RandomResizedCrop(size=(size, size), scale=(0.5, 1.0), interpolation=interp)
+        first = A.RandomResizedCrop(size=(size, size), scale=RRC_SCALE, ratio=RRC_RATIO, interpolation=interp)
     else:
         first = A.Resize(size, size, interpolation=interp, area_for_downscale="image")
     rest = [AUGMENTATIONS[name](size) for name in augment if name != "random_resized_crop"]
     return A.Compose([first, *rest])
+
+
+def decode_side(size: int, augment: Sequence[str] = ()) -> int:
+    """The smallest image side the pipeline's first step needs at full detail: `size` for a
+    resize; with random_resized_crop, enough that its smallest crop is still `size` a side."""
+    if "random_resized_crop" not in augment:
+        return size
+    return math.ceil(size / math.sqrt(RRC_SCALE[0] * RRC_RATIO[0]))
 
 
 def build_eval_transform(size: int, interpolation: str = "bilinear") -> A.Compose:

@@ -295,6 +295,10 @@ def test_odd_images_decode_to_rgb_the_right_way_up(tmp_path):
     rotated = load_image(files["exif"])
     assert rotated.shape == (16, 8, 3)  # high, not wide: the EXIF rotation was applied
     assert _close(rotated[3, 4], RED) and _close(rotated[12, 4], BLUE)
+    half = load_image(files["exif"], 4)  # decoded at half scale in the DCT, then rotated
+    assert half.shape == (8, 4, 3) and _close(half[1, 2], RED) and _close(half[6, 2], BLUE)
+    cmyk = load_image(files["cmyk"], 8)
+    assert cmyk.shape == (8, 8, 3) and _close(cmyk[1, 4], RED) and _close(cmyk[6, 4], BLUE)
 
 
 def test_training_accepts_odd_images(tmp_path, capsys):

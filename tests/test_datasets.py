@@ -1,6 +1,9 @@
 """Datasets in train and test modes; images of any PIL mode become RGB; tables fit on train rows only."""
 from __future__ import annotations
 
+import math
+
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +15,7 @@ from competition.datasets import ImageDataset, TabularDataset, ThreadedRows, bui
 from competition.distributed import SeededSampler
 from competition.features import TabularPreprocessor
 from competition.gpu_augment import BatchAugment
-from competition.transforms import build_eval_transform, build_train_transform
+from competition.transforms import RRC_RATIO, RRC_SCALE, build_eval_transform, build_train_transform, decode_side
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -79,10 +82,34 @@ def test_cached_rows_load_on_threads_and_give_the_batches_worker_processes_give(
         sampler.set_epoch(epoch)
         got, want = list(threaded), list(processes)
         assert len(got) == len(want) == -(-len(train) // 5)
-        for (x, y), (x2, y2) in zip(got, want):
+        for (x, y), (x2, y2) in zip(got, want, strict=True):
             assert torch.equal(x, x2) and torch.equal(y, y2)
     files = ImageDataset(train, root, tf, "train")
     assert build_loader(files, 5, cpu, num_workers=2, sampler=sampler).num_workers == 2
+
+
+def test_large_jpegs_decode_at_reduced_scale_never_below_the_side_asked(tmp_path):
+    y, x = np.mgrid[0:320, 0:400]
+    rgb = np.stack([x * 255 // 400, y * 255 // 320, (x + y) * 255 // 720], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(rgb).save(tmp_path / "big.png")
+    full = load_image(tmp_path / "big.jpg")
+    assert full.shape == (320, 400, 3)
+    small = load_image(tmp_path / "big.jpg", 64)
+    assert small.shape == (80, 100, 3)  # 1/4 scale; 1/8 would leave 40 rows
+    assert load_image(tmp_path / "big.jpg", 200).shape == (320, 400, 3)  # half scale would be too small
+    assert load_image(tmp_path / "big.png", 64).shape == (320, 400, 3)  # only JPEG has a cheaper decode
+    # the same picture as the full decode brought to that size
+    reference = cv2.resize(full, (100, 80), interpolation=cv2.INTER_AREA)
+    assert np.abs(small.astype(int) - reference).mean() < 3
+    ds = ImageDataset(pd.DataFrame({"image": ["big.jpg"]}), tmp_path, build_eval_transform(64), "test", decode_side=64)
+    assert ds.raw(0).shape == (80, 100, 3) and ds[0].shape == (64, 64, 3)
+
+
+def test_decode_side_leaves_the_smallest_random_crop_at_full_detail():
+    assert decode_side(64, ["hflip", "affine"]) == 64  # a resize comes first: the size is enough
+    side = decode_side(224, ["random_resized_crop", "hflip"])
+    assert side * math.sqrt(RRC_SCALE[0] * RRC_RATIO[0]) >= 224 > (side - 1) * math.sqrt(RRC_SCALE[0] * RRC_RATIO[0])
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA"])
