@@ -155,7 +155,8 @@ def main() -> None:
         f"{args.folds * views} forward passes per image on both sides. The naive loop decodes every file "
         f"{args.folds * views} times (a full pass per fold and view); the kit's `ensemble.predict_test` "
         f"decodes each once (or reads it from the decode cache) and runs every fold's model on every view of "
-        f"that batch. Model loading is outside both timings.",
+        f"that batch. Both sides decode through the kit's `load_image` (JPEGs at the same reduced DCT scale), "
+        f"so what differs is the number of passes. Model loading is outside both timings.",
         "",
         f"| side | seconds | speed-up over the naive loop ({naive_s:.1f} s) | max abs probability difference |",
         "|---|---|---|---|",
