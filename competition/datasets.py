@@ -71,7 +71,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]):
         # The seeded sampler passes (row, seed): augmentation then depends on the epoch and the
-        # row only, never on which worker process serves it, so runs and resumes repeat exactly.
+        # row only, never on which worker process or thread serves it, so runs and resumes repeat exactly.
         index, seed = key if isinstance(key, tuple) else (key, None)
         image = self.raw(index)
         if seed is not None and hasattr(self.transform, "set_random_state"):
