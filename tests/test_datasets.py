@@ -54,9 +54,9 @@ def test_seeded_augmentation_repeats_per_row_and_seed(image_comp):
 
 
 def test_seeded_augmentations_draw_independently():
-    # Each sample's seed drives the whole pipeline; its transforms must not share one stream
-    # each (hflip and vflip would then always fire together and a row would never be flipped
-    # one way only).
+    # Each sample's seed drives the whole pipeline; its transforms must not each replay the
+    # same random stream (hflip and vflip would then always fire together, and a row would
+    # never be flipped one way only).
     image = np.zeros((8, 8, 3), np.uint8)
     image[0, 0] = 255  # the corner the bright pixel lands in tells the flips apart
     ds = ImageDataset(pd.DataFrame({"image": ["x.png"], "label": [0]}), ".",
