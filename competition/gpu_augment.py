@@ -80,21 +80,30 @@ class BatchAugment:
         if self.train and self.augment:
             if seeds is None:
                 raise ValueError("training augmentation needs one seed per sample")
-            theta = self.theta([int(s) for s in seeds]).to(x.device)
+            theta = self.theta([int(s) for s in seeds])  # on the host: which rows flip is known here
             if set(self.augment) <= FLIPS:  # flips only: exact pixel flips, no resampling pass
                 _flip_(x, theta[:, 0, 0] < 0, -1)
                 _flip_(x, theta[:, 1, 1] < 0, -2)
             else:
-                grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+                grid = F.affine_grid(_to(theta, x.device), list(x.shape), align_corners=False)
                 x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         x = x.contiguous(memory_format=layout)
-        return x.mul_(self.scale.to(x.device)).sub_(self.shift.to(x.device))
+        if self.scale.device != x.device:  # moved once, not copied with every batch
+            self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
+        return x.mul_(self.scale).sub_(self.shift)
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on `device`: from pinned memory without waiting on CUDA, so the
+    host keeps queueing work instead of syncing with the GPU on every batch."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
 def _flip_(x: torch.Tensor, which: torch.Tensor, dim: int) -> None:
-    """Flip the samples marked in `which` along `dim`, in place."""
-    rows = which.nonzero().flatten().to(x.device)
+    """Flip the samples marked in `which` (a host mask) along `dim`, in place."""
+    rows = which.nonzero().flatten()
     if len(rows):
+        rows = _to(rows, x.device)
         x[rows] = x[rows].flip(dim)
 
 
