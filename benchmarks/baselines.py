@@ -32,8 +32,9 @@ sys.path.insert(0, str(REPO))
 from results import machine_name, write_section  # noqa: E402
 
 from competition import predict, train  # noqa: E402
-from competition.demos import build_digits  # noqa: E402
-from competition.features import TabularPreprocessor  # noqa: E402
+from competition.config import shipped_dir  # noqa: E402
+from competition.data.demos import build_digits  # noqa: E402
+from competition.data.features import FeatureHook, TabularPreprocessor  # noqa: E402
 
 
 def run_kit(config: str, root: Path, work: Path, overrides: list[str]) -> tuple[float, float, float]:
@@ -116,7 +117,7 @@ def titanic(splits: int, shared: Path, overrides: list[str]) -> list[dict]:
             te[["PassengerId", "Survived"]].to_csv(root / "solution.csv", index=False)
             cv, acc, secs = run_kit("titanic", root, Path(tmp), overrides)
         row = {"split seed": seed, "kit CV": cv, "kit held-out": acc}
-        pre = TabularPreprocessor.fit(tr, features, id_column="PassengerId", target_column="Survived")
+        pre = TabularPreprocessor.fit(tr, features, FeatureHook("titanic_features.py:TitanicFeatures", shipped_dir()))
         for name, make in models.items():
             basic = make().fit(_basic_features(tr, tr), tr["Survived"])
             row[f"{name} (raw columns)"] = float((basic.predict(_basic_features(te, tr)) == te["Survived"]).mean())

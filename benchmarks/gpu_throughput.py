@@ -12,7 +12,6 @@ Writes benchmarks/RESULTS.md when run on CUDA; `--device cpu` is a smoke test th
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import tempfile
@@ -32,14 +31,15 @@ sys.path.insert(0, str(REPO))
 from results import machine_name, write_section  # noqa: E402
 
 from competition.config import config_from_dict  # noqa: E402
-from competition.data import load_competition  # noqa: E402
-from competition.datasets import build_loader  # noqa: E402
-from competition.distributed import SeededSampler  # noqa: E402
-from competition.engine import amp_dtype_for, train_one_epoch  # noqa: E402
-from competition.finetune import build_fold_data, lr_factor, use_device_augment  # noqa: E402
-from competition.folds import load_or_create_folds  # noqa: E402
-from competition.gpu_augment import CachedRows  # noqa: E402
-from competition.models import build_model, param_groups, preprocessing, set_stage, train_mode  # noqa: E402
+from competition.core.distributed import SeededSampler  # noqa: E402
+from competition.core.runtime import amp_dtype_for  # noqa: E402
+from competition.data.batch_augment import use_device_augment  # noqa: E402
+from competition.data.datasets import CachedRows, build_loader  # noqa: E402
+from competition.data.folds import load_or_create_folds  # noqa: E402
+from competition.models.build import build_model  # noqa: E402
+from competition.tasks import open_competition  # noqa: E402
+from competition.training.engine import train_one_epoch  # noqa: E402
+from competition.training.stages import param_groups, set_stage, stage_schedule, train_mode  # noqa: E402
 
 TITLE = "GPU training throughput: the kit against the synthetic-data ceiling"
 CLASSES = 10
@@ -100,12 +100,11 @@ def ceiling(cfg, device: torch.device, batch_size: int, steps: int, warmup: int)
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def kit(cfg, comp, df, device: torch.device, epochs: int) -> tuple[float, bool]:
+def kit(cfg, task, comp, df, device: torch.device, epochs: int) -> tuple[float, bool]:
     """Images/s of the kit's training epochs after the first (worker start-up, autotuning),
     and whether the device augmentation path was used."""
     t = cfg.train
-    model = build_model(cfg, len(comp.classes), load_pretrained=False)
-    data = build_fold_data(cfg, comp, df, 0, preprocessing(model, cfg.image.size), device)
+    model, data = task.fold(cfg, comp, df, 0, device, load_pretrained=False)
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -114,7 +113,7 @@ def kit(cfg, comp, df, device: torch.device, epochs: int) -> tuple[float, bool]:
     loader = build_loader(data.train_ds, t.batch_size, device, num_workers=t.num_workers, sampler=sampler,
                           drop_last=len(data.train_ds) % t.batch_size == 1)
     opt = torch.optim.AdamW(param_groups(model, 2, t.lr, t.backbone_lr_mult, t.weight_decay))
-    total = epochs * len(loader)
+    scheduler = stage_schedule(opt, epochs * len(loader), 0)
     amp = amp_dtype_for(device, t.amp)
     images, seconds = 0, 0.0
     for e in range(epochs):
@@ -122,9 +121,8 @@ def kit(cfg, comp, df, device: torch.device, epochs: int) -> tuple[float, bool]:
         train_mode(model, 2)
         sync(device)
         start = time.perf_counter()
-        out = train_one_epoch(model, loader, opt, device, loss_fn=nn.CrossEntropyLoss(),
-                              lr_factor=functools.partial(lr_factor, total=total, warmup=0),
-                              step=e * len(loader), amp_dtype=amp, batch_transform=data.train_transform)
+        out = train_one_epoch(model, loader, opt, device, loss_fn=nn.CrossEntropyLoss(), scheduler=scheduler,
+                              amp_dtype=amp, batch_transform=data.train_transform)
         sync(device)
         if e > 0 or epochs == 1:
             images += out["samples"]
@@ -173,10 +171,10 @@ def main() -> int:
                           "device_augment": args.device_augment, "amp": True},
             }
             cfg = config_from_dict(raw)
-            comp = load_competition(cfg)
+            task, comp = open_competition(cfg)
             df = load_or_create_folds(cfg, comp.train)
             start = time.perf_counter()
-            kit_rate, on_device = kit(cfg, comp, df, device, args.epochs)
+            kit_rate, on_device = kit(cfg, task, comp, df, device, args.epochs)
             kit_s = time.perf_counter() - start
             ceil_rate = ceiling(cfg, device, args.batch_size, args.steps, warmup)
             results.append((name, kit_rate, ceil_rate, on_device, kit_s))

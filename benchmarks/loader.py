@@ -25,13 +25,12 @@ sys.path.insert(0, str(REPO))
 from results import machine_name, write_section  # noqa: E402
 
 from competition.config import config_from_dict  # noqa: E402
-from competition.data import load_competition  # noqa: E402
-from competition.datasets import build_loader  # noqa: E402
-from competition.distributed import SeededSampler  # noqa: E402
-from competition.finetune import build_fold_data  # noqa: E402
-from competition.folds import load_or_create_folds  # noqa: E402
-from competition.models import build_model, preprocessing  # noqa: E402
-from competition.runtime import keep_freed_memory  # noqa: E402
+from competition.core.distributed import SeededSampler  # noqa: E402
+from competition.core.runtime import keep_freed_memory  # noqa: E402
+from competition.data.datasets import build_loader  # noqa: E402
+from competition.data.folds import load_or_create_folds  # noqa: E402
+from competition.models.build import build_model, preprocessing  # noqa: E402
+from competition.tasks import TASKS, open_competition  # noqa: E402
 
 TITLE = "Training loader: decode cache against a plain PIL loader"
 
@@ -88,7 +87,7 @@ def kit_loader(cfg, comp, df, prep, workers: int, batch_size: int, processes: bo
     `processes` hands the same dataset to worker processes instead, whatever it reads.
     """
     device = torch.device("cpu")
-    data = build_fold_data(cfg, comp, df, 0, prep, device)
+    data = TASKS["image"].fold_data(cfg, comp, df, 0, device, prep)
     sampler = SeededSampler(len(data.train_ds), cfg.seed, shuffle=True)
     if processes:
         loader = DataLoader(data.train_ds, batch_size, sampler=sampler, num_workers=workers,
@@ -122,7 +121,7 @@ def main() -> None:
             "train": {"batch_size": args.batch_size, "num_workers": args.workers, "cache": "auto"},
         }
         cfg = config_from_dict(raw)
-        comp = load_competition(cfg)
+        _, comp = open_competition(cfg)
         df = load_or_create_folds(cfg, comp.train)
         prep = preprocessing(build_model(cfg, len(comp.classes), load_pretrained=False), args.size)
 

@@ -26,12 +26,14 @@ sys.path.insert(0, str(REPO))
 
 from results import machine_name, write_section  # noqa: E402
 
-from competition.checkpoints import BEST, save_checkpoint  # noqa: E402
-from competition.config import config_from_dict, config_to_dict  # noqa: E402
-from competition.data import load_competition, load_image  # noqa: E402
-from competition.ensemble import load_fold_models, predict_test, trained_folds  # noqa: E402
-from competition.models import build_model, preprocessing  # noqa: E402
-from competition.transforms import INTERPOLATIONS, tta_views  # noqa: E402
+from competition.config import config_from_dict  # noqa: E402
+from competition.core.config import config_to_dict  # noqa: E402
+from competition.data.images import load_image  # noqa: E402
+from competition.data.transforms import INTERPOLATIONS, tta_views  # noqa: E402
+from competition.inference.ensemble import load_fold_models, predict_test, trained_folds  # noqa: E402
+from competition.io.checkpoints import BEST, FoldState, save_checkpoint  # noqa: E402
+from competition.models.build import build_model, preprocessing  # noqa: E402
+from competition.tasks import open_competition  # noqa: E402
 
 TITLE = "Prediction: each test image decoded once for every fold and view"
 
@@ -54,11 +56,12 @@ def fake_fold_checkpoints(cfg, classes: list, folds: int) -> None:
     for fold in range(folds):
         torch.manual_seed(fold)
         model = build_model(cfg, len(classes), load_pretrained=False)
-        save_checkpoint(cfg.fold_dir(fold) / BEST, {
-            "format": 1, "fold": fold, "epoch": 1, "stage": 2, "config": config_to_dict(cfg), "classes": classes,
-            "model_state_dict": model.state_dict(), "optimizer_state_dict": {}, "loss": 0.0, "metric": 0.0,
-            "preprocessing": preprocessing(model, cfg.image.size), "preprocessor": None, "in_features": None,
-        })
+        save_checkpoint(cfg.fold_dir(fold) / BEST, FoldState(
+            fold=fold, config=config_to_dict(cfg), classes=classes, metric_name="accuracy", higher_is_better=True,
+            preprocessing=preprocessing(model, cfg.image.size), preprocessor=None, in_features=None, epoch=1,
+            stage=2, stage_complete=True, finished=True, loss=0.0, metric=0.0, best_metric=0.0, best_epoch=1,
+            best_loss=0.0, bad_epochs=0, history=[], model_state_dict=model.state_dict(), optimizer_state_dict={},
+        ))
 
 
 class TestFiles(Dataset):
@@ -120,15 +123,15 @@ def main() -> None:
             "predict": {"tta": args.tta, "batch_size": args.batch_size},
         }
         cfg = config_from_dict(raw)
-        comp = load_competition(cfg)
+        task, comp = open_competition(cfg)
         fake_fold_checkpoints(cfg, comp.classes, args.folds)
-        loaded = load_fold_models(cfg, comp, trained_folds(cfg, list(range(args.folds)), False), device)
+        loaded = load_fold_models(cfg, task, comp, trained_folds(cfg, list(range(args.folds)), False), device)
         paths = [str(p) for p in comp.test["image"]]
 
         def kit(cache: str) -> tuple[np.ndarray, float]:
             c = config_from_dict({**raw, "train": {**raw["train"], "cache": cache}})
             start = time.perf_counter()
-            probs = predict_test(c, comp, loaded, device, args.tta)
+            probs = predict_test(c, task, comp, loaded, device, args.tta)
             return probs, time.perf_counter() - start
 
         with torch.inference_mode():  # first-call set-up stays out of whichever side runs first

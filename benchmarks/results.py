@@ -31,7 +31,7 @@ def machine_name() -> str:
 
 def write_section(title: str, body: str) -> None:
     """Replace (or append) the `## title` section of RESULTS.md, keeping every other section."""
-    from competition.fileio import write_text
+    from competition.io.files import write_text
 
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     block = f"## {title}\n\n{body.strip()}\n"

@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from results import machine_name, write_section  # noqa: E402
 
-from competition.demos import build_digits  # noqa: E402
+from competition.data.demos import build_digits  # noqa: E402
 
 
 def _train(args: list[str]) -> subprocess.Popen:

@@ -150,7 +150,7 @@ def main() -> None:
 
 
 def digits_workload(root: Path, args) -> tuple[Path, str]:
-    from competition.demos import build_digits
+    from competition.data.demos import build_digits
 
     build_digits(root)
     n = sum(1 for _ in (root / "images").iterdir())

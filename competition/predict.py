@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from competition.config import add_config_arguments, load_config
-from competition.data import load_competition, read_solution
-from competition.distributed import device_for, init_world
-from competition.ensemble import cv_report, load_fold_models, parse_folds, predict_test, trained_folds
-from competition.errors import run_cli
-from competition.fileio import write_csv, write_json
-from competition.finetune import prepare_images
-from competition.metrics import METRICS
-from competition.runtime import keep_freed_memory
-from competition.submission import leaderboard_score, make_submission, submission_path, validate_submission
+from competition.core.distributed import device_for, init_world
+from competition.core.errors import run_cli
+from competition.core.metrics import METRICS
+from competition.core.runtime import keep_freed_memory
+from competition.data.competition import read_solution
+from competition.data.folds import parse_folds
+from competition.inference.ensemble import cv_report, load_fold_models, predict_test, trained_folds
+from competition.inference.submission import leaderboard_score, make_submission, submission_path, validate_submission
+from competition.io.files import write_csv, write_json
+from competition.tasks import open_competition
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    keep_freed_memory()  # before the big allocations: see runtime.py
+    keep_freed_memory()  # before the big allocations: see core/runtime.py
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     folds = parse_folds(args.folds, cfg.folds.n_splits)
-    comp = load_competition(cfg)
+    task, comp = open_competition(cfg)
     checkpoints = trained_folds(cfg, folds, explicit=args.folds != "all")
     device = device_for(init_world())
-    loaded = load_fold_models(cfg, comp, checkpoints, device)
-    prepare_images(cfg, comp)
+    loaded = load_fold_models(cfg, task, comp, checkpoints, device)
+    task.prepare(cfg, comp)
     used = [f for f, _ in checkpoints]
 
     report = cv_report(cfg, comp, used)
-    tta = cfg.predict.tta if cfg.task == "image" else []
-    probs = predict_test(cfg, comp, loaded, device, tta)
+    tta = task.tta(cfg)
+    probs = predict_test(cfg, task, comp, loaded, device, tta)
     d = cfg.data
     sub = make_submission(comp.sample, comp.test[d.id_column].tolist(), probs, comp.classes, d.id_column, d.target_column)
     validate_submission(sub, comp.sample, d.id_column, comp.sample_path.name)

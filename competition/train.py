@@ -6,19 +6,22 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import pandas as pd
 import torch
 
-from competition.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
-from competition.config import Config, add_config_arguments, config_to_dict, load_config
-from competition.data import Competition, load_competition
-from competition.distributed import barrier, broadcast_object, device_for, init_world
-from competition.ensemble import cv_report
-from competition.errors import EXIT_USAGE, CompetitionError, run_cli
-from competition.fileio import write_yaml
-from competition.finetune import fit_fold, prepare_images
-from competition.folds import load_or_create_folds
-from competition.models import check_model
-from competition.runtime import keep_freed_memory
+from competition.config import add_config_arguments, load_config
+from competition.core.config import Config, config_to_dict
+from competition.core.distributed import World, barrier, broadcast_object, device_for, init_world
+from competition.core.errors import EXIT_USAGE, CompetitionError, run_cli
+from competition.core.runtime import keep_freed_memory
+from competition.data.competition import Competition
+from competition.data.folds import load_or_create_folds, parse_folds
+from competition.inference.ensemble import cv_report
+from competition.io.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
+from competition.io.files import write_yaml
+from competition.models.build import check_model
+from competition.tasks import Task, open_competition
+from competition.training.fold import fit_fold
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one fold or every fold; writes outputs/<name>/fold<K>/{best,last}.pt, oof.csv, summary.csv, tb/.",
     )
     add_config_arguments(parser)
-    parser.add_argument("--fold", default="all", help="fold number, or 'all' (default)")
+    parser.add_argument("--fold", default="all", help="fold number, a list like 0,2, or 'all' (default)")
     parser.add_argument("--resume", action="store_true", help="continue each fold from its last.pt")
     return parser
-
-
-def parse_fold(spec: str, n_splits: int) -> list[int]:
-    if spec == "all":
-        return list(range(n_splits))
-    try:
-        fold = int(spec)
-    except ValueError:
-        raise CompetitionError(f"--fold {spec}: expected a fold number or 'all'") from None
-    if not 0 <= fold < n_splits:
-        raise CompetitionError(f"--fold {fold} is out of range: folds are 0..{n_splits - 1} (folds.n_splits = {n_splits})")
-    return [fold]
 
 
 def check_resumable(cfg: Config, comp: Competition, folds: list[int]) -> None:
@@ -51,7 +42,7 @@ def check_resumable(cfg: Config, comp: Competition, folds: list[int]) -> None:
     for fold in folds:
         path = cfg.fold_dir(fold) / LAST
         if path.is_file():
-            check_compatible(load_checkpoint(path), path, cfg.model.name, cfg.task, comp.classes)
+            check_compatible(load_checkpoint(path), path, cfg, comp.classes)
 
 
 def check_not_running(cfg: Config, folds: list[int]) -> None:
@@ -61,53 +52,69 @@ def check_not_running(cfg: Config, folds: list[int]) -> None:
             pass
 
 
+def prepare_run(cfg: Config, folds: list[int], resume: bool) -> tuple[Task, Competition, pd.DataFrame]:
+    """Every check comes before the first write: a refused run leaves no config.yaml or checkpoint."""
+    task, comp = open_competition(cfg)
+    # A resumed fold takes its weights from last.pt: no pretrained download needed.
+    check_model(cfg, len(comp.classes), load_pretrained=not resume)
+    task.prepare(cfg, comp)
+    if resume:
+        check_resumable(cfg, comp, folds)
+    df = load_or_create_folds(cfg, comp.train)
+    check_not_running(cfg, folds)
+    write_yaml(cfg.run_dir / "config.yaml", config_to_dict(cfg))
+    return task, comp, df
+
+
+def _agree_on_refusal(refusal: str | None, world: World) -> int | None:
+    """Under torchrun the other ranks wait for the first one's checks and stop with it."""
+    refusal = broadcast_object(refusal, world)
+    if refusal is None:
+        return None
+    if not world.distributed:
+        raise CompetitionError(refusal)
+    # torchrun stops the other processes as soon as one exits: say it before anyone leaves.
+    if world.is_main:
+        print(f"error: {refusal}", file=sys.stderr, flush=True)
+    barrier(world)
+    torch.distributed.destroy_process_group()
+    return EXIT_USAGE
+
+
+def _report(cfg: Config, comp: Competition, results) -> None:
+    for r in results:
+        print(f"fold {r.fold}: best {cfg.train.metric} {r.best_metric:.5f} at epoch {r.best_epoch}")
+    report = cv_report(cfg, comp, list(range(cfg.folds.n_splits)))
+    if len(report["folds"]) == cfg.folds.n_splits:
+        print(f"CV {report['metric']}: {report['cv']:.5f} over {report['oof_rows']} out-of-fold rows")
+    else:
+        print(f"folds trained so far: {sorted(report['folds'])} of {cfg.folds.n_splits}")
+
+
 def _main(argv: Sequence[str] | None) -> int:
-    keep_freed_memory()  # before the big allocations: see runtime.py
+    keep_freed_memory()  # before the big allocations: see core/runtime.py
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    folds = parse_fold(args.fold, cfg.folds.n_splits)
+    folds = parse_folds(args.fold, cfg.folds.n_splits, "--fold")
     world = init_world()
     device = device_for(world)
     refusal = None
     if world.is_main:
-        # Every check comes before the first write: a refused run leaves no config.yaml or checkpoint.
         try:
-            comp = load_competition(cfg)
-            # A resumed fold takes its weights from last.pt: no pretrained download needed.
-            check_model(cfg, len(comp.classes), load_pretrained=not args.resume)
-            prepare_images(cfg, comp)
-            if args.resume:
-                check_resumable(cfg, comp, folds)
-            df = load_or_create_folds(cfg, comp.train)
-            check_not_running(cfg, folds)
-            write_yaml(cfg.run_dir / "config.yaml", config_to_dict(cfg))
+            task, comp, df = prepare_run(cfg, folds, args.resume)
         except CompetitionError as exc:
             refusal = str(exc)
-    # Under torchrun the other ranks wait for the first one's checks: they stop with it.
-    refusal = broadcast_object(refusal, world)
-    if refusal is not None:
-        if not world.distributed:
-            raise CompetitionError(refusal)
-        # torchrun stops the other processes as soon as one exits: say it before anyone leaves.
-        if world.is_main:
-            print(f"error: {refusal}", file=sys.stderr, flush=True)
-        barrier(world)
-        torch.distributed.destroy_process_group()
-        return EXIT_USAGE
+    code = _agree_on_refusal(refusal, world)
+    if code is not None:
+        return code
     if not world.is_main:  # the first rank wrote folds.csv; the others read it
-        comp = load_competition(cfg)
+        task, comp = open_competition(cfg)
         df = load_or_create_folds(cfg, comp.train)
     log.info("%s: %d train rows, %d test rows, %d classes, device %s%s", cfg.name, len(comp.train), len(comp.test),
              len(comp.classes), device, f", {world.size} processes" if world.distributed else "")
-    results = [fit_fold(cfg, comp, df, f, device=device, world=world, resume=args.resume) for f in folds]
+    results = [fit_fold(cfg, task, comp, df, f, device=device, world=world, resume=args.resume) for f in folds]
     if world.is_main:
-        for r in results:
-            print(f"fold {r['fold']}: best {cfg.train.metric} {r['best_metric']:.5f} at epoch {r['best_epoch']}")
-        report = cv_report(cfg, comp, list(range(cfg.folds.n_splits)))
-        if len(report["folds"]) == cfg.folds.n_splits:
-            print(f"CV {report['metric']}: {report['cv']:.5f} over {report['oof_rows']} out-of-fold rows")
-        else:
-            print(f"folds trained so far: {sorted(report['folds'])} of {cfg.folds.n_splits}")
+        _report(cfg, comp, results)
     if world.distributed:
         torch.distributed.destroy_process_group()
     return 0

@@ -6,8 +6,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from PIL import Image
+
+from competition.io.checkpoints import FoldState
 
 CLASSES = ["circle", "cross", "square"]
 
@@ -112,6 +115,16 @@ def table_config(tmp: Path, root: Path, **sections) -> dict:
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def fold_state(config: dict, classes: list, **weights) -> FoldState:
+    """A checkpoint of plain data in the kit's schema (weights are not needed to be refused)."""
+    return FoldState(
+        fold=0, config=config, classes=list(classes), metric_name="accuracy", higher_is_better=True,
+        preprocessing={}, preprocessor=None, in_features=None, epoch=1, stage=1, stage_complete=False,
+        finished=False, loss=0.9, metric=0.5, best_metric=0.5, best_epoch=1, best_loss=0.9, bad_epochs=0,
+        history=[{"epoch": 1}], model_state_dict=weights or {"w": torch.zeros(3)}, optimizer_state_dict={},
+    )
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from conftest import image_config, make_image_competition, write_yaml
 from PIL import Image
 
 from competition import folds, predict, train
-from competition.data import check_images_decode, load_image
+from competition.data.images import check_images_decode, load_image
 
 CLIS = {"train": train.main, "predict": predict.main, "folds": folds.main}
 
@@ -126,6 +126,26 @@ def test_missing_data_root_names_the_config_key(image_comp, tmp_path, capsys, cl
     gone = tmp_path / "no" / "such" / "root"
     refused(capsys, run(cli, cfg, "--set", f"data.root={gone}"), str(gone), "data.root")
     nothing_written(tmp_path, gone)
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_the_demo_is_never_written_into_a_users_folder(tmp_path, capsys, cli):
+    # The digits config pointed at a user's own (empty) folder: no demo appears there.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    refused(capsys, run(cli, "digits", "--set", f"data.root={mine}"), str(mine / "train.csv"), "data.root", "data/digits")
+    assert list(mine.iterdir()) == []
+    nothing_written(tmp_path, mine)
+    gone = tmp_path / "gone"
+    refused(capsys, run(cli, "digits", "--set", f"data.root={gone}"), str(gone), "not found")
+    assert not gone.exists() and not (tmp_path / "data").exists()
+
+
+def test_the_demo_is_built_into_its_own_root(tmp_path, capsys):
+    assert folds.main(["--config", "digits"]) == 0
+    root = tmp_path / "data" / "digits"
+    assert len(pd.read_csv(root / "train.csv")) + len(pd.read_csv(root / "test.csv")) == 1797
+    assert "fold 4" in capsys.readouterr().out
 
 
 # --- the config and the command line ------------------------------------------------------

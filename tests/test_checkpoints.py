@@ -12,9 +12,12 @@ import pytest
 import torch
 
 from competition import predict, train
-from competition.checkpoints import BEST, LAST, FoldLock, check_compatible, load_checkpoint, save_checkpoint
-from competition.config import config_to_dict, load_config
-from competition.errors import CompetitionError
+from competition.config import load_config
+from competition.core.config import config_to_dict
+from competition.core.errors import CompetitionError
+from competition.io.checkpoints import BEST, FORMAT, LAST, FoldLock, check_compatible, load_checkpoint, save_checkpoint
+from competition.io.files import torch_save
+from tests.conftest import fold_state
 
 CLASSES = ["circle", "cross", "square"]
 
@@ -30,14 +33,11 @@ class TouchOnLoad:
 
 
 def kit_state(cfg_path: Path, classes: list | None = None, model: str | None = None) -> dict:
-    """A loadable checkpoint of plain data, as training writes it (weights are not needed to be refused)."""
+    """A loadable checkpoint as training writes it, as the mapping torch.save gets."""
     cfg = config_to_dict(load_config(str(cfg_path)))
     if model:
         cfg["model"]["name"] = model
-    return {
-        "epoch": 1, "model_state_dict": {"w": torch.zeros(3)}, "optimizer_state_dict": {}, "loss": 0.9,
-        "metric": 0.5, "config": cfg, "classes": list(classes or CLASSES), "stage": 1,
-    }
+    return fold_state(cfg, classes or CLASSES).to_dict()
 
 
 def refused(capsys, code: int, *culprits: str) -> str:
@@ -103,8 +103,8 @@ def test_a_checkpoint_that_runs_code_is_refused_and_nothing_runs(image_comp, tmp
 def test_a_truncated_checkpoint_is_refused(image_comp, tmp_path, capsys):
     cfg, _ = image_comp
     best = fold_dir(tmp_path) / BEST
-    save_checkpoint(best, kit_state(cfg))
-    assert load_checkpoint(best)["classes"] == CLASSES  # whole, it loads
+    torch_save(best, kit_state(cfg))
+    assert load_checkpoint(best).classes == CLASSES  # whole, it loads
     best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
     refused(capsys, predict.main(["--config", str(cfg)]), str(best), "truncated or not a checkpoint")
     no_submission(tmp_path)
@@ -141,7 +141,9 @@ def test_a_safetensors_file_is_foreign_not_hostile(tmp_path):
     ("state", "said"),
     [
         ([1, 2, 3], "holds a list"),
-        ({"epoch": 1, "weights": torch.zeros(2)}, "no model_state_dict"),
+        ({"epoch": 1, "weights": torch.zeros(2)}, "no format"),
+        ({"format": FORMAT, "epoch": 1, "weights": torch.zeros(2)}, "no fold, config"),
+        ({"format": 1, "epoch": 1, "model_state_dict": {}}, "has format 1; this kit reads format 2"),
     ],
 )
 def test_plain_data_that_is_not_a_kit_checkpoint(tmp_path, state, said):
@@ -165,7 +167,7 @@ def test_plain_data_that_is_not_a_kit_checkpoint(tmp_path, state, said):
 def test_predict_refuses_a_checkpoint_that_does_not_match(image_comp, tmp_path, capsys, changes, culprits):
     cfg, _ = image_comp
     best = fold_dir(tmp_path) / BEST
-    save_checkpoint(best, kit_state(cfg, **changes))
+    torch_save(best, kit_state(cfg, **changes))
     refused(capsys, predict.main(["--config", str(cfg)]), str(best), *culprits)
     no_submission(tmp_path)
 
@@ -173,7 +175,7 @@ def test_predict_refuses_a_checkpoint_that_does_not_match(image_comp, tmp_path, 
 def test_resume_refuses_a_last_checkpoint_with_classes_unknown_to_the_data(image_comp, tmp_path, capsys):
     cfg, _ = image_comp
     last = fold_dir(tmp_path) / LAST
-    save_checkpoint(last, kit_state(cfg, classes=["circle", "cross", "hexagon"]))
+    torch_save(last, kit_state(cfg, classes=["circle", "cross", "hexagon"]))
     before = last.read_bytes()
     refused(capsys, train.main(["--config", str(cfg), "--fold", "0", "--resume"]), str(last), "['hexagon'] unknown to the data")
     assert last.read_bytes() == before
@@ -181,23 +183,27 @@ def test_resume_refuses_a_last_checkpoint_with_classes_unknown_to_the_data(image
     assert not (tmp_path / "outputs" / "shapes" / "config.yaml").exists()
 
 
-def test_class_order_difference_is_named(tmp_path):
-    state = {"config": {"model": {"name": "m"}, "task": "image"}, "classes": ["b", "a"]}
+def test_class_order_difference_is_named(image_comp, tmp_path):
+    cfg = load_config(str(image_comp[0]))
+    state = fold_state(config_to_dict(cfg), ["b", "a"])
     with pytest.raises(CompetitionError, match=r"class order \['b', 'a'\] vs \['a', 'b'\]"):
-        check_compatible(state, tmp_path / "best.pt", "m", "image", ["a", "b"])
-    with pytest.raises(CompetitionError, match="task 'image', the config says 'tabular'"):
-        check_compatible(state, tmp_path / "best.pt", "m", "tabular", ["b", "a"])
-    check_compatible(state, tmp_path / "best.pt", "m", "image", ["b", "a"])  # a match passes
+        check_compatible(state, tmp_path / "best.pt", cfg, ["a", "b"])
+    state.config["task"] = "tabular"
+    with pytest.raises(CompetitionError, match="task 'tabular', the config says 'image'"):
+        check_compatible(state, tmp_path / "best.pt", cfg, ["b", "a"])
+    state.config["task"] = "image"
+    check_compatible(state, tmp_path / "best.pt", cfg, ["b", "a"])  # a match passes
 
 
 def test_save_and_load_round_trip_plain_data_and_tensors(tmp_path):
-    state = {"epoch": 3, "model_state_dict": {"w": torch.arange(4.0)}, "optimizer_state_dict": {"lr": 0.1},
-             "loss": 0.25, "metric": 0.75, "config": {"model": {"name": "m"}}, "classes": [0, 1], "history": [{"epoch": 1}]}
+    state = fold_state({"model": {"name": "m"}}, [0, 1], w=torch.arange(4.0))
     path = tmp_path / "fold0" / "best.pt"
     save_checkpoint(path, state)
     loaded = load_checkpoint(path)
-    assert torch.equal(loaded["model_state_dict"]["w"], torch.arange(4.0))
-    assert loaded["history"] == [{"epoch": 1}] and loaded["classes"] == [0, 1]
+    assert torch.equal(loaded.model_state_dict["w"], torch.arange(4.0))
+    assert loaded.history == [{"epoch": 1}] and loaded.classes == [0, 1]
+    plain = {k: v for k, v in vars(state).items() if k != "model_state_dict"}
+    assert {k: v for k, v in vars(loaded).items() if k != "model_state_dict"} == plain  # every field comes back
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temporary file left beside it
 
 
@@ -220,7 +226,7 @@ def test_a_second_process_holding_the_lock_blocks_training_until_it_dies(image_c
     cfg, _ = image_comp
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from competition.checkpoints import FoldLock\n"
+         "import sys, time; from pathlib import Path; from competition.io.checkpoints import FoldLock\n"
          "with FoldLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)\n",
          str(fold_dir(tmp_path))],
         stdout=subprocess.PIPE, text=True,

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from competition.config import load_config, shipped_configs
-from competition.errors import CompetitionError
+from competition.core.errors import CompetitionError
 
 
 def test_shipped_configs_load_and_default_is_digits():

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from competition.data import load_image
-from competition.datasets import ImageDataset, TabularDataset, ThreadedRows, build_loader
-from competition.distributed import SeededSampler
-from competition.features import TabularPreprocessor
-from competition.gpu_augment import BatchAugment
-from competition.transforms import RRC_RATIO, RRC_SCALE, build_eval_transform, build_train_transform, decode_side
+from competition.core.distributed import SeededSampler
+from competition.data.batch_augment import BatchAugment
+from competition.data.datasets import ImageDataset, TabularDataset, ThreadedRows, build_loader
+from competition.data.features import TabularPreprocessor
+from competition.data.images import load_image
+from competition.data.transforms import RRC_RATIO, RRC_SCALE, build_eval_transform, build_train_transform, decode_side
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -129,56 +129,6 @@ def test_any_pil_mode_becomes_rgb(tmp_path, mode):
         assert np.abs(arr[..., 0].astype(int) - np.asarray(Image.fromarray(rgb).convert("L"))).max() <= 1
 
 
-def _titanic_like(n=60, seed=0):
-    rng = np.random.default_rng(seed)
-    titles = rng.choice(["Mr.", "Mrs.", "Miss.", "Master.", "Dr."], size=n)
-    return pd.DataFrame({
-        "PassengerId": np.arange(n),
-        "Survived": rng.integers(0, 2, n),
-        "Pclass": rng.integers(1, 4, n),
-        "Name": [f"Doe, {t} John" for t in titles],
-        "Sex": rng.choice(["male", "female"], n),
-        "Age": np.where(rng.random(n) < 0.2, np.nan, rng.uniform(1, 70, n)),
-        "SibSp": rng.integers(0, 3, n),
-        "Parch": rng.integers(0, 3, n),
-        "Ticket": rng.choice(["A1", "B2", "C3", "D4", "E5", "F6"], n),
-        "Fare": rng.uniform(5, 100, n),
-        "Cabin": rng.choice(["C85", None, "E46", None], n),
-        "Embarked": rng.choice(["S", "C", "Q", None], n),
-    })
-
-
-def test_tabular_preprocessor_fits_on_training_rows_only():
-    df = _titanic_like()
-    columns = [c for c in df.columns if c not in ("PassengerId", "Survived")]
-    fit_rows, other = df.iloc[:40], df.iloc[40:].copy()
-    pre = TabularPreprocessor.fit(fit_rows, columns)
-    before = pre.transform(fit_rows)
-    # Changing held-out rows changes nothing that was fit: the same training rows map identically.
-    other["Fare"] = other["Fare"] * 1000
-    pre_again = TabularPreprocessor.fit(fit_rows, columns)
-    assert np.array_equal(pre_again.transform(fit_rows), before)
-    # Standardised numeric columns are centred on the fit rows.
-    assert abs(before[:, pre.feature_names.index("LogFare")].mean()) < 1e-5
-    # Engineered features are there, and the state is plain data (it lives in weights_only checkpoints).
-    assert {"FamilySize", "TicketGroupSize", "Title=Mr", "Deck=C"} <= set(pre.feature_names)
-    assert not any(name.startswith("Name") for name in pre.feature_names)
-    torch.save(pre.state, "state.pt")
-    restored = TabularPreprocessor(torch.load("state.pt", weights_only=True))
-    assert np.array_equal(restored.transform(other), pre.transform(other))
-
-
-def test_ticket_group_size_counts_a_new_row_as_joining_its_group():
-    df = _titanic_like()
-    columns = [c for c in df.columns if c not in ("PassengerId", "Survived")]
-    pre = TabularPreprocessor.fit(df.iloc[:40], columns)
-    ticket = df["Ticket"].iloc[45]
-    in_fit = int((df["Ticket"].iloc[:40] == ticket).sum())
-    pre.state["numeric"] = [s | {"mean": 0.0, "std": 1.0} for s in pre.state["numeric"]]  # read raw values
-    col = pre.feature_names.index("TicketGroupSize")
-    assert pre.transform(df.iloc[[45]])[0, col] == in_fit + 1
-
-
 def test_tabular_dataset_modes(table_comp):
     _, root = table_comp
     df = pd.read_csv(root / "train.csv")
@@ -189,21 +139,3 @@ def test_tabular_dataset_modes(table_comp):
     assert "x2_missing" in pre.feature_names and "color=red" in pre.feature_names
     test = TabularDataset(pd.read_csv(root / "test.csv"), pre, "test")
     assert test[0].shape == (pre.n_features,)
-
-
-def test_group_survival_is_leave_one_out_and_never_reads_held_out_labels():
-    df = _titanic_like(n=80, seed=1)
-    columns = [c for c in df.columns if c not in ("PassengerId", "Survived")]
-    fit_rows, held_out = df.iloc[:60], df.iloc[60:].copy()
-    pre = TabularPreprocessor.fit(fit_rows, columns, id_column="PassengerId", target_column="Survived")
-    raw = TabularPreprocessor._engineer(fit_rows, pre.state)
-    # A fitted row's ticket survival is the mean over the *other* fitted rows of its ticket.
-    row = fit_rows.iloc[0]
-    others = fit_rows[(fit_rows["Ticket"] == row["Ticket"]) & (fit_rows["PassengerId"] != row["PassengerId"])]
-    assert raw["TicketSurvival"].iloc[0] == pytest.approx(others["Survived"].mean())
-    # Held-out labels are never read: flipping them changes nothing the model sees.
-    before = pre.transform(held_out)
-    held_out["Survived"] = 1 - held_out["Survived"]
-    assert np.array_equal(pre.transform(held_out), before)
-    # Without labels at all (test.csv) the held-out rows transform the same way.
-    assert np.array_equal(pre.transform(held_out.drop(columns="Survived")), before)

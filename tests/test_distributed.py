@@ -15,11 +15,11 @@ import torch
 from conftest import image_config, make_image_competition, write_yaml
 
 from competition.config import config_from_dict
-from competition.datasets import ImageDataset
-from competition.engine import predict_probs
-from competition.gpu_augment import BatchAugment
-from competition.models import build_model
-from competition.transforms import build_eval_transform
+from competition.data.batch_augment import BatchAugment
+from competition.data.datasets import ImageDataset
+from competition.data.transforms import build_eval_transform
+from competition.inference.engine import predict_probs
+from competition.models.build import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from competition import predict, train
-from competition.checkpoints import REQUIRED_KEYS
+from competition.io.checkpoints import FORMAT, FoldState
 
 
 def test_image_competition_end_to_end(image_comp, tmp_path, capsys):
@@ -18,7 +18,7 @@ def test_image_competition_end_to_end(image_comp, tmp_path, capsys):
     for k in (0, 1):
         fold = tmp_path / "outputs" / "shapes" / f"fold{k}"
         state = torch.load(fold / "best.pt", weights_only=True)
-        assert set(REQUIRED_KEYS) <= set(state)
+        assert state["format"] == FORMAT and set(FoldState.__dataclass_fields__) <= set(state)
         assert state["classes"] == ["circle", "cross", "square"]
         assert state["config"]["model"]["name"] == "test_resnet"
         assert (fold / "last.pt").is_file() and (fold / "oof.csv").is_file()

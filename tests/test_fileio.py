@@ -1,6 +1,7 @@
 """Atomic writes: an error or a kill -9 mid-write leaves the previous file or the new one, never half of one."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -15,8 +16,17 @@ import pytest
 import torch
 import yaml
 
-from competition.checkpoints import load_checkpoint, save_checkpoint
-from competition.fileio import BackgroundWriter, atomic_path, torch_save, write_csv, write_json, write_text, write_yaml
+from competition.io.checkpoints import load_checkpoint, save_checkpoint
+from competition.io.files import (
+    BackgroundWriter,
+    atomic_path,
+    torch_save,
+    write_csv,
+    write_json,
+    write_text,
+    write_yaml,
+)
+from tests.conftest import fold_state
 
 
 def versions(n_rows: int = 3000) -> list[pd.DataFrame]:
@@ -52,8 +62,7 @@ def test_an_error_halfway_through_a_csv_keeps_the_previous_file(tmp_path, monkey
 
 def test_an_interrupt_halfway_through_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "best.pt"
-    state = {"epoch": 1, "model_state_dict": {"w": torch.ones(1000)}, "optimizer_state_dict": {}, "loss": 1.0,
-             "metric": 0.5, "config": {}, "classes": [0, 1]}
+    state = fold_state({}, [0, 1], w=torch.ones(1000))
     save_checkpoint(path, state)
     real_save = torch.save
 
@@ -65,10 +74,10 @@ def test_an_interrupt_halfway_through_a_checkpoint_keeps_the_previous_one(tmp_pa
 
     monkeypatch.setattr(torch, "save", half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {**state, "epoch": 2, "model_state_dict": {"w": torch.zeros(1000)}})
+        save_checkpoint(path, dataclasses.replace(state, epoch=2, model_state_dict={"w": torch.zeros(1000)}))
     monkeypatch.undo()
     loaded = load_checkpoint(path)
-    assert loaded["epoch"] == 1 and torch.equal(loaded["model_state_dict"]["w"], torch.ones(1000))
+    assert loaded.epoch == 1 and torch.equal(loaded.model_state_dict["w"], torch.ones(1000))
     assert leftovers(tmp_path) == []
 
 
@@ -76,7 +85,7 @@ WRITER = """
 import sys
 import pandas as pd
 import torch
-from competition.fileio import torch_save, write_csv
+from competition.io.files import torch_save, write_csv
 
 path, kind = sys.argv[1], sys.argv[2]
 frames = [pd.DataFrame({"id": range(3000), "v": [k] * 3000}) for k in (0, 1)]

@@ -7,8 +7,8 @@ import pytest
 
 from competition import folds as folds_cli
 from competition.config import load_config
-from competition.errors import CompetitionError
-from competition.folds import load_or_create_folds, make_folds
+from competition.core.errors import CompetitionError
+from competition.data.folds import load_or_create_folds, make_folds
 
 
 def _frame(n=200, seed=0):

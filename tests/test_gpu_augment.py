@@ -8,10 +8,10 @@ import torch
 import yaml
 
 from competition import predict, train
-from competition.checkpoints import load_checkpoint
-from competition.datasets import ImageDataset
-from competition.gpu_augment import BatchAugment
-from competition.transforms import build_eval_transform
+from competition.data.batch_augment import BatchAugment
+from competition.data.datasets import ImageDataset
+from competition.data.transforms import build_eval_transform
+from competition.io.checkpoints import load_checkpoint
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -66,7 +66,7 @@ def test_training_and_prediction_through_the_device_path(image_comp, tmp_path):
     cfg_path.write_text(yaml.safe_dump(cfg))
     assert train.main(["--config", str(cfg_path), "--fold", "all"]) == 0
     state = load_checkpoint(tmp_path / "outputs" / "shapes" / "fold0" / "best.pt")
-    assert state["config"]["train"]["device_augment"] == "on"
+    assert state.config["train"]["device_augment"] == "on"
     # Each image decoded once: one cache of the train images (every fold), one of the test images.
     caches = {p: p.stat().st_mtime_ns for p in (tmp_path / "outputs" / "cache").glob("images-*.u8")}
     assert len(caches) == 2

@@ -12,7 +12,8 @@ from PIL import Image
 
 from competition import import_folders, predict, train
 from competition.config import load_config
-from competition.data import load_competition
+from competition.data import importing
+from competition.data.competition import load_competition
 
 CLASSES = {"cat": (230, 60, 40), "dog": (40, 80, 230)}
 
@@ -188,8 +189,8 @@ def test_a_failure_while_copying_leaves_no_destination(tmp_path, monkeypatch):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(source.read_bytes())
 
-    monkeypatch.setattr(import_folders, "_place", flaky)
+    monkeypatch.setattr(importing, "_place", flaky)
     with pytest.raises(OSError):
-        import_folders.import_folders(src, tmp_path / "comp", test)
+        importing.import_folders(src, tmp_path / "comp", test)
     assert not (tmp_path / "comp").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -10,21 +10,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from competition.config import load_config
-from competition.datasets import ImageDataset
-from competition.engine import train_one_epoch
-from competition.errors import CompetitionError
-from competition.finetune import lr_factor
-from competition.gpu_augment import BatchAugment
-from competition.models import (
+from competition.core.errors import CompetitionError
+from competition.data.batch_augment import BatchAugment
+from competition.data.datasets import ImageDataset
+from competition.data.transforms import build_train_transform
+from competition.models.build import build_model, preprocessing
+from competition.training.engine import train_one_epoch
+from competition.training.stages import (
     backbone_parameters,
-    build_model,
     head_parameters,
+    lr_factor,
     param_groups,
-    preprocessing,
     set_stage,
+    stage_schedule,
     train_mode,
 )
-from competition.transforms import build_train_transform
 
 
 def _setup(image_comp, stage):
@@ -57,7 +57,7 @@ def test_stage1_trains_the_head_only_and_keeps_batchnorm_statistics(image_comp):
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms and all(not m.training for m in norms)
     train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
-                    lr_factor=lambda s: 1.0, step=0, batch_transform=normalise)
+                    batch_transform=normalise)
 
     after = model.state_dict()
     for name, p in model.named_parameters():
@@ -76,7 +76,7 @@ def test_stage2_trains_everything_with_a_lower_backbone_rate(image_comp):
     before = copy.deepcopy(model.state_dict())
     train_mode(model, 2)
     train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
-                    lr_factor=lambda s: 1.0, step=0, batch_transform=normalise)
+                    batch_transform=normalise)
     after = model.state_dict()
     assert all(not torch.equal(before[n], after[n]) for n, _ in model.named_parameters())
     assert any(not torch.equal(before[k], v) for k, v in _bn_stats(model).items())
@@ -103,6 +103,33 @@ def test_schedule_warms_up_then_decays():
     assert values[-1] == pytest.approx(0.05, abs=0.01)
 
 
+def test_each_group_follows_the_schedule_and_a_resumed_stage_continues_it():
+    def groups():
+        return [{"name": "backbone", "params": [nn.Parameter(torch.zeros(2))], "lr": 1e-4},
+                {"name": "head", "params": [nn.Parameter(torch.zeros(2))], "lr": 5e-3}]
+
+    opt = torch.optim.AdamW(groups())
+    sched = stage_schedule(opt, total_steps=30, warmup_steps=5)
+    seen = []
+    for step in range(30):
+        seen.append([g["lr"] for g in opt.param_groups])
+        if step == 11:
+            saved = copy.deepcopy(opt.state_dict())
+        opt.step()
+        sched.step()
+    # Each group at its own rate × the same factor: the backbone stays a fiftieth of the head.
+    for step, (backbone, head) in enumerate(seen):
+        assert head == pytest.approx(5e-3 * lr_factor(step, 30, 5)) and backbone == pytest.approx(head / 50)
+    # A stage resumed after 12 steps, from the optimizer's saved state alone, goes on identically.
+    resumed = torch.optim.AdamW(groups())
+    resumed.load_state_dict(saved)
+    sched = stage_schedule(resumed, total_steps=30, warmup_steps=5, done=12)
+    for step in range(12, 30):
+        assert [g["lr"] for g in resumed.param_groups] == seen[step]
+        resumed.step()
+        sched.step()
+
+
 def test_stage2_with_freeze_bn_learns_every_layer_but_keeps_batchnorm_statistics(image_comp):
     model, loader, opt, normalise = _setup(image_comp, stage=2)
     before = copy.deepcopy(model.state_dict())
@@ -110,7 +137,7 @@ def test_stage2_with_freeze_bn_learns_every_layer_but_keeps_batchnorm_statistics
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert model.training and norms and all(not m.training for m in norms)
     train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
-                    lr_factor=lambda s: 1.0, step=0, batch_transform=normalise)
+                    batch_transform=normalise)
     after = model.state_dict()
     assert all(not torch.equal(before[n], after[n]) for n, _ in model.named_parameters())
     for key, value in _bn_stats(model).items():

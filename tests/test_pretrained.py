@@ -12,10 +12,10 @@ import torch
 from conftest import image_config, make_image_competition, write_yaml
 
 from competition import train
-from competition.checkpoints import load_checkpoint
 from competition.config import load_config
-from competition.errors import CompetitionError
-from competition.models import build_model, preprocessing
+from competition.core.errors import CompetitionError
+from competition.io.checkpoints import load_checkpoint
+from competition.models.build import build_model, preprocessing
 
 HEAD = "fc."  # test_resnet's classifier
 
@@ -104,10 +104,10 @@ def test_stage_one_training_keeps_the_file_backbone_exactly(tmp_path, capsys):
     rc = train.main(["--config", str(cfg_path), "--fold", "0", "--set", "train.epochs=0", "--set", "train.freeze_epochs=1"])
     assert rc == 0, capsys.readouterr().err
     state = load_checkpoint(tmp_path / "outputs" / "shapes" / "fold0" / "best.pt")
-    trained = state["model_state_dict"]
+    trained = state.model_state_dict
     assert all(torch.equal(trained[k], weights[k]) for k in weights if not k.startswith(HEAD))
     assert trained["fc.weight"].shape[0] == 3
-    assert state["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert state.preprocessing["mean"] == [0.5, 0.5, 0.5]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from competition import train
-from competition.checkpoints import load_checkpoint
+from competition.io.checkpoints import load_checkpoint
 from tests.conftest import image_config, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def test_checkpoint_round_trip_is_weights_only(image_comp, tmp_path):
         assert key in state
     assert isinstance(state["config"], dict) and state["config"]["name"] == "shapes"
     from competition.config import config_from_dict
-    from competition.models import build_model
+    from competition.models.build import build_model
 
     model = build_model(config_from_dict(state["config"]), len(state["classes"]), load_pretrained=False)
     model.load_state_dict(state["model_state_dict"])  # strict: every key fits the rebuilt model
@@ -70,15 +70,15 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(image_comp, tmp_path):
     killed_after = _epochs_saved(fold_dir)
     assert proc.returncode == -signal.SIGKILL
     assert 3 <= killed_after < 5, "the run must be killed part-way through stage 2"
-    assert not load_checkpoint(fold_dir / "last.pt").get("finished")
+    assert not load_checkpoint(fold_dir / "last.pt").finished
 
     assert train.main(["--config", str(interrupted), "--fold", "0", "--resume"]) == 0
     got = load_checkpoint(fold_dir / "best.pt")
-    assert (got["epoch"], got["metric"]) == (ref["epoch"], ref["metric"])
-    for name, tensor in ref["model_state_dict"].items():
-        assert torch.equal(tensor, got["model_state_dict"][name]), name
+    assert (got.epoch, got.metric) == (ref.epoch, ref.metric)
+    for name, tensor in ref.model_state_dict.items():
+        assert torch.equal(tensor, got.model_state_dict[name]), name
     last = load_checkpoint(fold_dir / "last.pt")
-    assert last["history"] == [dict(r, seconds=h["seconds"]) for r, h in zip(ref_last["history"], last["history"], strict=True)]
+    assert last.history == [dict(r, seconds=h["seconds"]) for r, h in zip(ref_last.history, last.history, strict=True)]
     assert pd.read_csv(fold_dir / "summary.csv")["epoch"].tolist() == [1, 2, 3, 4, 5]
     assert not list(fold_dir.glob(".*.tmp"))
 

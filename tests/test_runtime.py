@@ -10,7 +10,7 @@ import pytest
 
 PROBE = textwrap.dedent("""
     import resource, sys, torch
-    from competition.runtime import keep_freed_memory
+    from competition.core.runtime import keep_freed_memory
     made = keep_freed_memory() if sys.argv[1] == "on" else False
     def step():  # two large activation-like buffers, used and freed, as a training step does
         a = torch.empty(16 * 2**20).fill_(1.0)
@@ -42,7 +42,7 @@ def test_large_buffers_are_reused_instead_of_faulted_in_each_time():
 
 
 def test_a_users_own_malloc_setting_wins(monkeypatch):
-    from competition.runtime import keep_freed_memory
+    from competition.core.runtime import keep_freed_memory
 
     monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
     assert keep_freed_memory() is False

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from competition.errors import CompetitionError
-from competition.metrics import METRICS
-from competition.submission import make_submission, submission_path, validate_submission
+from competition.core.errors import CompetitionError
+from competition.core.metrics import METRICS
+from competition.inference.submission import make_submission, submission_path, validate_submission
 
 
 def test_labels_in_sample_order_with_original_values():

@@ -1,11 +1,14 @@
-"""Process-wide settings the training and predict CLIs make once, before any tensor exists."""
+"""Process-wide settings and device helpers the CLIs and every stage share."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 import sys
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +40,28 @@ def keep_freed_memory() -> bool:
     if not ok:
         log.debug("mallopt refused; the C library's defaults stay")
     return ok
+
+
+def show_progress() -> bool:
+    """Progress bars on a terminal only: logs and CI stay readable."""
+    return sys.stderr.isatty()
+
+
+def amp_dtype_for(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16; no autocast on the CPU."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast for `dtype`, or nothing when it is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on the training device; image batches in channels_last on CUDA."""
+    x = x.to(device, non_blocking=True)
+    if x.dim() == 4 and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x

@@ -13,23 +13,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from competition.fileio import write_csv  # noqa: E402
+from competition.core.config import flat_config  # noqa: E402
+from competition.io.files import write_csv  # noqa: E402
 
 PROB_PREFIX = "prob_"
-
-
-def flat_hparams(config: dict, prefix: str = "") -> dict:
-    """Nested config → {"train.lr": 0.001, ...} with TensorBoard-friendly scalar values."""
-    out: dict = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flat_hparams(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            out[name] = value
-        else:
-            out[name] = str(value)
-    return out
 
 
 def confusion_figure(targets: np.ndarray, preds: np.ndarray, classes: Sequence) -> plt.Figure:
@@ -114,7 +101,7 @@ class FoldTracker:
         if self.writer is None:
             return
         self.writer.add_hparams(
-            flat_hparams(config), {f"hparam/best_{metric_name}": best, "hparam/best_epoch": best_epoch}, run_name="."
+            flat_config(config), {f"hparam/best_{metric_name}": best, "hparam/best_epoch": best_epoch}, run_name="."
         )
         self.writer.flush()
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition.errors import CompetitionError
-from competition.metrics import Metric
+from competition.core.errors import CompetitionError
+from competition.core.metrics import Metric
+from competition.data.competition import encode_labels
 
 
 def submission_kind(sample: pd.DataFrame, id_column: str, target_column: str, classes: Sequence) -> str:
@@ -88,8 +89,6 @@ def leaderboard_score(
     metric: Metric,
 ) -> float:
     """The competition metric of the submission against known answers (a local leaderboard)."""
-    from competition.data import encode_labels
-
     answer = dict(zip(solution[id_column].astype(str), solution[target_column], strict=True))
     keys = sub[id_column].astype(str)
     keep = keys.isin(answer.keys()).to_numpy()

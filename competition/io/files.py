@@ -1,4 +1,5 @@
-"""Atomic file writes: every file the kit writes goes to a temporary name, then os.replace."""
+"""Atomic file writes: every file the kit writes goes to a temporary name, then os.replace;
+and the background writer that overlaps those writes with training."""
 from __future__ import annotations
 
 import contextlib

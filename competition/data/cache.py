@@ -5,18 +5,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
-from competition.data import UndecodableImages, decode_failure, load_image
-from competition.engine import show_progress
-from competition.fileio import atomic_path, write_json
+from competition.core.config import Config
+from competition.data.images import UndecodableImages, decode_each, load_image
+from competition.io.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
+
+CACHE_MODES = ("auto", "off")  # config key train.cache
 
 
 def cache_key(paths: list[Path], size: int) -> str:
@@ -76,23 +76,23 @@ def build_cache(paths: list[Path], size: int, cache_dir: Path, workers: int | No
     path = cache_dir / f"images-{size}px-{key}.u8"
     if path.is_file() and path.stat().st_size == len(paths) * size * size * 3:
         return CachedImages(path, len(paths), size)
-    workers = workers or min(16, (os.cpu_count() or 2) * 2)
     with atomic_path(path) as tmp:
         array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(paths), size, size, 3))
 
-        def fill(i: int) -> str | None:
-            try:
-                array[i] = resize(load_image(paths[i], size), size)
-                return None
-            except Exception as exc:  # PIL raises many types for broken files
-                return decode_failure(paths[i], exc)
+        def fill(i: int) -> None:
+            array[i] = resize(load_image(paths[i], size), size)
 
-        with ThreadPoolExecutor(workers) as pool:
-            failures = [f for f in tqdm(pool.map(fill, range(len(paths))), total=len(paths),
-                                        desc=f"decode cache {size}px", leave=False, disable=not show_progress()) if f]
+        failures = [f for f in decode_each(paths, fill, desc=f"decode cache {size}px", workers=workers) if f]
         if failures:  # every broken file named; atomic_path leaves no cache (nor folder) behind
             raise UndecodableImages(failures)
         array.flush()
     write_json(path.with_suffix(".json"), {"images": len(paths), "size": size, "first": str(paths[0]) if paths else None})
     log.info("decode cache: %d images at %dpx in %s", len(paths), size, path)
     return CachedImages(path, len(paths), size)
+
+
+def image_cache(cfg: Config, paths: list[Path], size: int) -> CachedImages | None:
+    """The decode cache of `paths` under the run's output folder, or None when train.cache is off."""
+    if cfg.train.cache == "off":
+        return None
+    return build_cache(paths, size, Path(cfg.output_dir) / "cache")

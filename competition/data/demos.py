@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from competition.errors import CompetitionError
+from competition.core.errors import CompetitionError
 
 log = logging.getLogger(__name__)
 
-DEMOS = ("digits",)
+# Each embedded demo and the one root it is built into (config key data.demo).
+DEMOS = {"digits": "data/digits"}
 
 
 def build_digits(root: Path, test_fraction: float = 0.2, seed: int = 0) -> None:

@@ -1,54 +1,39 @@
-"""Models: timm backbones and a tabular MLP, pretrained weights, freezing and parameter groups."""
+"""Building the model a config describes: a timm backbone (pretrained weights, a fresh head) or the
+table MLP; and the input preprocessing the model's pretrained config asks for."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
-from competition.config import Config
-from competition.errors import CompetitionError
+from competition.core.config import Config
+from competition.core.errors import CompetitionError
+from competition.models.mlp import TABULAR_MODELS, TabularMLP
 
 log = logging.getLogger(__name__)
-
-TABULAR_MODELS = ("mlp",)
-
-
-class TabularMLP(nn.Module):
-    """Linear → BatchNorm → SiLU → Dropout blocks, then a linear head; sized from the feature count."""
-
-    def __init__(self, in_features: int, num_classes: int, hidden_sizes: list[int], drop_rate: float = 0.0):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.SiLU(), nn.Dropout(drop_rate)]
-            width = hidden
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(width, num_classes)
-
-    def get_classifier(self) -> nn.Module:
-        """The same name timm models use, so freezing and parameter groups treat both alike."""
-        return self.head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
 
 
 def uses_pretrained(cfg: Config) -> bool:
     """A pretrained file implies pretrained weights, whatever model.pretrained says."""
-    return cfg.task == "image" and (cfg.model.pretrained or cfg.model.pretrained_file is not None)
+    return cfg.model.pretrained or cfg.model.pretrained_file is not None
 
 
 def build_model(cfg: Config, num_classes: int, in_features: int | None = None, load_pretrained: bool = True) -> nn.Module:
     """The model a config describes. `load_pretrained=False` when weights come from a checkpoint."""
+    return MODEL_FAMILIES[cfg.task](cfg, num_classes, in_features, load_pretrained)
+
+
+def _mlp(cfg: Config, num_classes: int, in_features: int | None, load_pretrained: bool) -> nn.Module:
     m = cfg.model
-    if cfg.task == "tabular":
-        if m.name not in TABULAR_MODELS:
-            raise CompetitionError(f"config key model.name: {m.name!r} is not a tabular model ({', '.join(TABULAR_MODELS)})")
-        return TabularMLP(int(in_features), num_classes, list(m.hidden_sizes), m.drop_rate)
+    if m.name not in TABULAR_MODELS:
+        raise CompetitionError(f"config key model.name: {m.name!r} is not a tabular model ({', '.join(TABULAR_MODELS)})")
+    return TabularMLP(int(in_features), num_classes, list(m.hidden_sizes), m.drop_rate)
+
+
+def _timm_model(cfg: Config, num_classes: int, in_features: int | None, load_pretrained: bool) -> nn.Module:
+    m = cfg.model
     if not timm.is_model(m.name):
         close = timm.list_models(f"*{m.name.split('.')[0][:8]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
@@ -107,45 +92,5 @@ def preprocessing(model: nn.Module, size: int) -> dict:
     }
 
 
-def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return list(model.get_classifier().parameters())
-
-
-def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
-    head = {id(p) for p in head_parameters(model)}
-    return [p for p in model.parameters() if id(p) not in head]
-
-
-def _backbone_norm_layers(model: nn.Module) -> list[nn.Module]:
-    head = {id(m) for m in model.get_classifier().modules()}
-    return [
-        m for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head
-    ]
-
-
-def set_stage(model: nn.Module, stage: int) -> None:
-    """Stage 1: only the head learns. Stage 2: everything learns."""
-    for p in backbone_parameters(model):
-        p.requires_grad_(stage != 1)
-    for p in head_parameters(model):
-        p.requires_grad_(True)
-
-
-def train_mode(model: nn.Module, stage: int, freeze_bn: bool = False) -> None:
-    """model.train(), but in stage 1 (and in stage 2 too with `freeze_bn`) the backbone's
-    BatchNorm layers stay in eval mode: their running statistics are neither updated nor
-    replaced by batch statistics. Their scale and shift still learn in stage 2."""
-    model.train()
-    if stage == 1 or freeze_bn:
-        for m in _backbone_norm_layers(model):
-            m.eval()
-
-
-def param_groups(model: nn.Module, stage: int, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
-    """Stage 1: the head at `lr`. Stage 2: the backbone at lr × backbone_lr_mult, the head at lr."""
-    groups = [{"name": "head", "params": head_parameters(model), "lr": lr, "base_lr": lr, "weight_decay": weight_decay}]
-    if stage == 2:
-        blr = lr * backbone_lr_mult
-        groups.insert(0, {"name": "backbone", "params": backbone_parameters(model), "lr": blr, "base_lr": blr, "weight_decay": weight_decay})
-    return groups
+# The model family of each task (config key task).
+MODEL_FAMILIES = {"image": _timm_model, "tabular": _mlp}

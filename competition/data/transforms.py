@@ -1,7 +1,7 @@
 """Albumentations pipelines (train / eval) and the TTA views applied to image batches.
 
 The pipelines stay in uint8: loader workers hand over HWC uint8 arrays, a quarter of the bytes
-of float tensors, and `gpu_augment.BatchAugment` converts and normalises whole batches on the
+of float tensors, and `batch_augment.BatchAugment` converts and normalises whole batches on the
 training device (timm's prefetcher makes the same split)."""
 from __future__ import annotations
 

@@ -14,15 +14,26 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from competition.transforms import RRC_RATIO, RRC_SCALE
+from competition.core.config import Config
+from competition.data.transforms import RRC_RATIO, RRC_SCALE
 
 # Augmentations this path can do; a config asking for others keeps the albumentations path.
 GPU_AUGMENTATIONS = frozenset({"random_resized_crop", "hflip", "vflip", "affine"})
 FLIPS = frozenset({"hflip", "vflip"})
+DEVICE_AUGMENT_MODES = ("auto", "on", "off")  # config key train.device_augment
 
 
 def supports(augment: Sequence[str]) -> bool:
     return set(augment) <= GPU_AUGMENTATIONS
+
+
+def use_device_augment(cfg: Config, device: torch.device, cached: bool) -> bool:
+    """train.device_augment: auto = on CUDA when the images come from the decode cache and the
+    augmentations are ones the device path does; on = wherever they can; off = never."""
+    mode = cfg.train.device_augment
+    if mode == "off" or not cached or not supports(cfg.image.augment):
+        return False
+    return mode == "on" or device.type == "cuda"
 
 
 def _sample_params(seed: int, augment: Sequence[str]) -> list[float]:
@@ -105,27 +116,3 @@ def _flip_(x: torch.Tensor, which: torch.Tensor, dim: int) -> None:
     if len(rows):
         rows = _to(rows, x.device)
         x[rows] = x[rows].flip(dim)
-
-
-class CachedRows(torch.utils.data.Dataset):
-    """Rows of the decode cache as uint8 HWC tensors (with the label and the sample's seed)."""
-
-    def __init__(self, images, targets=None):
-        self.images, self.targets = images, targets
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    reads_files = False
-
-    def raw(self, index: int):
-        import numpy as np
-
-        return np.asarray(self.images[index])
-
-    def __getitem__(self, key):
-        index, seed = key if isinstance(key, tuple) else (key, 0)
-        x = torch.from_numpy(self.raw(index).copy())
-        if self.targets is None:
-            return x
-        return x, int(self.targets[index]), int(seed)

@@ -12,8 +12,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from competition.data import class_list, encode_labels, image_paths, load_image
-from competition.transforms import seed_pipeline
+from competition.data.competition import class_list, encode_labels
+from competition.data.images import image_paths, load_image
+from competition.data.transforms import seed_pipeline
 
 MODES = ("train", "test")
 
@@ -25,7 +26,7 @@ def _check_mode(mode: str) -> None:
 
 class ImageDataset(Dataset):
     """Rows of a DataFrame → (image, class index) in train mode, image in test mode; the image is
-    a uint8 HWC tensor, converted and normalised per batch by `gpu_augment.BatchAugment`.
+    a uint8 HWC tensor, converted and normalised per batch by `batch_augment.BatchAugment`.
 
     `transform` is a uint8 albumentations pipeline called as transform(image=array)["image"].
     `images`, when given, is an array [n, H, W, 3] of pre-decoded rows (the decode cache)
@@ -112,6 +113,29 @@ class TabularDataset(Dataset):
         if self.mode == "test":
             return self.features[index]
         return self.features[index], self.targets[index]
+
+
+class CachedRows(Dataset):
+    """Rows of the decode cache as uint8 HWC tensors (with the label and the sample's seed), for
+    `batch_augment.BatchAugment` to crop, flip and normalise on the device."""
+
+    def __init__(self, images, targets=None):
+        self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    reads_files = False
+
+    def raw(self, index: int) -> np.ndarray:
+        return np.asarray(self.images[index])
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        x = torch.from_numpy(self.raw(index).copy())
+        if self.targets is None:
+            return x
+        return x, int(self.targets[index]), int(seed)
 
 
 class ThreadedRows(Dataset):

@@ -1,0 +1,211 @@
+"""The config's schema: frozen dataclasses built from plain mappings, every key and type checked.
+
+Loading a user's file, `--set` overrides and the checks of each choice against its table are
+the edge's job (`competition.config`); this module is what every stage imports.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from competition.core.errors import CompetitionError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data"
+    train_csv: str = "train.csv"
+    test_csv: str = "test.csv"
+    sample_submission: str = "sample_submission.csv"
+    id_column: str = "id"
+    target_column: str = "label"
+    image_column: str | None = "image"  # image task: path relative to root, or absolute
+    group_column: str | None = None  # rows sharing a group never land in two folds
+    feature_columns: list[str] | None = None  # tabular: None = every column but id/target/group
+    features: str | None = None  # tabular: feature hook `path/to/file.py:ClassName`, fit per fold
+    solution: str | None = None  # optional CSV of test answers (id, target): local leaderboard
+    demo: str | None = None  # build this embedded demo into its own root when train.csv is missing
+
+
+@dataclass(frozen=True)
+class FoldsConfig:
+    n_splits: int = 5
+    strategy: str = "stratified"  # stratified | group | stratified_group | kfold
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet18"  # any timm model name; `mlp` for tables
+    pretrained: bool = False  # timm's own weights (hub or local cache)
+    pretrained_file: str | None = None  # local .safetensors/.pth in timm layout; implies pretrained
+    drop_rate: float = 0.0
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])  # mlp only
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    size: int = 64
+    augment: list[str] = field(default_factory=lambda: ["hflip"])  # see data.transforms.AUGMENTATIONS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10  # stage-2 epochs (all layers), after the freeze epochs
+    freeze_epochs: int = 2  # stage 1: head only, backbone and BatchNorm statistics frozen
+    batch_size: int = 64
+    lr: float = 1.0e-3
+    backbone_lr_mult: float = 0.1
+    freeze_bn: bool = False  # stage 2 too keeps the backbone's BatchNorm statistics (small data, small batches)
+    weight_decay: float = 1.0e-4
+    warmup_epochs: float = 0.5  # linear warmup at the start of each stage
+    label_smoothing: float = 0.0
+    patience: int = 3  # early stopping within a stage, in epochs without improvement
+    metric: str = "accuracy"  # see core.metrics.METRICS
+    num_workers: int = 2
+    cache: str = "off"  # auto | off: decode images once into a uint8 memmap
+    device_augment: str = "auto"  # auto | on | off: crop/flip/normalise cached batches on the device
+    compile: bool = False  # torch.compile the model
+    amp: bool = True  # bf16/fp16 autocast, CUDA only
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    tta: list[str] = field(default_factory=lambda: ["hflip"])  # see data.transforms.TTA_VIEWS
+    batch_size: int = 128
+
+
+# Fields the kit fills in itself; no file or --set may name them, and they are not saved.
+INTERNAL = {"internal": True}
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "experiment"
+    task: str = "image"  # image | tabular (see tasks.TASKS)
+    seed: int = 42
+    output_dir: str = "outputs"
+    submission_dir: str = "submissions"
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    # The folder relative paths of the config file resolve against (its feature hook): the
+    # file's own folder, the package's for a shipped config. Empty for a stored config.
+    source_dir: str = field(default="", compare=False, metadata=INTERNAL)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.run_dir / f"fold{fold}"
+
+
+def _public_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return f"a list of {_type_name(inner).split(' ', 1)[-1]}s"
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints widen to floats. Raise naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except CompetitionError:
+                continue
+    elif origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, list):
+            return [_coerce(v, inner, key) for v in value]
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise CompetitionError(f"config key {key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in _public_fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in valid:
+            where = f"section '{prefix[:-1]}'" if prefix else "the top level"
+            raise CompetitionError(
+                f"unknown config key {full}: valid keys in {where} are {', '.join(valid)}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise CompetitionError(f"config key {full}: expected a mapping of keys, got {value!r}")
+            kwargs[key] = _build(tp, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, tp, full)
+    return cls(**kwargs)
+
+
+def build_config(data: dict) -> Config:
+    """A Config from a plain mapping: unknown keys and wrong types are refused, naming the key.
+    The checks of each choice against its table come on top of this at the edge."""
+    return _build(Config, data, "")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain types only, so it can live inside a weights_only checkpoint; internal fields left out."""
+    return {f.name: _plain(getattr(cfg, f.name)) for f in _public_fields(Config)}
+
+
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def flat_config(config: dict, prefix: str = "") -> dict:
+    """Nested config → {"train.lr": 0.001, ...}; lists and None as their text."""
+    out: dict = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out

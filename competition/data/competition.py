@@ -1,0 +1,167 @@
+"""Reading a Kaggle-layout competition folder and checking it at the boundary."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from competition.core.config import Config
+from competition.core.errors import CompetitionError
+from competition.data.demos import DEMOS, build_demo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Competition:
+    """The three CSVs of a competition, checked, and the classes of its target."""
+
+    root: Path
+    train: pd.DataFrame
+    test: pd.DataFrame
+    sample: pd.DataFrame
+    classes: list  # original label values, sorted; index = model output index
+    train_path: Path
+    test_path: Path
+    sample_path: Path
+
+
+def read_csv(path: Path, what: str = "") -> pd.DataFrame:
+    """Read a CSV, turning a missing, empty or malformed file into one clear line."""
+    if not path.is_file():
+        raise CompetitionError(f"{what or 'file'} {path} not found")
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise CompetitionError(f"{path} is empty: expected a header line and rows") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CompetitionError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+    if len(df) == 0:
+        raise CompetitionError(f"{path} has a header but no rows")
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def require_columns(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise CompetitionError(
+            f"{path} has no column {', '.join(repr(c) for c in missing)} (columns: {', '.join(df.columns)})"
+        )
+
+
+def line_of(index: int) -> int:
+    """File line of a data row (the header is line 1)."""
+    return int(index) + 2
+
+
+def check_unique_ids(df: pd.DataFrame, path: Path, id_column: str) -> None:
+    _check_no_missing(df, path, id_column, "id")
+    dup = df[id_column].astype(str).duplicated(keep=False)
+    if dup.any():
+        rows = df.index[dup]
+        value = df[id_column].iloc[rows[0]]
+        lines = ", ".join(str(line_of(r)) for r in rows[df[id_column].iloc[rows].astype(str) == str(value)][:5])
+        raise CompetitionError(f"{path}: id {value!r} in column '{id_column}' appears more than once (lines {lines})")
+
+
+def _plain(value):
+    """numpy scalar → Python scalar; integral floats → int (labels read as 0.0/1.0)."""
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def class_list(values: pd.Series) -> list:
+    """Sorted distinct labels as plain Python values."""
+    return sorted({_plain(v) for v in values.tolist()}, key=lambda v: (str(type(v)), v))
+
+
+def encode_labels(values: pd.Series, classes: list, path: Path | str = "labels") -> np.ndarray:
+    """Map label values to class indices; an unknown value is an error naming it."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values.tolist()):
+        key = _plain(v)
+        if key not in index:
+            raise CompetitionError(f"{path}: label {key!r} is not one of the classes {classes}")
+        out[i] = index[key]
+    return out
+
+
+def _data_root(cfg: Config) -> Path:
+    """`data.root`, with the embedded demo written there first when the config asks for it.
+
+    A demo is built only into its own root (the digits demo into data/digits): pointed
+    anywhere else, a folder without train.csv is an error, never a demo written into it."""
+    d = cfg.data
+    root = Path(d.root)
+    if d.demo and not (root / d.train_csv).exists():
+        own = DEMOS.get(d.demo)
+        if own is not None and root.resolve() == Path(own).resolve():
+            build_demo(d.demo, root)
+        elif root.is_dir():
+            raise CompetitionError(f"{root / d.train_csv} not found (config key data.root; the {d.demo} demo is built only into {own})")
+    if not root.is_dir():
+        raise CompetitionError(f"data root {root} not found (config key data.root)")
+    return root
+
+
+def _check_no_missing(df: pd.DataFrame, path: Path, column: str, what: str) -> None:
+    if df[column].isna().any():
+        row = df.index[df[column].isna()][0]
+        raise CompetitionError(f"{path} line {line_of(row)}: missing value in {what} column '{column}'")
+
+
+def load_competition(cfg: Config) -> Competition:
+    """Read and check train.csv, test.csv and sample_submission.csv under `data.root`: ids,
+    target, groups and the sample's ids. The task checks its own input columns after this."""
+    d = cfg.data
+    root = _data_root(cfg)
+    train_path, test_path, sample_path = root / d.train_csv, root / d.test_csv, root / d.sample_submission
+    train = read_csv(train_path, "train CSV")
+    test = read_csv(test_path, "test CSV")
+    sample = read_csv(sample_path, "sample submission")
+
+    require_columns(train, train_path, [d.id_column, d.target_column] + ([d.group_column] if d.group_column else []))
+    require_columns(test, test_path, [d.id_column])
+    require_columns(sample, sample_path, [d.id_column])
+    check_unique_ids(train, train_path, d.id_column)
+    check_unique_ids(test, test_path, d.id_column)
+    check_unique_ids(sample, sample_path, d.id_column)
+
+    _check_no_missing(train, train_path, d.target_column, "target")
+    if d.group_column:
+        _check_no_missing(train, train_path, d.group_column, "group")
+    classes = class_list(train[d.target_column])
+    if len(classes) < 2:
+        raise CompetitionError(f"{train_path}: column '{d.target_column}' has one class ({classes[0]!r}); need at least 2")
+
+    test_ids, sample_ids = set(test[d.id_column].astype(str)), set(sample[d.id_column].astype(str))
+    if test_ids != sample_ids:
+        only_test = sorted(test_ids - sample_ids)
+        only_sample = sorted(sample_ids - test_ids)
+        parts = []
+        if only_test:
+            parts.append(f"{len(only_test)} test ids not in the sample (e.g. {', '.join(only_test[:3])})")
+        if only_sample:
+            parts.append(f"{len(only_sample)} sample ids not in the test set (e.g. {', '.join(only_sample[:3])})")
+        raise CompetitionError(f"{test_path} and {sample_path} ids differ: {'; '.join(parts)}")
+    return Competition(root, train, test, sample, classes, train_path, test_path, sample_path)
+
+
+def read_solution(cfg: Config, root: Path) -> pd.DataFrame | None:
+    """The optional answers file (`data.solution`) for a local leaderboard score."""
+    if not cfg.data.solution:
+        return None
+    path = root / cfg.data.solution
+    if not path.is_file():
+        return None
+    df = read_csv(path, "solution")
+    require_columns(df, path, [cfg.data.id_column, cfg.data.target_column])
+    return df
+

@@ -1,0 +1,114 @@
+"""The fixed k-fold split: written once to <data.root>/folds.csv and reused by every run."""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from competition.core.config import Config
+from competition.core.errors import CompetitionError
+from competition.data.competition import read_csv
+from competition.io.files import write_csv
+
+log = logging.getLogger(__name__)
+
+FOLD_STRATEGIES = ("stratified", "group", "stratified_group", "kfold")  # config key folds.strategy
+FOLDS_FILE = "folds.csv"
+
+
+def make_folds(
+    train: pd.DataFrame,
+    id_column: str,
+    target_column: str,
+    n_splits: int,
+    strategy: str,
+    seed: int,
+    group_column: str | None = None,
+) -> pd.DataFrame:
+    """Assign every train row to one validation fold; returns columns (id, fold) in train order."""
+    # Imported here: runs that find folds.csv never need scikit-learn's second of start-up.
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+    y = train[target_column].astype(str).to_numpy()
+    groups = train[group_column].astype(str).to_numpy() if group_column else None
+    n_units = len(np.unique(groups)) if groups is not None else len(train)
+    if n_splits > n_units:
+        unit = "groups" if groups is not None else "rows"
+        raise CompetitionError(f"config key folds.n_splits: {n_splits} folds but only {n_units} {unit} in train.csv")
+    if strategy == "stratified":
+        smallest = pd.Series(y).value_counts().min()
+        if smallest < n_splits:
+            log.warning("the rarest class has %d rows, fewer than %d folds: some folds miss it", smallest, n_splits)
+        splitter = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
+    elif strategy == "kfold":
+        splitter = KFold(n_splits, shuffle=True, random_state=seed)
+    elif strategy == "group":
+        splitter = GroupKFold(n_splits, shuffle=True, random_state=seed)
+    elif strategy == "stratified_group":
+        splitter = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
+    else:  # the config check names the valid strategies
+        raise CompetitionError(f"config key folds.strategy: unknown strategy {strategy!r}")
+    fold = np.full(len(train), -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the rare-class case is logged above
+        for k, (_, valid) in enumerate(splitter.split(np.zeros(len(train)), y, groups)):
+            fold[valid] = k
+    return pd.DataFrame({id_column: train[id_column].to_numpy(), "fold": fold})
+
+
+def folds_path(cfg: Config) -> Path:
+    return Path(cfg.data.root) / FOLDS_FILE
+
+
+def check_folds(folds: pd.DataFrame, train: pd.DataFrame, cfg: Config, path: Path) -> None:
+    """folds.csv must cover exactly train.csv's ids with the configured number of folds."""
+    regen = "delete it or run `python -m competition.folds --force` to regenerate (retrain every fold after)"
+    idc = cfg.data.id_column
+    if idc not in folds.columns or "fold" not in folds.columns:
+        raise CompetitionError(f"{path} needs columns '{idc}' and 'fold'; {regen}")
+    fold_ids, train_ids = set(folds[idc].astype(str)), set(train[idc].astype(str))
+    if fold_ids != train_ids or len(folds) != len(train):
+        missing, extra = len(train_ids - fold_ids), len(fold_ids - train_ids)
+        raise CompetitionError(
+            f"{path} does not match {cfg.data.train_csv} ({missing} train ids missing from it, "
+            f"{extra} ids not in train); {regen}"
+        )
+    n = folds["fold"].nunique()
+    if n != cfg.folds.n_splits or set(folds["fold"]) != set(range(n)):
+        raise CompetitionError(f"{path} has folds {sorted(set(folds['fold']))}, config folds.n_splits is {cfg.folds.n_splits}; {regen}")
+
+
+def load_or_create_folds(cfg: Config, train: pd.DataFrame, force: bool = False) -> pd.DataFrame:
+    """Return train with a `fold` column, writing folds.csv on first use."""
+    path = folds_path(cfg)
+    idc = cfg.data.id_column
+    if path.exists() and not force:
+        folds = read_csv(path, "folds file")
+        check_folds(folds, train, cfg, path)
+    else:
+        folds = make_folds(
+            train, idc, cfg.data.target_column, cfg.folds.n_splits, cfg.folds.strategy, cfg.seed, cfg.data.group_column
+        )
+        write_csv(path, folds)
+        log.info("wrote %s (%d folds, strategy %s)", path, cfg.folds.n_splits, cfg.folds.strategy)
+    fold_of = dict(zip(folds[idc].astype(str), folds["fold"].astype(int), strict=True))
+    out = train.copy()
+    out["fold"] = [fold_of[i] for i in train[idc].astype(str)]
+    return out
+
+
+def parse_folds(spec: str, n_splits: int, option: str = "--folds") -> list[int]:
+    """`all`, one fold number, or a comma list like `0,2`; each in range."""
+    if spec == "all":
+        return list(range(n_splits))
+    try:
+        folds = sorted({int(s) for s in spec.split(",") if s.strip()})
+    except ValueError:
+        raise CompetitionError(f"{option} {spec}: expected 'all' or fold numbers like 0 or 0,2") from None
+    bad = [f for f in folds if not 0 <= f < n_splits]
+    if bad or not folds:
+        raise CompetitionError(f"{option} {spec} is out of range: folds are 0..{n_splits - 1} (folds.n_splits = {n_splits})")
+    return folds

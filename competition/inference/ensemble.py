@@ -1,0 +1,103 @@
+"""Every fold's best checkpoint → one averaged prediction (folds × TTA views); CV from OOF files."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from competition.core.config import Config
+from competition.core.errors import CompetitionError
+from competition.core.metrics import METRICS
+from competition.core.runtime import amp_dtype_for
+from competition.data.competition import Competition, encode_labels, read_csv
+from competition.data.datasets import build_loader
+from competition.data.transforms import tta_views
+from competition.inference.engine import predict_probs
+from competition.io.checkpoints import BEST, FoldState, check_compatible, load_checkpoint
+from competition.io.tracking import read_oof_probs
+from competition.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+def trained_folds(cfg: Config, folds: list[int], explicit: bool) -> list[tuple[int, Path]]:
+    """(fold, best.pt) for the requested folds; asking for an untrained fold by number is an error."""
+    found = [(f, cfg.fold_dir(f) / BEST) for f in folds if (cfg.fold_dir(f) / BEST).is_file()]
+    if not found:
+        raise CompetitionError(
+            f"no trained folds in {cfg.run_dir} (no fold*/{BEST}): run `python -m competition.train --fold all` first"
+        )
+    missing = sorted(set(folds) - {f for f, _ in found})
+    if missing and explicit:
+        raise CompetitionError(f"fold {missing[0]} has no {cfg.fold_dir(missing[0]) / BEST}: train it or leave it out of --folds")
+    if missing:
+        log.warning("folds %s are not trained yet: the ensemble uses folds %s", missing, [f for f, _ in found])
+    return found
+
+
+def load_fold_models(cfg: Config, task: Task, comp: Competition, checkpoints: list[tuple[int, Path]],
+                     device: torch.device) -> list[tuple[int, torch.nn.Module, FoldState]]:
+    """Rebuild each fold's model from the config stored in its checkpoint and load its weights."""
+    loaded = []
+    for fold, path in checkpoints:
+        state = load_checkpoint(path)
+        check_compatible(state, path, cfg, comp.classes)
+        fold_cfg = state.restore_config(path)
+        model = task.rebuild_model(fold_cfg, len(comp.classes), state)
+        try:
+            model.load_state_dict(state.model_state_dict)
+        except RuntimeError as exc:
+            raise CompetitionError(f"checkpoint {path}: weights do not fit {fold_cfg.model.name} ({str(exc).splitlines()[0][:200]})") from None
+        model.to(device).eval()
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        loaded.append((fold, model, state))
+    return loaded
+
+
+def predict_test(cfg: Config, task: Task, comp: Competition, loaded: list, device: torch.device,
+                 tta: list[str]) -> np.ndarray:
+    """Mean class probabilities for test.csv rows, in test.csv order.
+
+    Folds whose models see the test set alike (same image size and normalisation) share one
+    pass over it: each test batch is loaded once, and every such fold's model runs on every
+    TTA view of it."""
+    groups: dict = {}
+    for _, model, state in loaded:
+        key, make = task.test_inputs(cfg, comp, state, device)
+        groups.setdefault(key, (make, []))[1].append(model)
+    amp = amp_dtype_for(device, cfg.train.amp)
+    views = tta_views(tta)
+    total = np.zeros((len(comp.test), len(comp.classes)))
+    for make, models in groups.values():
+        ds, batch_transform = make()
+        loader = build_loader(ds, cfg.predict.batch_size, device, num_workers=cfg.train.num_workers, persistent=False)
+        total += predict_probs(models, loader, device, views=views, amp_dtype=amp,
+                               batch_transform=batch_transform) * len(models)
+    return total / len(loaded)
+
+
+def cv_report(cfg: Config, comp: Competition, folds: list[int]) -> dict:
+    """Per-fold and overall out-of-fold score in the competition metric, from each fold's oof.csv."""
+    metric = METRICS[cfg.train.metric]
+    per_fold, ys, ps = {}, [], []
+    for f in folds:
+        path = cfg.fold_dir(f) / "oof.csv"
+        if not path.is_file():
+            continue
+        oof = read_csv(path, "out-of-fold file")
+        y = encode_labels(oof[cfg.data.target_column], comp.classes, path)
+        p = read_oof_probs(oof, comp.classes)
+        per_fold[str(f)] = metric(y, p)
+        ys.append(y)
+        ps.append(p)
+    overall = metric(np.concatenate(ys), np.concatenate(ps)) if ys else float("nan")
+    return {
+        "metric": metric.name,
+        "higher_is_better": metric.higher_is_better,
+        "folds": per_fold,
+        "cv": overall,
+        "oof_rows": int(sum(len(y) for y in ys)),
+    }

@@ -1,0 +1,1 @@
+"""Models a config describes: timm backbones for images, an MLP for tables."""

@@ -1,0 +1,239 @@
+"""What differs between an image competition and a table: the input columns and their checks, the
+work before training, each fold's datasets and model, and the test inputs. Everything else — folds,
+the training loop, checkpoints, the ensemble and the submission — is shared."""
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from competition.core.config import Config
+from competition.core.errors import CompetitionError
+from competition.data.batch_augment import BatchAugment, use_device_augment
+from competition.data.cache import CachedImages, image_cache
+from competition.data.competition import Competition, encode_labels, line_of, load_competition, require_columns
+from competition.data.datasets import CachedRows, ImageDataset, TabularDataset
+from competition.data.features import TabularPreprocessor, check_hook_spec, feature_columns, load_feature_hook
+from competition.data.images import UndecodableImages, check_images_decode, image_paths
+from competition.data.transforms import build_eval_transform, build_train_transform, decode_side
+from competition.io.checkpoints import FoldState
+from competition.models.build import build_model, preprocessing
+
+
+@dataclass
+class FoldData:
+    """Everything the training loop needs about one fold's rows."""
+
+    train_ds: Dataset
+    valid_ds: Dataset
+    valid_ids: list
+    valid_targets: np.ndarray
+    in_features: int | None  # a table's feature count; None for images
+    preprocessor_state: dict | None  # a table's fitted preprocessing, stored in the checkpoint
+    preprocessing: dict  # an image model's size, mean, std, interpolation; {} for tables
+    train_transform: Callable | None = None  # uint8 batch → normalised (and augmented) on the device
+    eval_transform: Callable | None = None
+    image_of: Callable[[int], np.ndarray] | None = None  # a validation row's picture, for the figures
+
+
+def split(df: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, validation rows) of `fold`, each with a fresh index."""
+    return df[df.fold != fold].reset_index(drop=True), df[df.fold == fold].reset_index(drop=True)
+
+
+class Task:
+    """The task-specific steps; one instance per task kind in TASKS."""
+
+    name: ClassVar[str]
+    # A pretrained body: stage 1 trains the head on the frozen backbone, stage 2 gives the
+    # backbone lr × backbone_lr_mult, and test-time augmentation applies.
+    two_stages: ClassVar[bool]
+
+    def check_config(self, cfg: Config) -> None:
+        """Keys that only make sense for other tasks, or that this one needs."""
+
+    def check_inputs(self, cfg: Config, comp: Competition) -> None:
+        """The input columns of train.csv and test.csv, and what they point at."""
+        raise NotImplementedError
+
+    def prepare(self, cfg: Config, comp: Competition) -> None:
+        """Work before any fold trains or predicts (decoding every image once)."""
+
+    def fold(self, cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, device: torch.device,
+             load_pretrained: bool) -> tuple[nn.Module, FoldData]:
+        """A fold's fresh model and its datasets."""
+        raise NotImplementedError
+
+    def test_inputs(self, cfg: Config, comp: Competition, state: FoldState, device: torch.device
+                    ) -> tuple[Hashable, Callable[[], tuple[Dataset, Callable | None]]]:
+        """(key, make) for test.csv as a fold's model sees it: folds with equal keys share one
+        dataset, and `make()` builds it with its batch transform."""
+        raise NotImplementedError
+
+    def tta(self, cfg: Config) -> list[str]:
+        return list(cfg.predict.tta) if self.two_stages else []
+
+    def rebuild_model(self, fold_cfg: Config, num_classes: int, state: FoldState) -> nn.Module:
+        """A fold's model, rebuilt from the config stored in its checkpoint (weights loaded after)."""
+        return build_model(fold_cfg, num_classes, state.in_features, load_pretrained=False)
+
+
+class ImageTask(Task):
+    name = "image"
+    two_stages = True
+
+    def check_config(self, cfg: Config) -> None:
+        if not cfg.data.image_column:
+            raise CompetitionError("config key data.image_column: an image task needs the image path column")
+        if cfg.data.features:
+            raise CompetitionError("config key data.features: feature hooks are for tabular tasks")
+
+    def check_inputs(self, cfg: Config, comp: Competition) -> None:
+        column = cfg.data.image_column
+        for frame, path in ((comp.train, comp.train_path), (comp.test, comp.test_path)):
+            require_columns(frame, path, [column])
+            if frame[column].isna().any():
+                row = frame.index[frame[column].isna()][0]
+                raise CompetitionError(f"{path} line {line_of(row)}: missing value in image column '{column}'")
+            absent = [(i, f) for i, f in enumerate(image_paths(frame, comp.root, column)) if not f.is_file()]
+            if absent:
+                i, f = absent[0]
+                more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+                raise CompetitionError(f"{path} line {line_of(i)}: image {f} not found{more}")
+
+    def prepare(self, cfg: Config, comp: Competition) -> None:
+        """Decode every train and test image once: broken files fail now, listed. With the decode
+        cache on, that one pass is the cache build (train and test images at the training size),
+        which every fold and predict then read: no image is decoded twice."""
+        column = cfg.data.image_column
+        train, test = image_paths(comp.train, comp.root, column), image_paths(comp.test, comp.root, column)
+        if cfg.train.cache == "off":
+            check_images_decode(train + test, Path(cfg.output_dir) / "cache")
+            return
+        failures: list[str] = []
+        for paths in (train, test):
+            try:
+                image_cache(cfg, paths, cfg.image.size)
+            except UndecodableImages as exc:
+                failures += exc.failures
+        if failures:  # train and test in one message, as the check without the cache gives it
+            raise UndecodableImages(failures)
+
+    def fold(self, cfg, comp, df, fold, device, load_pretrained):
+        model = build_model(cfg, len(comp.classes), load_pretrained=load_pretrained)
+        return model, self.fold_data(cfg, comp, df, fold, device, preprocessing(model, cfg.image.size))
+
+    def fold_data(self, cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, device: torch.device,
+                  prep: dict) -> FoldData:
+        """The fold's datasets for a model that wants `prep` (size, mean, std, interpolation): cached
+        rows for the device path, else albumentations pipelines over the files or the cache."""
+        d = cfg.data
+        train_df, valid_df = split(df, fold)
+        cache = image_cache(cfg, image_paths(df, comp.root, d.image_column), prep["size"])
+        train_rows, valid_rows = np.flatnonzero((df.fold != fold).to_numpy()), np.flatnonzero((df.fold == fold).to_numpy())
+        valid_targets = encode_labels(valid_df[d.target_column], comp.classes)
+        if cache is not None and use_device_augment(cfg, device, cached=True):
+            train_ds = CachedRows(cache.subset(train_rows), encode_labels(train_df[d.target_column], comp.classes))
+            valid_ds = CachedRows(cache.subset(valid_rows), valid_targets)
+            train_tf = BatchAugment(prep["size"], prep["mean"], prep["std"], cfg.image.augment, train=True)
+        else:
+            train_ds, valid_ds = self._file_datasets(cfg, comp, train_df, valid_df, prep, cache, train_rows, valid_rows)
+            train_tf = BatchAugment(prep["size"], prep["mean"], prep["std"])
+        eval_tf = BatchAugment(prep["size"], prep["mean"], prep["std"])
+        return FoldData(train_ds, valid_ds, valid_df[d.id_column].tolist(), valid_targets, None, None, prep,
+                        train_tf, eval_tf, valid_ds.raw)
+
+    @staticmethod
+    def _file_datasets(cfg: Config, comp: Competition, train_df, valid_df, prep: dict, cache: CachedImages | None,
+                       train_rows, valid_rows) -> tuple[ImageDataset, ImageDataset]:
+        """Albumentations pipelines over the files, or over the cached rows when the cache is on."""
+        size, d = prep["size"], cfg.data
+        kw = {"image_column": d.image_column, "target_column": d.target_column, "classes": comp.classes}
+        train_tf = build_train_transform(size, cfg.image.augment, prep["interpolation"])
+        eval_tf = build_eval_transform(size, prep["interpolation"])
+        return (
+            ImageDataset(train_df, comp.root, train_tf, "train", images=cache.subset(train_rows) if cache else None,
+                         decode_side=decode_side(size, cfg.image.augment), **kw),
+            ImageDataset(valid_df, comp.root, eval_tf, "train", images=cache.subset(valid_rows) if cache else None,
+                         decode_side=size, **kw),
+        )
+
+    def test_inputs(self, cfg, comp, state, device):
+        p = state.preprocessing
+        size, mean, std, interp = p["size"], p["mean"], p["std"], p["interpolation"]
+
+        def make() -> tuple[Dataset, Callable]:
+            cache = image_cache(cfg, image_paths(comp.test, comp.root, cfg.data.image_column), size)
+            if cache is not None and use_device_augment(cfg, device, cached=True):
+                ds = CachedRows(cache)  # uint8 rows to the device, resized there
+            else:
+                ds = ImageDataset(comp.test, comp.root, build_eval_transform(size, interp), "test",
+                                  image_column=cfg.data.image_column, images=cache, decode_side=size)
+            return ds, BatchAugment(size, mean, std)  # uint8 → normalised float on the device
+
+        # Folds trained from one config share their input pipeline: each test image decoded once.
+        return (size, tuple(mean), tuple(std), interp), make
+
+
+class TabularTask(Task):
+    name = "tabular"
+    two_stages = False
+
+    def check_config(self, cfg: Config) -> None:
+        if cfg.train.freeze_bn:
+            raise CompetitionError("config key train.freeze_bn: applies to image backbones; a tabular MLP learns its BatchNorm statistics")
+        if cfg.data.features:
+            check_hook_spec(cfg.data.features)
+
+    def check_inputs(self, cfg: Config, comp: Competition) -> None:
+        features = feature_columns(cfg, comp.train)
+        require_columns(comp.train, comp.train_path, features)
+        require_columns(comp.test, comp.test_path, features)
+
+    def prepare(self, cfg: Config, comp: Competition) -> None:
+        """One fit on every train row and a transform of the test rows (which have no target):
+        a feature hook that fails, or returns the wrong thing, fails before anything is written."""
+        hook = load_feature_hook(cfg)
+        if hook is not None:
+            TabularPreprocessor.fit(comp.train, feature_columns(cfg, comp.train), hook).transform(comp.test)
+
+    def fold(self, cfg, comp, df, fold, device, load_pretrained):
+        d = cfg.data
+        train_df, valid_df = split(df, fold)
+        pre = TabularPreprocessor.fit(train_df, feature_columns(cfg, comp.train), load_feature_hook(cfg))
+        kw = {"target_column": d.target_column, "classes": comp.classes}
+        data = FoldData(
+            TabularDataset(train_df, pre, "train", **kw),
+            TabularDataset(valid_df, pre, "train", **kw),
+            valid_df[d.id_column].tolist(),
+            encode_labels(valid_df[d.target_column], comp.classes),
+            pre.n_features,
+            pre.state,
+            {},
+        )
+        return build_model(cfg, len(comp.classes), pre.n_features, load_pretrained=False), data
+
+    def test_inputs(self, cfg, comp, state, device):
+        # The local config's hook, never one a checkpoint names: a checkpoint must not run code.
+        pre = TabularPreprocessor(state.preprocessor, load_feature_hook(cfg))
+        return state.fold, lambda: (TabularDataset(comp.test, pre, "test"), None)
+
+
+# The task kinds (config key task).
+TASKS: dict[str, Task] = {"image": ImageTask(), "tabular": TabularTask()}
+
+
+def open_competition(cfg: Config) -> tuple[Task, Competition]:
+    """The config's task and its competition folder, every CSV and input checked."""
+    task = TASKS[cfg.task]
+    comp = load_competition(cfg)
+    task.check_inputs(cfg, comp)
+    return task, comp
+

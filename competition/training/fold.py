@@ -1,0 +1,292 @@
+"""Training one fold: stage 1 (head only, backbone and BatchNorm frozen) then stage 2 (all layers,
+backbone at a lower learning rate), early stopping, best/last checkpoints and exact resume.
+
+`FoldRun` holds what one fold's training needs; its methods are the phases the README
+describes: resume or start, each stage, each epoch, the checkpoint, the figures at the end.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from timm.utils import random_seed, unwrap_model
+from torch import nn
+
+from competition.core.config import Config, config_to_dict, flat_config
+from competition.core.distributed import (
+    SeededSampler,
+    ShardSampler,
+    World,
+    all_mean,
+    barrier,
+    broadcast_buffers,
+    gather_rows,
+    mix_seed,
+)
+from competition.core.errors import CompetitionError
+from competition.core.metrics import METRICS
+from competition.core.runtime import amp_dtype_for
+from competition.data.competition import Competition, read_csv
+from competition.data.datasets import build_loader
+from competition.io.checkpoints import (
+    BEST,
+    LAST,
+    FoldLock,
+    FoldState,
+    checkpoint_bytes,
+    copy_checkpoint,
+    load_checkpoint,
+)
+from competition.io.files import BackgroundWriter, write_bytes, write_csv
+from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs, write_summary
+from competition.tasks import Task
+from competition.training.engine import evaluate, train_one_epoch
+from competition.training.stages import (
+    EarlyStopping,
+    Stage,
+    param_groups,
+    plan_stages,
+    set_stage,
+    stage_schedule,
+    train_mode,
+)
+
+log = logging.getLogger(__name__)
+
+# Keys a resumed run may change; anything else must match the interrupted run's config.
+RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.epochs", "train.patience", "predict"}
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    fold: int
+    best_metric: float
+    best_epoch: int
+
+
+def fit_fold(cfg: Config, task: Task, comp: Competition, df: pd.DataFrame, fold: int, *, device: torch.device,
+             world: World | None = None, resume: bool = False) -> FoldResult:
+    """Train one fold end to end (under the fold's lock on the first rank)."""
+    world = world or World()
+    if world.distributed:
+        # One rank decodes (the cache) while the others wait, then every rank maps that file.
+        if world.is_main:
+            task.prepare(cfg, comp)
+        barrier(world)
+    run = FoldRun(cfg, task, comp, df, fold, device, world)
+    if world.is_main:
+        with FoldLock(cfg.fold_dir(fold)):
+            return run.fit(resume)
+    return run.fit(resume)
+
+
+def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
+    """A resumed fold must continue under the config it started with (RESUME_MUTABLE aside)."""
+    now, then = flat_config(config_to_dict(cfg)), flat_config(saved)
+    differ = [
+        k for k in sorted(set(now) | set(then))
+        if now.get(k) != then.get(k) and k not in RESUME_MUTABLE and k.split(".")[0] not in RESUME_MUTABLE
+    ]
+    if differ:
+        shown = ", ".join(f"{k} ({then.get(k)!r} → {now.get(k)!r})" for k in differ[:5])
+        raise CompetitionError(f"--resume: {path} was trained with another config: {shown}")
+
+
+class FoldRun:
+    """One fold's training: its data, model, loaders, progress and outputs."""
+
+    def __init__(self, cfg: Config, task: Task, comp: Competition, df: pd.DataFrame, fold: int,
+                 device: torch.device, world: World):
+        self.cfg, self.task, self.comp, self.df, self.fold = cfg, task, comp, df, fold
+        self.device, self.world = device, world
+        self.fold_dir = cfg.fold_dir(fold)
+        self.metric = METRICS[cfg.train.metric]
+        self.amp_dtype = amp_dtype_for(device, cfg.train.amp)
+
+    # 1. Resume or start --------------------------------------------------------------------
+
+    def _resume_point(self, resume: bool) -> FoldState | None:
+        last = self.fold_dir / LAST
+        if not resume:
+            return None
+        if not last.is_file():
+            log.info("fold %d: no %s to resume from; starting from scratch", self.fold, last)
+            return None
+        saved = load_checkpoint(last)
+        check_resume_config(saved.config, self.cfg, last)
+        return saved
+
+    def fit(self, resume: bool) -> FoldResult:
+        """Resume or start, run every stage not finished yet, then draw the best epoch's figures."""
+        for stale in self.fold_dir.glob(".*.tmp"):  # a killed run's unfinished writes; we hold the lock
+            stale.unlink(missing_ok=True)
+        saved = self._resume_point(resume)
+        if saved is not None and saved.finished:
+            log.info("fold %d already finished (best %s %.5f at epoch %d)",
+                     self.fold, self.metric.name, saved.best_metric, saved.best_epoch)
+            return FoldResult(self.fold, saved.best_metric, saved.best_epoch)
+        if saved is not None:
+            log.info("fold %d: resuming after epoch %d (stage %d)", self.fold, saved.epoch, saved.stage)
+        self._set_up(saved)
+        with BackgroundWriter() as self.writer:
+            for stage in self.stages:
+                if saved is not None and (stage.number < saved.stage or (stage.number == saved.stage and saved.stage_complete)):
+                    continue  # done before the interruption
+                self._run_stage(stage, saved if saved is not None and stage.number == saved.stage else None)
+                saved = None  # later stages start fresh
+        # The writer has closed: the last epoch's files are in place before anything reads them.
+        if self.world.is_main:
+            self._log_best_epoch()
+        self.tracker.close()
+        barrier(self.world)
+        return FoldResult(self.fold, self.stopper.best_metric, self.stopper.best_epoch)
+
+    def _set_up(self, saved: FoldState | None) -> None:
+        """Model, datasets, loaders, losses, progress and tracker for this fold."""
+        cfg, t = self.cfg, self.cfg.train
+        random_seed(mix_seed(cfg.seed, self.fold))
+        model, self.data = self.task.fold(cfg, self.comp, self.df, self.fold, self.device, load_pretrained=saved is None)
+        if saved is not None:
+            model.load_state_dict(saved.model_state_dict)
+        self.model = model.to(self.device)
+        if self.device.type == "cuda":  # reaches only 4-D weights: convolutions, not a table's linear layers
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.sampler = SeededSampler(len(self.data.train_ds), mix_seed(cfg.seed, self.fold), shuffle=True, world=self.world)
+        # BatchNorm layers cannot learn from a batch of one: drop a lone last row.
+        drop_last = len(self.sampler) % t.batch_size == 1  # rows per rank under DDP
+        self.train_loader = build_loader(self.data.train_ds, t.batch_size, self.device, num_workers=t.num_workers,
+                                         sampler=self.sampler, drop_last=drop_last)
+        self.valid_loader = build_loader(self.data.valid_ds, t.batch_size * 2, self.device, num_workers=t.num_workers,
+                                         sampler=ShardSampler(len(self.data.valid_ds), self.world))
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        self.eval_loss = nn.CrossEntropyLoss()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.stages = plan_stages(t, self.task.two_stages)
+        self.history: list[dict] = list(saved.history) if saved else []
+        self.epoch = saved.epoch if saved else 0  # epochs completed
+        self.stopper = EarlyStopping(self.metric.higher_is_better, t.patience)
+        if saved is not None:
+            self.stopper.best_metric, self.stopper.best_loss, self.stopper.best_epoch = (
+                saved.best_metric, saved.best_loss, saved.best_epoch)
+        self.tracker = FoldTracker(self.fold_dir, purge_step=self.epoch + 1 if saved else None, enabled=self.world.is_main)
+
+    # 2. A stage ----------------------------------------------------------------------------
+
+    def _stage_optimizer(self, stage: Stage) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The module to step (compiled, DDP-wrapped) and a fresh AdamW over this stage's groups."""
+        t = self.cfg.train
+        set_stage(self.model, stage.number)
+        module: nn.Module = self.model
+        if t.compile:
+            module = torch.compile(module)
+        if self.world.distributed:
+            module = nn.parallel.DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        # A table's MLP has no pretrained body: every layer learns at train.lr.
+        mult = t.backbone_lr_mult if self.task.two_stages else 1.0
+        return module, torch.optim.AdamW(param_groups(self.model, stage.number, t.lr, mult, t.weight_decay))
+
+    def _run_stage(self, stage: Stage, saved: FoldState | None) -> None:
+        """The stage's epochs from where it stands, until its end or early stopping."""
+        module, optimizer = self._stage_optimizer(stage)
+        self.stopper.bad_epochs = 0
+        if saved is not None:
+            optimizer.load_state_dict(saved.optimizer_state_dict)
+            if saved.scaler_state_dict:
+                self.scaler.load_state_dict(saved.scaler_state_dict)
+            self.stopper.bad_epochs = saved.bad_epochs
+        steps = len(self.train_loader)
+        start = max(self.epoch, stage.first)
+        scheduler = stage_schedule(optimizer, stage.epochs * steps, int(round(self.cfg.train.warmup_epochs * steps)),
+                                   done=(start - stage.first) * steps)
+        for e in range(start, stage.end):
+            stop = self._run_epoch(stage, e, module, optimizer, scheduler)
+            if stop and self.epoch < stage.end:
+                log.info("fold %d: no improvement for %d epochs, stage %d ends early",
+                         self.fold, self.stopper.bad_epochs, stage.number)
+                break
+
+    # 3. An epoch ---------------------------------------------------------------------------
+
+    def _run_epoch(self, stage: Stage, e: int, module: nn.Module, optimizer, scheduler) -> bool:
+        """Train, validate, score, checkpoint and log epoch e+1; returns whether to stop the stage."""
+        began = time.time()
+        random_seed(mix_seed(self.cfg.seed, self.fold, e))
+        self.sampler.set_epoch(e)
+        train_mode(self.model, stage.number, self.cfg.train.freeze_bn)  # DDP and compile wrappers stay in train mode
+        train = train_one_epoch(module, self.train_loader, optimizer, self.device, loss_fn=self.loss_fn,
+                                scheduler=scheduler, amp_dtype=self.amp_dtype, scaler=self.scaler,
+                                batch_transform=self.data.train_transform, desc=f"fold {self.fold} epoch {e + 1}")
+        broadcast_buffers(self.model, self.world)  # validate with the statistics best.pt will hold
+        result = evaluate(self.model, self.valid_loader, self.device, loss_fn=self.eval_loss, amp_dtype=self.amp_dtype,
+                          batch_transform=self.data.eval_transform, desc="valid")
+        probs = gather_rows(result["probs"], len(self.data.valid_ds), self.world)
+        val_loss = all_mean(result["loss"], len(result["targets"]), self.world)
+        train_loss = all_mean(train["loss"], train["samples"], self.world)
+        score = self.metric(self.data.valid_targets, probs)
+        self.epoch = e + 1
+        improved = self.stopper.update(self.epoch, score, val_loss)
+        stop = self.stopper.should_stop
+        row = {
+            "epoch": self.epoch, "stage": stage.number, "train_loss": train_loss, "val_loss": val_loss,
+            "metric": score, "best": improved, "seconds": round(time.time() - began, 2),
+            **{f"lr_{k}": v for k, v in train["lrs"].items()},
+        }
+        self.history.append(row)
+        if self.world.is_main:
+            state = self._checkpoint(stage, stop, module, optimizer, val_loss, score)
+            self.tracker.log_epoch(self.epoch, row, self.metric.name, train["lrs"])
+            oof = oof_frame(self.data.valid_ids, self.cfg.data.id_column, self.cfg.data.target_column,
+                            self.comp.classes, self.data.valid_targets, probs) if improved else None
+            # Serialised here, written (in this order, each atomically) while the next epoch trains.
+            self.writer.submit(_write_epoch, self.fold_dir, checkpoint_bytes(state), oof, list(self.history))
+        barrier(self.world)
+        log.info("fold %d | epoch %d/%d stage %d | train_loss %.4f | val_loss %.4f | %s %.5f%s | %.1fs",
+                 self.fold, self.epoch, self.stages[-1].end, stage.number, train_loss, val_loss, self.metric.name,
+                 score, " *" if improved else "", row["seconds"])
+        return stop
+
+    def _checkpoint(self, stage: Stage, stop: bool, module: nn.Module, optimizer, val_loss: float, score: float) -> FoldState:
+        stage_complete = stop or self.epoch == stage.end
+        return FoldState(
+            fold=self.fold, config=config_to_dict(self.cfg), classes=list(self.comp.classes),
+            metric_name=self.metric.name, higher_is_better=self.metric.higher_is_better,
+            preprocessing=self.data.preprocessing, preprocessor=self.data.preprocessor_state,
+            in_features=self.data.in_features,
+            epoch=self.epoch, stage=stage.number, stage_complete=stage_complete,
+            # the fold's last epoch marks itself, so no rewrite of last.pt at the end
+            finished=stage_complete and stage == self.stages[-1],
+            loss=val_loss, metric=score, best_metric=self.stopper.best_metric, best_epoch=self.stopper.best_epoch,
+            best_loss=self.stopper.best_loss, bad_epochs=self.stopper.bad_epochs, history=self.history,
+            model_state_dict=unwrap_model(module).state_dict(), optimizer_state_dict=optimizer.state_dict(),
+            scaler_state_dict=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        )
+
+    # 4. The end ----------------------------------------------------------------------------
+
+    def _log_best_epoch(self) -> None:
+        """Figures of the best epoch, drawn once (from its oof.csv, which a resumed run also has)
+        rather than on every improvement: each costs as much as a small model's epoch."""
+        best_probs = read_oof_probs(read_csv(self.fold_dir / "oof.csv", "out-of-fold file"), self.comp.classes)
+        self.tracker.log_figures(self.stopper.best_epoch, self.data.valid_targets, best_probs, self.comp.classes,
+                                 self.data.image_of)
+        self.tracker.log_hparams(config_to_dict(self.cfg), self.metric.name, self.stopper.best_metric,
+                                 self.stopper.best_epoch)
+
+
+def _write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, history: list[dict]) -> None:
+    """One epoch's files, each atomic, in this order: best.pt and its oof.csv (when the epoch
+    improved), summary.csv, then last.pt (a link to best.pt when they are the same epoch)."""
+    if oof is not None:
+        write_bytes(fold_dir / BEST, checkpoint)
+        write_csv(fold_dir / "oof.csv", oof)
+    write_summary(fold_dir, history)
+    if oof is not None:
+        copy_checkpoint(fold_dir / BEST, fold_dir / LAST)
+    else:
+        write_bytes(fold_dir / LAST, checkpoint)
