@@ -12,11 +12,13 @@ import yaml
 
 from competition.core.config import Config, build_config
 from competition.core.errors import CompetitionError
-from competition.core.metrics import METRICS
+from competition.core.metrics import BINARY, METRICS, MULTI, SINGLE
 from competition.data.batch_augment import DEVICE_AUGMENT_MODES
 from competition.data.cache import CACHE_MODES
 from competition.data.folds import FOLD_STRATEGIES
+from competition.data.targets import TARGET_FORMATS
 from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
+from competition.inference.submission import OUTPUTS
 from competition.tasks import TASKS
 
 DEFAULT_CONFIG_FILE = "competition.yaml"
@@ -89,6 +91,8 @@ def _choice(key: str, value: str, options: typing.Iterable[str]) -> None:
 def validate(cfg: Config) -> None:
     """Every choice against its table, every number in its range, every key that needs another."""
     _choice("task", cfg.task, TASKS)
+    _choice("data.target_format", cfg.data.target_format, TARGET_FORMATS)
+    _choice("predict.output", cfg.predict.output, OUTPUTS)
     _choice("folds.strategy", cfg.folds.strategy, FOLD_STRATEGIES)
     _choice("train.metric", cfg.train.metric, METRICS)
     _choice("train.cache", cfg.train.cache, CACHE_MODES)
@@ -122,7 +126,33 @@ def validate(cfg: Config) -> None:
         raise CompetitionError("config keys train.epochs and train.freeze_epochs are both 0: nothing to train")
     if cfg.folds.strategy in ("group", "stratified_group") and not cfg.data.group_column:
         raise CompetitionError(f"config key data.group_column: folds.strategy {cfg.folds.strategy} needs a group column")
+    if cfg.data.max_classes < 2:
+        raise CompetitionError("config key data.max_classes: must be at least 2")
+    _check_target_keys(cfg)
     TASKS[cfg.task].check_config(cfg)
+
+
+def _check_target_keys(cfg: Config) -> None:
+    """The metric, the fold strategy and the target keys must suit the target's format."""
+    d, multi = cfg.data, cfg.data.target_format == "multi_label"
+    metric = METRICS[cfg.train.metric]
+    formats = {MULTI} if multi else {SINGLE, BINARY}
+    if not formats & set(metric.formats):
+        fitting = ", ".join(n for n, m in METRICS.items() if formats & set(m.formats))
+        raise CompetitionError(f"config key train.metric: {metric.name} does not score a {d.target_format} target "
+                               f"(data.target_format); use one of {fitting}")
+    if multi and cfg.folds.strategy in ("stratified", "stratified_group"):
+        raise CompetitionError(f"config key folds.strategy: {cfg.folds.strategy} balances single labels; a multi_label "
+                               f"target uses multilabel_stratified (or kfold, group)")
+    if not multi and cfg.folds.strategy == "multilabel_stratified":
+        raise CompetitionError("config key folds.strategy: multilabel_stratified is for data.target_format: multi_label")
+    if d.target_columns is not None and not multi:
+        raise CompetitionError("config key data.target_columns: one 0/1 column per class is a multi_label target "
+                               "(set data.target_format: multi_label)")
+    if d.target_columns is not None and len(d.target_columns) < 2:
+        raise CompetitionError("config key data.target_columns: name at least 2 class columns")
+    if d.positive_class is not None and multi:
+        raise CompetitionError("config key data.positive_class: applies to a binary single-label target")
 
 
 def config_from_dict(data: dict, source_dir: str | os.PathLike = "") -> Config:

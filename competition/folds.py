@@ -21,7 +21,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     _, comp = open_competition(cfg)
-    df = load_or_create_folds(cfg, comp.train, force=args.force)
+    df = load_or_create_folds(cfg, comp.train, comp.target, force=args.force)
     counts = df.groupby("fold").size().to_dict()
     print(f"{folds_path(cfg)}: " + ", ".join(f"fold {k}: {v} rows" for k, v in counts.items()))
     return 0

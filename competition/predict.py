@@ -1,4 +1,5 @@
-"""`python -m competition.predict`: fold-ensemble + TTA → a submission checked against its sample."""
+"""`python -m competition.predict`: fold-ensemble + TTA → a submission checked against its sample,
+scored as submitted on the out-of-fold rows and, where answers are known, read back and scored."""
 from __future__ import annotations
 
 import argparse
@@ -6,17 +7,27 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 
 from competition.config import add_config_arguments, load_config
+from competition.core.config import Config
 from competition.core.distributed import device_for, init_world
 from competition.core.errors import run_cli
 from competition.core.metrics import METRICS
 from competition.core.runtime import keep_freed_memory
-from competition.data.competition import read_solution
+from competition.data.competition import Competition, read_solution
 from competition.data.folds import parse_folds
-from competition.inference.ensemble import cv_report, load_fold_models, predict_test, trained_folds
-from competition.inference.submission import leaderboard_score, make_submission, submission_path, validate_submission
+from competition.inference.ensemble import cv_report, load_fold_models, predict_rows, trained_folds
+from competition.inference.submission import (
+    Layout,
+    leaderboard_score,
+    make_submission,
+    render,
+    submission_layout,
+    submission_path,
+    validate_submission,
+)
+from competition.inference.validation import as_submitted, predict_out_of_fold
 from competition.io.files import write_csv, write_json
 from competition.tasks import open_competition
 
@@ -34,43 +45,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _solution(cfg: Config, comp: Competition) -> tuple[pd.DataFrame | None, Path | None]:
+    """The local answers, checked (every label known) before anything is written."""
+    solution = read_solution(cfg, comp.root, comp.target)
+    if solution is None:
+        return None, None
+    path = comp.root / cfg.data.solution
+    comp.target.encode(solution, path)
+    return solution, path
+
+
+def _report(report: dict, submitted: dict, tta: list[str], used: list[int], out: Path, rows: int,
+            lb: float | None, solution_path: Path | None) -> None:
+    name = report["metric"]
+    for f, score in report["folds"].items():
+        print(f"fold {f}: {name} {score:.5f} best epoch, {submitted['folds'][f]:.5f} as submitted")
+    print(f"CV {name}: {report['cv']:.5f} best epochs; {submitted['cv']:.5f} as submitted "
+          f"(folds {', '.join(map(str, used))}; {len(tta) + 1} TTA view(s))")
+    if submitted["thresholds"] is not None:
+        shown = ", ".join(f"{t:.3f}" for t in submitted["thresholds"][:8])
+        print(f"thresholds fit on the out-of-fold rows: {shown}{' …' if len(submitted['thresholds']) > 8 else ''}")
+    print(f"submission: {out} ({rows} rows)")
+    if lb is not None:
+        print(f"local leaderboard {name}: {lb:.5f} (the file as written, against {solution_path})")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     keep_freed_memory()  # before the big allocations: see core/runtime.py
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     folds = parse_folds(args.folds, cfg.folds.n_splits)
     task, comp = open_competition(cfg)
+    d = cfg.data
+    layout: Layout = submission_layout(comp.sample, d.id_column, comp.target, cfg.train.metric, cfg.predict.output)
     checkpoints = trained_folds(cfg, folds, explicit=args.folds != "all")
     device = device_for(init_world())
     loaded = load_fold_models(cfg, task, comp, checkpoints, device)
+    solution, solution_path = _solution(cfg, comp)
     task.prepare(cfg, comp)
     used = [f for f, _ in checkpoints]
 
-    report = cv_report(cfg, comp, used)
-    tta = task.tta(cfg)
-    probs = predict_test(cfg, task, comp, loaded, device, tta)
-    d = cfg.data
-    sub = make_submission(comp.sample, comp.test[d.id_column].tolist(), probs, comp.classes, d.id_column, d.target_column)
+    report, tta = cv_report(cfg, comp, used), task.tta(cfg)
+    submitted = as_submitted(cfg, comp, predict_out_of_fold(cfg, task, comp, loaded, device, tta), layout)
+    probs = predict_rows(cfg, task, comp, loaded, device, tta)
+    matrix = render(layout, probs, comp.target, submitted["thresholds"])
+    sub = make_submission(comp.sample, comp.test[d.id_column].tolist(), matrix, layout, comp.target)
     validate_submission(sub, comp.sample, d.id_column, comp.sample_path.name)
 
-    # The local leaderboard file is checked too before anything is written.
-    solution = read_solution(cfg, comp.root)
+    out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name, submitted["cv"])
+    write_json(cfg.run_dir / "cv.json", {**report, "as_submitted": submitted, "layout": layout.kind,
+                                         "submission": str(out), "tta": list(tta)})
+    write_csv(out, sub)
     lb = None
     if solution is not None:
-        row_of = {str(i): r for r, i in enumerate(comp.test[d.id_column].tolist())}
-        ordered = probs[np.array([row_of[str(i)] for i in sub[d.id_column]])]
-        lb = leaderboard_score(sub, ordered, solution, d.id_column, d.target_column, comp.classes, METRICS[cfg.train.metric])
-
-    out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name, report["cv"])
-    write_json(cfg.run_dir / "cv.json", {**report, "submission": str(out), "tta": list(tta)})
-    write_csv(out, sub)
-
-    for f, score in report["folds"].items():
-        print(f"fold {f}: {report['metric']} {score:.5f}")
-    print(f"CV {report['metric']}: {report['cv']:.5f} (folds {', '.join(map(str, used))}; {len(tta) + 1} TTA view(s))")
-    print(f"submission: {out} ({len(sub)} rows)")
-    if lb is not None:
-        print(f"local leaderboard {report['metric']}: {lb:.5f} ({Path(d.root) / d.solution})")
+        lb = leaderboard_score(out, layout, solution, comp.target, METRICS[cfg.train.metric])
+    _report(report, submitted, tta, used, out, len(sub), lb, solution_path)
     return 0
 
 

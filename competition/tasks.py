@@ -16,12 +16,14 @@ from torch.utils.data import Dataset
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.metrics import METRICS
 from competition.data.batch_augment import BatchAugment, use_device_augment
 from competition.data.cache import CachedImages, image_cache
-from competition.data.competition import Competition, encode_labels, line_of, load_competition, require_columns
+from competition.data.competition import Competition, load_competition, require_columns
 from competition.data.datasets import CachedRows, ImageDataset, TabularDataset
 from competition.data.features import TabularPreprocessor, check_hook_spec, feature_columns, load_feature_hook
 from competition.data.images import UndecodableImages, check_images_decode, image_paths
+from competition.data.targets import line_of
 from competition.data.transforms import build_eval_transform, build_train_transform, decode_side
 from competition.io.checkpoints import FoldState
 from competition.models.build import build_model, preprocessing
@@ -34,7 +36,7 @@ class FoldData:
     train_ds: Dataset
     valid_ds: Dataset
     valid_ids: list
-    valid_targets: np.ndarray
+    valid_targets: np.ndarray  # class indices, or a 0/1 matrix for multi-label (data.targets)
     in_features: int | None  # a table's feature count; None for images
     preprocessor_state: dict | None  # a table's fitted preprocessing, stored in the checkpoint
     preprocessing: dict  # an image model's size, mean, std, interpolation; {} for tables
@@ -71,10 +73,11 @@ class Task:
         """A fold's fresh model and its datasets."""
         raise NotImplementedError
 
-    def test_inputs(self, cfg: Config, comp: Competition, state: FoldState, device: torch.device
-                    ) -> tuple[Hashable, Callable[[], tuple[Dataset, Callable | None]]]:
-        """(key, make) for test.csv as a fold's model sees it: folds with equal keys share one
-        dataset, and `make()` builds it with its batch transform."""
+    def inputs(self, cfg: Config, comp: Competition, state: FoldState, device: torch.device,
+               rows: np.ndarray | None = None) -> tuple[Hashable, Callable[[], tuple[Dataset, Callable | None]]]:
+        """(key, make) for test.csv — or for `rows` of train.csv, a fold's validation rows — as a
+        fold's model sees them: folds with equal keys share one dataset, and `make()` builds it
+        with its batch transform."""
         raise NotImplementedError
 
     def tta(self, cfg: Config) -> list[str]:
@@ -138,48 +141,55 @@ class ImageTask(Task):
         train_df, valid_df = split(df, fold)
         cache = image_cache(cfg, image_paths(df, comp.root, d.image_column), prep["size"])
         train_rows, valid_rows = np.flatnonzero((df.fold != fold).to_numpy()), np.flatnonzero((df.fold == fold).to_numpy())
-        valid_targets = encode_labels(valid_df[d.target_column], comp.classes)
+        train_targets, valid_targets = comp.target.encode(train_df), comp.target.encode(valid_df)
         if cache is not None and use_device_augment(cfg, device, cached=True):
-            train_ds = CachedRows(cache.subset(train_rows), encode_labels(train_df[d.target_column], comp.classes))
+            train_ds = CachedRows(cache.subset(train_rows), train_targets)
             valid_ds = CachedRows(cache.subset(valid_rows), valid_targets)
             train_tf = BatchAugment(prep["size"], prep["mean"], prep["std"], cfg.image.augment, train=True)
         else:
-            train_ds, valid_ds = self._file_datasets(cfg, comp, train_df, valid_df, prep, cache, train_rows, valid_rows)
+            train_ds, valid_ds = self._file_datasets(cfg, comp, (train_df, valid_df), (train_targets, valid_targets),
+                                                     prep, cache, (train_rows, valid_rows))
             train_tf = BatchAugment(prep["size"], prep["mean"], prep["std"])
         eval_tf = BatchAugment(prep["size"], prep["mean"], prep["std"])
         return FoldData(train_ds, valid_ds, valid_df[d.id_column].tolist(), valid_targets, None, None, prep,
                         train_tf, eval_tf, valid_ds.raw)
 
     @staticmethod
-    def _file_datasets(cfg: Config, comp: Competition, train_df, valid_df, prep: dict, cache: CachedImages | None,
-                       train_rows, valid_rows) -> tuple[ImageDataset, ImageDataset]:
-        """Albumentations pipelines over the files, or over the cached rows when the cache is on."""
-        size, d = prep["size"], cfg.data
-        kw = {"image_column": d.image_column, "target_column": d.target_column, "classes": comp.classes}
+    def _file_datasets(cfg: Config, comp: Competition, frames, targets, prep: dict, cache: CachedImages | None,
+                       rows) -> tuple[ImageDataset, ImageDataset]:
+        """Albumentations pipelines over the files, or over the cached rows when the cache is on:
+        (training, validation) datasets from (training, validation) frames, targets and rows."""
+        size, column = prep["size"], cfg.data.image_column
         train_tf = build_train_transform(size, cfg.image.augment, prep["interpolation"])
         eval_tf = build_eval_transform(size, prep["interpolation"])
         return (
-            ImageDataset(train_df, comp.root, train_tf, "train", images=cache.subset(train_rows) if cache else None,
-                         decode_side=decode_side(size, cfg.image.augment), **kw),
-            ImageDataset(valid_df, comp.root, eval_tf, "train", images=cache.subset(valid_rows) if cache else None,
-                         decode_side=size, **kw),
+            ImageDataset(frames[0], comp.root, train_tf, targets[0], image_column=column,
+                         images=cache.subset(rows[0]) if cache else None, decode_side=decode_side(size, cfg.image.augment)),
+            ImageDataset(frames[1], comp.root, eval_tf, targets[1], image_column=column,
+                         images=cache.subset(rows[1]) if cache else None, decode_side=size),
         )
 
-    def test_inputs(self, cfg, comp, state, device):
+    def inputs(self, cfg, comp, state, device, rows=None):
         p = state.preprocessing
         size, mean, std, interp = p["size"], p["mean"], p["std"], p["interpolation"]
+        frame = comp.test if rows is None else comp.train.iloc[rows].reset_index(drop=True)
 
         def make() -> tuple[Dataset, Callable]:
-            cache = image_cache(cfg, image_paths(comp.test, comp.root, cfg.data.image_column), size)
+            # The cache of the whole file (train or test), as `prepare` built it; a subset for rows.
+            whole = comp.test if rows is None else comp.train
+            cache = image_cache(cfg, image_paths(whole, comp.root, cfg.data.image_column), size)
+            if cache is not None and rows is not None:
+                cache = cache.subset(rows)
             if cache is not None and use_device_augment(cfg, device, cached=True):
                 ds = CachedRows(cache)  # uint8 rows to the device, resized there
             else:
-                ds = ImageDataset(comp.test, comp.root, build_eval_transform(size, interp), "test",
+                ds = ImageDataset(frame, comp.root, build_eval_transform(size, interp),
                                   image_column=cfg.data.image_column, images=cache, decode_side=size)
             return ds, BatchAugment(size, mean, std)  # uint8 → normalised float on the device
 
         # Folds trained from one config share their input pipeline: each test image decoded once.
-        return (size, tuple(mean), tuple(std), interp), make
+        key = (size, tuple(mean), tuple(std), interp)
+        return (key if rows is None else (*key, state.fold)), make
 
 
 class TabularTask(Task):
@@ -208,22 +218,23 @@ class TabularTask(Task):
         d = cfg.data
         train_df, valid_df = split(df, fold)
         pre = TabularPreprocessor.fit(train_df, feature_columns(cfg, comp.train), load_feature_hook(cfg))
-        kw = {"target_column": d.target_column, "classes": comp.classes}
+        valid_targets = comp.target.encode(valid_df)
         data = FoldData(
-            TabularDataset(train_df, pre, "train", **kw),
-            TabularDataset(valid_df, pre, "train", **kw),
+            TabularDataset(train_df, pre, comp.target.encode(train_df)),
+            TabularDataset(valid_df, pre, valid_targets),
             valid_df[d.id_column].tolist(),
-            encode_labels(valid_df[d.target_column], comp.classes),
+            valid_targets,
             pre.n_features,
             pre.state,
             {},
         )
         return build_model(cfg, len(comp.classes), pre.n_features, load_pretrained=False), data
 
-    def test_inputs(self, cfg, comp, state, device):
+    def inputs(self, cfg, comp, state, device, rows=None):
         # The local config's hook, never one a checkpoint names: a checkpoint must not run code.
         pre = TabularPreprocessor(state.preprocessor, load_feature_hook(cfg))
-        return state.fold, lambda: (TabularDataset(comp.test, pre, "test"), None)
+        frame = comp.test if rows is None else comp.train.iloc[rows].reset_index(drop=True)
+        return (state.fold, rows is None), lambda: (TabularDataset(frame, pre), None)
 
 
 # The task kinds (config key task).
@@ -231,9 +242,16 @@ TASKS: dict[str, Task] = {"image": ImageTask(), "tabular": TabularTask()}
 
 
 def open_competition(cfg: Config) -> tuple[Task, Competition]:
-    """The config's task and its competition folder, every CSV and input checked."""
+    """The config's task and its competition folder, every CSV, the target and the inputs checked."""
     task = TASKS[cfg.task]
     comp = load_competition(cfg)
+    metric = METRICS[cfg.train.metric]
+    if comp.target.kind not in metric.formats:
+        raise CompetitionError(f"config key train.metric: {metric.name} scores a binary target; "
+                               f"{comp.train_path} column '{comp.target.column}' has {len(comp.classes)} classes")
+    if cfg.data.positive_class is not None and comp.target.kind != "binary":
+        raise CompetitionError(f"config key data.positive_class: {comp.train_path} column '{comp.target.column}' has "
+                               f"{len(comp.classes)} classes; a positive class applies to two")
     task.check_inputs(cfg, comp)
     return task, comp
 

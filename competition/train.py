@@ -60,7 +60,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool) -> tuple[Task, Comp
     task.prepare(cfg, comp)
     if resume:
         check_resumable(cfg, comp, folds)
-    df = load_or_create_folds(cfg, comp.train)
+    df = load_or_create_folds(cfg, comp.train, comp.target)
     check_not_running(cfg, folds)
     write_yaml(cfg.run_dir / "config.yaml", config_to_dict(cfg))
     return task, comp, df
@@ -109,7 +109,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return code
     if not world.is_main:  # the first rank wrote folds.csv; the others read it
         task, comp = open_competition(cfg)
-        df = load_or_create_folds(cfg, comp.train)
+        df = load_or_create_folds(cfg, comp.train, comp.target)
     log.info("%s: %d train rows, %d test rows, %d classes, device %s%s", cfg.name, len(comp.train), len(comp.test),
              len(comp.classes), device, f", {world.size} processes" if world.distributed else "")
     results = [fit_fold(cfg, task, comp, df, f, device=device, world=world, resume=args.resume) for f in folds]

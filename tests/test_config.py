@@ -52,7 +52,7 @@ def test_wrong_type_names_the_key():
 
 
 def test_bad_choice_lists_the_options():
-    with pytest.raises(CompetitionError, match=r"train\.metric: 'auc' is not one of accuracy, f1_macro, log_loss, roc_auc"):
+    with pytest.raises(CompetitionError, match=r"train\.metric: 'auc' is not one of accuracy, f1_macro, f1, log_loss, roc_auc, f1_samples"):
         load_config("digits", ["train.metric=auc"])
     with pytest.raises(CompetitionError, match=r"folds\.strategy"):
         load_config("digits", ["folds.strategy=random"])

@@ -15,31 +15,35 @@ from competition.data.batch_augment import BatchAugment
 from competition.data.datasets import ImageDataset, TabularDataset, ThreadedRows, build_loader
 from competition.data.features import TabularPreprocessor
 from competition.data.images import load_image
+from competition.data.targets import Target
 from competition.data.transforms import RRC_RATIO, RRC_SCALE, build_eval_transform, build_train_transform, decode_side
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+CLASSES = ["circle", "cross", "square"]
 
 
-def test_image_dataset_modes(image_comp):
+def test_image_dataset_with_and_without_answers(image_comp):
     _, root = image_comp
     train = pd.read_csv(root / "train.csv")
     tf = build_eval_transform(32)
-    ds = ImageDataset(train, root, tf, "train")
+    target = Target("single", CLASSES, "label")
+    ds = ImageDataset(train, root, tf, target.encode(train))
     x, y = ds[4]
     assert x.shape == (32, 32, 3) and x.dtype == torch.uint8  # normalised per batch, on the device
-    assert ds.classes == ["circle", "cross", "square"]
-    assert ds.classes[y] == train["label"][4]
+    assert CLASSES[y] == train["label"][4]
     test = pd.read_csv(root / "test.csv")
-    item = ImageDataset(test, root, tf, "test")[0]
-    assert isinstance(item, torch.Tensor) and item.shape == (32, 32, 3)  # no label in test mode
-    with pytest.raises(ValueError, match="mode"):
-        ImageDataset(test, root, tf, "valid")
+    item = ImageDataset(test, root, tf)[0]
+    assert isinstance(item, torch.Tensor) and item.shape == (32, 32, 3)  # no answers: the image alone
+    # Multi-label answers come as a float 0/1 vector per row.
+    multi = Target("multi_label", CLASSES, "label")
+    _, y = ImageDataset(train, root, tf, multi.encode(train))[4]
+    assert y.dtype == torch.float32 and y.tolist() == [float(c == train["label"][4]) for c in CLASSES]
 
 
 def test_normalisation_uses_the_given_mean_and_std(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "white.png")
     df = pd.DataFrame({"image": ["white.png"], "label": [0]})
-    x, _ = ImageDataset(df, tmp_path, build_eval_transform(8), "train")[0]
+    x = ImageDataset(df, tmp_path, build_eval_transform(8))[0]
     x = BatchAugment(8, MEAN, STD)(x[None])
     assert x.shape == (1, 3, 8, 8) and torch.allclose(x, torch.full_like(x, (1.0 - 0.5) / 0.25))
 
@@ -47,8 +51,8 @@ def test_normalisation_uses_the_given_mean_and_std(tmp_path):
 def test_seeded_augmentation_repeats_per_row_and_seed(image_comp):
     _, root = image_comp
     train = pd.read_csv(root / "train.csv")
-    ds = ImageDataset(train, root, build_train_transform(32, ["affine", "hflip", "color_jitter"]), "train")
-    a, b, c = ds[(3, 123)][0], ds[(3, 123)][0], ds[(3, 124)][0]
+    ds = ImageDataset(train, root, build_train_transform(32, ["affine", "hflip", "color_jitter"]))
+    a, b, c = ds[(3, 123)], ds[(3, 123)], ds[(3, 124)]
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -60,8 +64,8 @@ def test_seeded_augmentations_draw_independently():
     image = np.zeros((8, 8, 3), np.uint8)
     image[0, 0] = 255  # the corner the bright pixel lands in tells the flips apart
     ds = ImageDataset(pd.DataFrame({"image": ["x.png"], "label": [0]}), ".",
-                      build_train_transform(8, ["hflip", "vflip"]), "train", images=image[None])
-    corners = {tuple(np.argwhere(ds[(0, seed)][0].numpy()[..., 0] == 255)[0]) for seed in range(64)}
+                      build_train_transform(8, ["hflip", "vflip"]), images=image[None])
+    corners = {tuple(np.argwhere(ds[(0, seed)].numpy()[..., 0] == 255)[0]) for seed in range(64)}
     assert corners == {(0, 0), (0, 7), (7, 0), (7, 7)}
 
 
@@ -72,7 +76,8 @@ def test_cached_rows_load_on_threads_and_give_the_batches_worker_processes_give(
     train = pd.read_csv(root / "train.csv")
     images = np.random.default_rng(0).integers(0, 256, (len(train), 24, 24, 3), dtype=np.uint8)
     tf = build_train_transform(16, ["random_resized_crop", "hflip", "vflip", "color_jitter"])
-    cached = ImageDataset(train, root, tf, "train", images=images)
+    answers = Target("single", CLASSES, "label").encode(train)
+    cached = ImageDataset(train, root, tf, answers, images=images)
     sampler = SeededSampler(len(cached), 0, shuffle=True)
     cpu = torch.device("cpu")
     threaded = build_loader(cached, 5, cpu, num_workers=2, sampler=sampler)
@@ -84,7 +89,7 @@ def test_cached_rows_load_on_threads_and_give_the_batches_worker_processes_give(
         assert len(got) == len(want) == -(-len(train) // 5)
         for (x, y), (x2, y2) in zip(got, want, strict=True):
             assert torch.equal(x, x2) and torch.equal(y, y2)
-    files = ImageDataset(train, root, tf, "train")
+    files = ImageDataset(train, root, tf, answers)
     assert build_loader(files, 5, cpu, num_workers=2, sampler=sampler).num_workers == 2
 
 
@@ -102,7 +107,7 @@ def test_large_jpegs_decode_at_reduced_scale_never_below_the_side_asked(tmp_path
     # the same picture as the full decode brought to that size
     reference = cv2.resize(full, (100, 80), interpolation=cv2.INTER_AREA)
     assert np.abs(small.astype(int) - reference).mean() < 3
-    ds = ImageDataset(pd.DataFrame({"image": ["big.jpg"]}), tmp_path, build_eval_transform(64), "test", decode_side=64)
+    ds = ImageDataset(pd.DataFrame({"image": ["big.jpg"]}), tmp_path, build_eval_transform(64), decode_side=64)
     assert ds.raw(0).shape == (80, 100, 3) and ds[0].shape == (64, 64, 3)
 
 
@@ -133,9 +138,9 @@ def test_tabular_dataset_modes(table_comp):
     _, root = table_comp
     df = pd.read_csv(root / "train.csv")
     pre = TabularPreprocessor.fit(df, ["x1", "x2", "color"])
-    ds = TabularDataset(df, pre, "train", target_column="target")
+    ds = TabularDataset(df, pre, Target("single", [0, 1], "target").encode(df))
     x, y = ds[0]
     assert x.shape == (pre.n_features,) and int(y) == df["target"][0]
     assert "x2_missing" in pre.feature_names and "color=red" in pre.feature_names
-    test = TabularDataset(pd.read_csv(root / "test.csv"), pre, "test")
+    test = TabularDataset(pd.read_csv(root / "test.csv"), pre)
     assert test[0].shape == (pre.n_features,)

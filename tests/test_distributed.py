@@ -101,7 +101,7 @@ def test_torchrun_two_processes_train_one_fold(tmp_path):
     model.load_state_dict(state["model_state_dict"])
     p = state["preprocessing"]
     oof = oof.set_index("id").loc[valid["id"]]
-    ds = ImageDataset(valid, root, build_eval_transform(p["size"], p["interpolation"]), "test")
+    ds = ImageDataset(valid, root, build_eval_transform(p["size"], p["interpolation"]))
     probs = predict_probs([model], torch.utils.data.DataLoader(ds, batch_size=16), torch.device("cpu"),
                           batch_transform=BatchAugment(p["size"], p["mean"], p["std"]))
     np.testing.assert_allclose(oof[[f"prob_{c}" for c in classes]].to_numpy(), probs, atol=1e-4)

@@ -9,6 +9,9 @@ from competition import folds as folds_cli
 from competition.config import load_config
 from competition.core.errors import CompetitionError
 from competition.data.folds import load_or_create_folds, make_folds
+from competition.data.targets import Target
+
+TARGET = Target("single", ["circle", "cross", "square"], "label")
 
 
 def _frame(n=200, seed=0):
@@ -22,7 +25,7 @@ def _frame(n=200, seed=0):
 
 def test_stratified_folds_keep_class_ratios_and_cover_each_row_once():
     df = _frame()
-    f = make_folds(df, "id", "label", 5, "stratified", seed=1)
+    f = make_folds(df, "id", df["label"], 5, "stratified", seed=1)
     assert list(f["id"]) == list(df["id"])  # one row per train row, same order
     assert sorted(f["fold"].unique()) == [0, 1, 2, 3, 4]
     overall = df["label"].value_counts(normalize=True)
@@ -35,7 +38,7 @@ def test_stratified_folds_keep_class_ratios_and_cover_each_row_once():
 @pytest.mark.parametrize("strategy", ["group", "stratified_group"])
 def test_a_group_never_spans_two_folds(strategy):
     df = _frame()
-    f = make_folds(df, "id", "label", 4, strategy, seed=3, group_column="group")
+    f = make_folds(df, "id", df["label"], 4, strategy, seed=3, group_column="group")
     per_group = df.assign(fold=f["fold"]).groupby("group")["fold"].nunique()
     assert (per_group == 1).all()
     assert f["fold"].nunique() == 4
@@ -43,31 +46,31 @@ def test_a_group_never_spans_two_folds(strategy):
 
 def test_folds_are_stable_across_runs_and_depend_on_seed():
     df = _frame()
-    a = make_folds(df, "id", "label", 5, "kfold", seed=11)
-    b = make_folds(df, "id", "label", 5, "kfold", seed=11)
-    c = make_folds(df, "id", "label", 5, "kfold", seed=12)
+    a = make_folds(df, "id", df["label"], 5, "kfold", seed=11)
+    b = make_folds(df, "id", df["label"], 5, "kfold", seed=11)
+    c = make_folds(df, "id", df["label"], 5, "kfold", seed=12)
     assert a.equals(b)
     assert not a["fold"].equals(c["fold"])
 
 
 def test_too_many_folds_is_an_error():
     with pytest.raises(CompetitionError, match="folds.n_splits"):
-        make_folds(_frame(n=4), "id", "label", 5, "kfold", seed=0)
+        make_folds(_frame(n=4), "id", _frame(n=4)["label"], 5, "kfold", seed=0)
 
 
 def test_folds_csv_written_once_then_reused_and_checked(image_comp):
     cfg_path, root = image_comp
     cfg = load_config(str(cfg_path))
     train = pd.read_csv(root / "train.csv")
-    first = load_or_create_folds(cfg, train)
+    first = load_or_create_folds(cfg, train, TARGET)
     written = (root / "folds.csv").read_text()
     # A different seed must not silently reshuffle an existing split.
-    again = load_or_create_folds(load_config(str(cfg_path), ["seed=999"]), train)
+    again = load_or_create_folds(load_config(str(cfg_path), ["seed=999"]), train, TARGET)
     assert (root / "folds.csv").read_text() == written
     assert list(again["fold"]) == list(first["fold"])
     # train.csv changed under the folds: refuse and say how to regenerate.
     with pytest.raises(CompetitionError, match=r"folds\.csv does not match .*competition\.folds --force"):
-        load_or_create_folds(cfg, train.iloc[:-1])
+        load_or_create_folds(cfg, train.iloc[:-1], TARGET)
 
 
 def test_folds_cli_force_regenerates(image_comp, capsys):

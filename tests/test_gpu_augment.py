@@ -32,10 +32,10 @@ def test_eval_path_normalises_with_the_models_mean_and_std():
 def test_albumentations_path_hands_over_uint8_rows_of_the_batch_layout(image_comp):
     _, root = image_comp
     train = pd.read_csv(root / "train.csv")
-    ds = ImageDataset(train, root, build_eval_transform(16), "train")
-    x, _ = ds[0]
+    ds = ImageDataset(train, root, build_eval_transform(16))
+    x = ds[0]
     assert x.dtype == torch.uint8 and x.shape == (16, 16, 3)  # what CachedRows hands over too
-    batch = torch.stack([ds[i][0] for i in range(4)])
+    batch = torch.stack([ds[i] for i in range(4)])
     assert BatchAugment(16, MEAN, STD)(batch).shape == (4, 3, 16, 16)
 
 

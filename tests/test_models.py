@@ -13,6 +13,7 @@ from competition.config import load_config
 from competition.core.errors import CompetitionError
 from competition.data.batch_augment import BatchAugment
 from competition.data.datasets import ImageDataset
+from competition.data.targets import Target
 from competition.data.transforms import build_train_transform
 from competition.models.build import build_model, preprocessing
 from competition.training.engine import train_one_epoch
@@ -26,6 +27,7 @@ from competition.training.stages import (
     train_mode,
 )
 
+CLASSES = ["circle", "cross", "square"]
 
 def _setup(image_comp, stage):
     cfg_path, root = image_comp
@@ -33,8 +35,8 @@ def _setup(image_comp, stage):
     torch.manual_seed(0)
     model = build_model(cfg, 3)
     prep = preprocessing(model, 32)
-    ds = ImageDataset(pd.read_csv(root / "train.csv"), root,
-                      build_train_transform(32, []), "train")
+    train = pd.read_csv(root / "train.csv")
+    ds = ImageDataset(train, root, build_train_transform(32, []), Target("single", CLASSES, "label").encode(train))
     set_stage(model, stage)
     opt = torch.optim.AdamW(param_groups(model, stage, 1e-2, 0.1, 0.0))
     return model, DataLoader(ds, batch_size=8), opt, BatchAugment(32, prep["mean"], prep["std"])

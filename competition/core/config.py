@@ -23,6 +23,11 @@ class DataConfig:
     sample_submission: str = "sample_submission.csv"
     id_column: str = "id"
     target_column: str = "label"
+    target_format: str = "single"  # single | multi_label (see data.targets)
+    target_columns: list[str] | None = None  # multi-label as one 0/1 column per class (Plant Pathology layout)
+    label_separator: str = " "  # multi-label in one column: labels separated by this (Planet layout)
+    positive_class: bool | int | str | None = None  # binary: the class whose probability is submitted (default the larger label)
+    max_classes: int = 1000  # more distinct target values than this is not a classification target
     image_column: str | None = "image"  # image task: path relative to root, or absolute
     group_column: str | None = None  # rows sharing a group never land in two folds
     feature_columns: list[str] | None = None  # tabular: None = every column but id/target/group
@@ -34,7 +39,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class FoldsConfig:
     n_splits: int = 5
-    strategy: str = "stratified"  # stratified | group | stratified_group | kfold
+    strategy: str = "stratified"  # stratified | group | stratified_group | kfold | multilabel_stratified
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class TrainConfig:
 class PredictConfig:
     tta: list[str] = field(default_factory=lambda: ["hflip"])  # see data.transforms.TTA_VIEWS
     batch_size: int = 128
+    output: str = "auto"  # auto | labels | probabilities: what a submission column holds (inference.submission)
 
 
 # Fields the kit fills in itself; no file or --set may name them, and they are not saved.

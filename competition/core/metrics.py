@@ -1,20 +1,55 @@
-"""Competition metrics: one table, each entry knowing whether higher is better."""
+"""Competition metrics: one table, each entry knowing its direction, the target formats it scores,
+and whether its decisions come from thresholds fit on out-of-fold rows.
+
+Truth is a class index per row (single-label) or a 0/1 matrix [n, classes] (multi-label);
+probabilities are [n, classes] either way. For a binary target, column 1 is the positive class.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+SINGLE, BINARY, MULTI = "single", "binary", "multi_label"  # BINARY: single-label with two classes
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # per-class candidates for multi-label F1
+
+
+def decide(probs: np.ndarray, multi_label: bool, thresholds: Sequence[float] | None = None) -> np.ndarray:
+    """Probabilities → decisions: a class index per row (argmax, or for a binary target the positive
+    class at `thresholds[0]`), or a 0/1 matrix for multi-label (each class at its own threshold,
+    0.5 unless given)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if multi_label:
+        th = np.full(probs.shape[1], 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        return (probs >= th[None, :]).astype(np.int64)
+    if thresholds is not None:
+        return (probs[:, 1] >= thresholds[0]).astype(np.int64)
+    return probs.argmax(1)
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str
-    fn: Callable[[np.ndarray, np.ndarray], float]  # (true class indices, probabilities [n, k])
+    fn: Callable[[np.ndarray, np.ndarray, Sequence[float] | None], float]  # (truth, probabilities, thresholds)
     higher_is_better: bool
+    formats: tuple[str, ...]  # target formats it scores
+    thresholded: bool = False  # decisions at thresholds fit on out-of-fold rows (F1 metrics)
 
-    def __call__(self, y_true: np.ndarray, probs: np.ndarray) -> float:
-        return float(self.fn(np.asarray(y_true), np.asarray(probs, dtype=np.float64)))
+    def __call__(self, y_true: np.ndarray, probs: np.ndarray, thresholds: Sequence[float] | None = None) -> float:
+        return float(self.fn(np.asarray(y_true), np.asarray(probs, dtype=np.float64), thresholds))
+
+    def fit_thresholds(self, y_true: np.ndarray, probs: np.ndarray) -> list[float] | None:
+        """The thresholds that score best on these rows, or None for a metric of probabilities or argmax."""
+        if not self.thresholded:
+            return None
+        y, p = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+        return _binary_f1_threshold(y, p[:, 1]) if y.ndim == 1 else _ascend_thresholds(self, y, p)
+
+    def best(self, y_true: np.ndarray, probs: np.ndarray) -> float:
+        """The score at thresholds fit on these same rows: what early stopping and the best-epoch
+        CV use (optimistic for thresholded metrics; `predict` also reports a cross-fitted score)."""
+        return self(y_true, probs, self.fit_thresholds(y_true, probs))
 
     def better(self, new: float, old: float | None) -> bool:
         """True when `new` improves on `old` (None = nothing yet)."""
@@ -23,27 +58,65 @@ class Metric:
         return new > old if self.higher_is_better else new < old
 
 
+def _binary_f1_threshold(y: np.ndarray, positive: np.ndarray) -> list[float]:
+    """The positive-class threshold with the best F1 on these rows, halfway to the next lower
+    score so that test rows just under the fitted one are not decided by a hair."""
+    from sklearn.metrics import precision_recall_curve
+
+    if y.min() == y.max():
+        return [0.5]
+    precision, recall, thresholds = precision_recall_curve(y, positive)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    best = float(thresholds[int(np.argmax(f1))])
+    lower = positive[positive < best]
+    return [(best + float(lower.max())) / 2 if len(lower) else best]
+
+
+def _ascend_thresholds(metric: Metric, y: np.ndarray, p: np.ndarray, passes: int = 2) -> list[float]:
+    """Per-class thresholds by coordinate ascent on the metric itself, over THRESHOLD_GRID, from 0.5:
+    the classes interact in sample- and micro-averaged F1, so each is tuned with the others fixed."""
+    th = np.full(p.shape[1], 0.5)
+    best = metric.fn(y, p, th)
+    for _ in range(passes):
+        for k in range(p.shape[1]):
+            for t in THRESHOLD_GRID:
+                trial = th.copy()
+                trial[k] = t
+                score = metric.fn(y, p, trial)
+                if score > best:
+                    best, th = score, trial
+    return [float(t) for t in th]
+
+
 # scikit-learn is imported where a metric needs it: it costs a second of every run's start.
 
 
-def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.mean(p.argmax(1) == y))
+def _accuracy(y: np.ndarray, p: np.ndarray, th) -> float:
+    return float(np.mean(decide(p, False, th) == y))
 
 
-def _f1_macro(y: np.ndarray, p: np.ndarray) -> float:
+def _f1_macro(y: np.ndarray, p: np.ndarray, th) -> float:
     from sklearn import metrics as skm
 
-    return skm.f1_score(y, p.argmax(1), average="macro", labels=np.arange(p.shape[1]), zero_division=0)
+    return skm.f1_score(y, decide(p, False, th), average="macro", labels=np.arange(p.shape[1]), zero_division=0)
 
 
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+def _f1_positive(y: np.ndarray, p: np.ndarray, th) -> float:
     from sklearn import metrics as skm
 
-    p = np.clip(p, 1e-15, 1.0)
+    return skm.f1_score(y, decide(p, False, th if th is not None else [0.5]), pos_label=1, zero_division=0)
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray, th) -> float:
+    from sklearn import metrics as skm
+
+    p = np.clip(p, 1e-15, 1.0 - 1e-15)
+    if y.ndim == 2:  # multi-label: the mean over classes of each class's binary log loss
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
     return skm.log_loss(y, p / p.sum(1, keepdims=True), labels=np.arange(p.shape[1]))
 
 
-def _roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+def _roc_auc(y: np.ndarray, p: np.ndarray, th) -> float:
     from sklearn import metrics as skm
 
     if p.shape[1] == 2:
@@ -54,9 +127,41 @@ def _roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def _mean_roc_auc(y: np.ndarray, p: np.ndarray, th) -> float:
+    from sklearn import metrics as skm
+
+    # Column-wise mean over the classes with both outcomes present in these rows.
+    scores = [skm.roc_auc_score(y[:, k], p[:, k]) for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _f1_samples(y: np.ndarray, p: np.ndarray, th) -> float:
+    """scikit-learn's f1_score(average="samples", zero_division=1) in numpy: the threshold search
+    calls it hundreds of times an epoch, where scikit-learn's checks cost more than the sums.
+    A row with no labels, predicted with none, scores 1 (tests/test_targets.py checks the match)."""
+    d = decide(p, True, th)
+    hits, size = (d * y).sum(1), d.sum(1) + y.sum(1)
+    return float(np.mean(np.where(size > 0, 2 * hits / np.maximum(size, 1), 1.0)))
+
+
+def _f1_micro(y: np.ndarray, p: np.ndarray, th) -> float:
+    """scikit-learn's f1_score(average="micro", zero_division=1) in numpy, for the same reason."""
+    d = decide(p, True, th)
+    size = d.sum() + y.sum()
+    return float(2 * (d * y).sum() / size) if size > 0 else 1.0
+
+
 METRICS: dict[str, Metric] = {
-    "accuracy": Metric("accuracy", _accuracy, True),
-    "f1_macro": Metric("f1_macro", _f1_macro, True),
-    "log_loss": Metric("log_loss", _log_loss, False),
-    "roc_auc": Metric("roc_auc", _roc_auc, True),
+    "accuracy": Metric("accuracy", _accuracy, True, (SINGLE, BINARY)),
+    "f1_macro": Metric("f1_macro", _f1_macro, True, (SINGLE, BINARY)),
+    "f1": Metric("f1", _f1_positive, True, (BINARY,), thresholded=True),
+    "log_loss": Metric("log_loss", _log_loss, False, (SINGLE, BINARY, MULTI)),
+    "roc_auc": Metric("roc_auc", _roc_auc, True, (SINGLE, BINARY)),
+    "f1_samples": Metric("f1_samples", _f1_samples, True, (MULTI,), thresholded=True),
+    "f1_micro": Metric("f1_micro", _f1_micro, True, (MULTI,), thresholded=True),
+    "mean_roc_auc": Metric("mean_roc_auc", _mean_roc_auc, True, (MULTI,)),
 }
+
+# Metrics scored on probabilities: for these a one-column binary sample gets the positive class's
+# probability, not a label (AUC on hard labels throws most of the score away).
+PROBABILITY_METRICS = frozenset({"log_loss", "roc_auc", "mean_roc_auc"})

@@ -65,3 +65,9 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if x.dim() == 4 and device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Class probabilities in float32: softmax over classes, or a sigmoid per class for multi-label."""
+    logits = logits.float()
+    return logits.sigmoid() if multi_label else logits.softmax(1)

@@ -5,12 +5,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.data.demos import DEMOS, build_demo
+from competition.data.targets import Target, line_of, read_target
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +23,15 @@ class Competition:
     train: pd.DataFrame
     test: pd.DataFrame
     sample: pd.DataFrame
-    classes: list  # original label values, sorted; index = model output index
+    target: Target
     train_path: Path
     test_path: Path
     sample_path: Path
+
+    @property
+    def classes(self) -> list:
+        """Original label values; index = model output index."""
+        return self.target.classes
 
 
 def read_csv(path: Path, what: str = "") -> pd.DataFrame:
@@ -53,11 +58,6 @@ def require_columns(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
         )
 
 
-def line_of(index: int) -> int:
-    """File line of a data row (the header is line 1)."""
-    return int(index) + 2
-
-
 def check_unique_ids(df: pd.DataFrame, path: Path, id_column: str) -> None:
     _check_no_missing(df, path, id_column, "id")
     dup = df[id_column].astype(str).duplicated(keep=False)
@@ -66,31 +66,6 @@ def check_unique_ids(df: pd.DataFrame, path: Path, id_column: str) -> None:
         value = df[id_column].iloc[rows[0]]
         lines = ", ".join(str(line_of(r)) for r in rows[df[id_column].iloc[rows].astype(str) == str(value)][:5])
         raise CompetitionError(f"{path}: id {value!r} in column '{id_column}' appears more than once (lines {lines})")
-
-
-def _plain(value):
-    """numpy scalar → Python scalar; integral floats → int (labels read as 0.0/1.0)."""
-    value = value.item() if hasattr(value, "item") else value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def class_list(values: pd.Series) -> list:
-    """Sorted distinct labels as plain Python values."""
-    return sorted({_plain(v) for v in values.tolist()}, key=lambda v: (str(type(v)), v))
-
-
-def encode_labels(values: pd.Series, classes: list, path: Path | str = "labels") -> np.ndarray:
-    """Map label values to class indices; an unknown value is an error naming it."""
-    index = {c: i for i, c in enumerate(classes)}
-    out = np.empty(len(values), dtype=np.int64)
-    for i, v in enumerate(values.tolist()):
-        key = _plain(v)
-        if key not in index:
-            raise CompetitionError(f"{path}: label {key!r} is not one of the classes {classes}")
-        out[i] = index[key]
-    return out
 
 
 def _data_root(cfg: Config) -> Path:
@@ -127,19 +102,20 @@ def load_competition(cfg: Config) -> Competition:
     test = read_csv(test_path, "test CSV")
     sample = read_csv(sample_path, "sample submission")
 
-    require_columns(train, train_path, [d.id_column, d.target_column] + ([d.group_column] if d.group_column else []))
+    answers = list(d.target_columns) if d.target_columns else [d.target_column]
+    require_columns(train, train_path, [d.id_column, *answers] + ([d.group_column] if d.group_column else []))
     require_columns(test, test_path, [d.id_column])
     require_columns(sample, sample_path, [d.id_column])
     check_unique_ids(train, train_path, d.id_column)
     check_unique_ids(test, test_path, d.id_column)
     check_unique_ids(sample, sample_path, d.id_column)
 
-    _check_no_missing(train, train_path, d.target_column, "target")
+    if d.target_format == "single" or d.target_columns:  # separated multi-labels: an empty cell is no label
+        for column in answers:
+            _check_no_missing(train, train_path, column, "target")
     if d.group_column:
         _check_no_missing(train, train_path, d.group_column, "group")
-    classes = class_list(train[d.target_column])
-    if len(classes) < 2:
-        raise CompetitionError(f"{train_path}: column '{d.target_column}' has one class ({classes[0]!r}); need at least 2")
+    target = read_target(cfg, train, train_path)
 
     test_ids, sample_ids = set(test[d.id_column].astype(str)), set(sample[d.id_column].astype(str))
     if test_ids != sample_ids:
@@ -151,10 +127,10 @@ def load_competition(cfg: Config) -> Competition:
         if only_sample:
             parts.append(f"{len(only_sample)} sample ids not in the test set (e.g. {', '.join(only_sample[:3])})")
         raise CompetitionError(f"{test_path} and {sample_path} ids differ: {'; '.join(parts)}")
-    return Competition(root, train, test, sample, classes, train_path, test_path, sample_path)
+    return Competition(root, train, test, sample, target, train_path, test_path, sample_path)
 
 
-def read_solution(cfg: Config, root: Path) -> pd.DataFrame | None:
+def read_solution(cfg: Config, root: Path, target: Target) -> pd.DataFrame | None:
     """The optional answers file (`data.solution`) for a local leaderboard score."""
     if not cfg.data.solution:
         return None
@@ -162,6 +138,5 @@ def read_solution(cfg: Config, root: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     df = read_csv(path, "solution")
-    require_columns(df, path, [cfg.data.id_column, cfg.data.target_column])
+    require_columns(df, path, [cfg.data.id_column, *target.answer_columns])
     return df
-

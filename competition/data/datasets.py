@@ -1,4 +1,4 @@
-"""Datasets over a DataFrame: images (files or decode cache) and tables; modes train and test."""
+"""Datasets over a DataFrame: images (files or decode cache) and tables, with their answers or without."""
 from __future__ import annotations
 
 import copy
@@ -12,21 +12,20 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from competition.data.competition import class_list, encode_labels
 from competition.data.images import image_paths, load_image
 from competition.data.transforms import seed_pipeline
 
-MODES = ("train", "test")
 
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+def target_item(targets: np.ndarray, index: int):
+    """One row's answer: a class index (int), or a float 0/1 vector for multi-label."""
+    row = targets[index]
+    return torch.from_numpy(np.array(row, dtype=np.float32)) if np.ndim(row) else int(row)
 
 
 class ImageDataset(Dataset):
-    """Rows of a DataFrame → (image, class index) in train mode, image in test mode; the image is
-    a uint8 HWC tensor, converted and normalised per batch by `batch_augment.BatchAugment`.
+    """Rows of a DataFrame → (image, answer) when `targets` are given (see data.targets: a class
+    index, or a 0/1 vector for multi-label), the image alone otherwise; the image is a uint8 HWC
+    tensor, converted and normalised per batch by `batch_augment.BatchAugment`.
 
     `transform` is a uint8 albumentations pipeline called as transform(image=array)["image"].
     `images`, when given, is an array [n, H, W, 3] of pre-decoded rows (the decode cache)
@@ -39,23 +38,17 @@ class ImageDataset(Dataset):
         df: pd.DataFrame,
         root: str | Path,
         transform: Callable,
-        mode: str = "train",
+        targets: np.ndarray | None = None,
         *,
         image_column: str = "image",
-        target_column: str = "label",
-        classes: list | None = None,
         images: np.ndarray | None = None,
         decode_side: int | None = None,
     ):
-        _check_mode(mode)
         self.paths = image_paths(df, Path(root), image_column)
         self.transform = transform
         self.decode_side = decode_side
-        self.mode = mode
+        self.targets = targets
         self.images = images
-        if mode == "train":
-            self.classes = classes if classes is not None else class_list(df[target_column])
-            self.targets = encode_labels(df[target_column], self.classes)
         if images is not None and len(images) != len(self.paths):
             raise ValueError(f"images holds {len(images)} rows, the DataFrame {len(self.paths)}")
 
@@ -79,29 +72,18 @@ class ImageDataset(Dataset):
             seed_pipeline(self.transform, seed)
         # A pipeline that leaves a cached row as it is returns the read-only memmap: copy it then.
         x = torch.from_numpy(np.require(self.transform(image=image)["image"], requirements=["C", "W"]))
-        if self.mode == "test":
+        if self.targets is None:
             return x
-        return x, int(self.targets[index])
+        return x, target_item(self.targets, index)
 
 
 class TabularDataset(Dataset):
-    """Rows of a DataFrame through a fitted TabularPreprocessor → (features, class index) or features."""
+    """Rows of a DataFrame through a fitted TabularPreprocessor → (features, answer), or the
+    features alone when no `targets` are given."""
 
-    def __init__(
-        self,
-        df: pd.DataFrame,
-        preprocessor,
-        mode: str = "train",
-        *,
-        target_column: str = "label",
-        classes: list | None = None,
-    ):
-        _check_mode(mode)
+    def __init__(self, df: pd.DataFrame, preprocessor, targets: np.ndarray | None = None):
         self.features = torch.from_numpy(preprocessor.transform(df))
-        self.mode = mode
-        if mode == "train":
-            self.classes = classes if classes is not None else class_list(df[target_column])
-            self.targets = torch.from_numpy(encode_labels(df[target_column], self.classes))
+        self.targets = None if targets is None else torch.from_numpy(targets)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -110,7 +92,7 @@ class TabularDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]):
         index = key[0] if isinstance(key, tuple) else key  # tables have no random augmentation
-        if self.mode == "test":
+        if self.targets is None:
             return self.features[index]
         return self.features[index], self.targets[index]
 
@@ -135,7 +117,7 @@ class CachedRows(Dataset):
         x = torch.from_numpy(self.raw(index).copy())
         if self.targets is None:
             return x
-        return x, int(self.targets[index]), int(seed)
+        return x, target_item(self.targets, index), int(seed)
 
 
 class ThreadedRows(Dataset):

@@ -11,28 +11,30 @@ import pandas as pd
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.data.competition import read_csv
+from competition.data.targets import Target
 from competition.io.files import write_csv
 
 log = logging.getLogger(__name__)
 
-FOLD_STRATEGIES = ("stratified", "group", "stratified_group", "kfold")  # config key folds.strategy
+FOLD_STRATEGIES = ("stratified", "group", "stratified_group", "kfold", "multilabel_stratified")  # folds.strategy
 FOLDS_FILE = "folds.csv"
 
 
 def make_folds(
     train: pd.DataFrame,
     id_column: str,
-    target_column: str,
+    y: np.ndarray,
     n_splits: int,
     strategy: str,
     seed: int,
     group_column: str | None = None,
 ) -> pd.DataFrame:
-    """Assign every train row to one validation fold; returns columns (id, fold) in train order."""
+    """Assign every train row to one validation fold; returns columns (id, fold) in train order.
+    `y` is what stratification balances: a label per row, or a 0/1 matrix for multi-label."""
     # Imported here: runs that find folds.csv never need scikit-learn's second of start-up.
     from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
-    y = train[target_column].astype(str).to_numpy()
+    y = np.asarray(y)
     groups = train[group_column].astype(str).to_numpy() if group_column else None
     n_units = len(np.unique(groups)) if groups is not None else len(train)
     if n_splits > n_units:
@@ -49,6 +51,8 @@ def make_folds(
         splitter = GroupKFold(n_splits, shuffle=True, random_state=seed)
     elif strategy == "stratified_group":
         splitter = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
+    elif strategy == "multilabel_stratified":
+        return pd.DataFrame({id_column: train[id_column].to_numpy(), "fold": iterative_stratification(y, n_splits, seed)})
     else:  # the config check names the valid strategies
         raise CompetitionError(f"config key folds.strategy: unknown strategy {strategy!r}")
     fold = np.full(len(train), -1, dtype=np.int64)
@@ -57,6 +61,43 @@ def make_folds(
         for k, (_, valid) in enumerate(splitter.split(np.zeros(len(train)), y, groups)):
             fold[valid] = k
     return pd.DataFrame({id_column: train[id_column].to_numpy(), "fold": fold})
+
+
+def iterative_stratification(y: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
+    """A fold per row of the 0/1 matrix `y`, keeping every label's share of rows in every fold
+    (Sechidis, Tsoumakas and Vlahavas, 2011: the rarest label's rows are placed first, each in
+    the fold that still wants that label most).
+
+    Our own rather than a package's: iterative-stratification installs a top-level `tests`
+    package into site-packages, which shadows a project's own tests; scikit-multilearn brings
+    networkx, python-louvain and requests along for one splitter."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y, dtype=bool)
+    n = len(y)
+    fold = np.full(n, -1, dtype=np.int64)
+    wanted_rows = np.full(n_splits, n / n_splits)
+    wanted = np.tile(y.sum(0) / n_splits, (n_splits, 1))  # [fold, label]
+    remaining = y.copy()
+    order = rng.permutation(n)  # rows in a seeded random order: ties fall differently per seed
+
+    def place(row: int, scores: np.ndarray) -> None:
+        best = np.flatnonzero(scores == scores.max())
+        if len(best) > 1:  # tie: the fold that wants the most rows, then at random
+            best = best[wanted_rows[best] == wanted_rows[best].max()]
+        f = int(rng.choice(best))
+        fold[row] = f
+        wanted_rows[f] -= 1
+        wanted[f] -= y[row]
+        remaining[row] = False
+
+    while remaining.any():
+        counts = remaining.sum(0)
+        label = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+        for row in order[remaining[order, label]]:
+            place(int(row), wanted[:, label])
+    for row in order[fold[order] < 0]:  # rows with no label at all
+        place(int(row), wanted_rows)
+    return fold
 
 
 def folds_path(cfg: Config) -> Path:
@@ -81,7 +122,12 @@ def check_folds(folds: pd.DataFrame, train: pd.DataFrame, cfg: Config, path: Pat
         raise CompetitionError(f"{path} has folds {sorted(set(folds['fold']))}, config folds.n_splits is {cfg.folds.n_splits}; {regen}")
 
 
-def load_or_create_folds(cfg: Config, train: pd.DataFrame, force: bool = False) -> pd.DataFrame:
+def stratify_by(target: Target, train: pd.DataFrame) -> np.ndarray:
+    """What the split balances: each row's label as text (single-label), or the 0/1 class matrix."""
+    return target.encode(train) if target.multi_label else train[target.column].astype(str).to_numpy()
+
+
+def load_or_create_folds(cfg: Config, train: pd.DataFrame, target: Target, force: bool = False) -> pd.DataFrame:
     """Return train with a `fold` column, writing folds.csv on first use."""
     path = folds_path(cfg)
     idc = cfg.data.id_column
@@ -89,15 +135,26 @@ def load_or_create_folds(cfg: Config, train: pd.DataFrame, force: bool = False) 
         folds = read_csv(path, "folds file")
         check_folds(folds, train, cfg, path)
     else:
-        folds = make_folds(
-            train, idc, cfg.data.target_column, cfg.folds.n_splits, cfg.folds.strategy, cfg.seed, cfg.data.group_column
-        )
+        folds = make_folds(train, idc, stratify_by(target, train), cfg.folds.n_splits, cfg.folds.strategy, cfg.seed,
+                           cfg.data.group_column)
         write_csv(path, folds)
         log.info("wrote %s (%d folds, strategy %s)", path, cfg.folds.n_splits, cfg.folds.strategy)
     fold_of = dict(zip(folds[idc].astype(str), folds["fold"].astype(int), strict=True))
     out = train.copy()
     out["fold"] = [fold_of[i] for i in train[idc].astype(str)]
     return out
+
+
+def read_folds(cfg: Config, train: pd.DataFrame) -> pd.DataFrame:
+    """train with the `fold` column of the existing folds.csv (checked); never writes one."""
+    path = folds_path(cfg)
+    if not path.is_file():
+        raise CompetitionError(f"{path} not found: the folds the models were trained on are gone; "
+                               f"`python -m competition.train` writes it")
+    folds = read_csv(path, "folds file")
+    check_folds(folds, train, cfg, path)
+    fold_of = dict(zip(folds[cfg.data.id_column].astype(str), folds["fold"].astype(int), strict=True))
+    return train.assign(fold=[fold_of[i] for i in train[cfg.data.id_column].astype(str)])
 
 
 def parse_folds(spec: str, n_splits: int, option: str = "--folds") -> list[int]:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from competition.core.runtime import autocast, show_progress, to_device
+from competition.core.runtime import autocast, probabilities, show_progress, to_device
 
 
 @torch.inference_mode()
@@ -20,9 +20,11 @@ def predict_probs(
     views: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (lambda x: x,),
     amp_dtype: torch.dtype | None = None,
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    multi_label: bool = False,
     desc: str = "predict",
 ) -> np.ndarray:
-    """Mean softmax over every model × view, each batch loaded once for all of them."""
+    """Mean probabilities (softmax; sigmoid per class for multi-label) over every model × view,
+    each batch loaded once for all of them."""
     for m in models:
         m.eval()
     out = []
@@ -39,7 +41,7 @@ def predict_probs(
         for model in models:
             for xv in batches:
                 with autocast(device, amp_dtype):
-                    p = model(xv).float().softmax(1)
+                    p = probabilities(model(xv), multi_label)
                 acc = p if acc is None else acc + p
         out.append((acc / (len(models) * len(views))).cpu())
     return torch.cat(out).numpy().astype(np.float64)

@@ -11,7 +11,7 @@ from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.core.runtime import amp_dtype_for
-from competition.data.competition import Competition, encode_labels, read_csv
+from competition.data.competition import Competition, read_csv
 from competition.data.datasets import build_loader
 from competition.data.transforms import tta_views
 from competition.inference.engine import predict_probs
@@ -57,30 +57,31 @@ def load_fold_models(cfg: Config, task: Task, comp: Competition, checkpoints: li
     return loaded
 
 
-def predict_test(cfg: Config, task: Task, comp: Competition, loaded: list, device: torch.device,
-                 tta: list[str]) -> np.ndarray:
-    """Mean class probabilities for test.csv rows, in test.csv order.
+def predict_rows(cfg: Config, task: Task, comp: Competition, loaded: list, device: torch.device,
+                 tta: list[str], rows: np.ndarray | None = None) -> np.ndarray:
+    """Mean class probabilities over the loaded folds × TTA views for test.csv (in its order), or
+    for `rows` of train.csv.
 
-    Folds whose models see the test set alike (same image size and normalisation) share one
-    pass over it: each test batch is loaded once, and every such fold's model runs on every
-    TTA view of it."""
+    Folds whose models see the data alike (same image size and normalisation) share one pass
+    over it: each batch is loaded once, and every such fold's model runs on every TTA view."""
     groups: dict = {}
     for _, model, state in loaded:
-        key, make = task.test_inputs(cfg, comp, state, device)
+        key, make = task.inputs(cfg, comp, state, device, rows)
         groups.setdefault(key, (make, []))[1].append(model)
     amp = amp_dtype_for(device, cfg.train.amp)
     views = tta_views(tta)
-    total = np.zeros((len(comp.test), len(comp.classes)))
+    total = np.zeros((len(comp.test) if rows is None else len(rows), len(comp.classes)))
     for make, models in groups.values():
         ds, batch_transform = make()
         loader = build_loader(ds, cfg.predict.batch_size, device, num_workers=cfg.train.num_workers, persistent=False)
-        total += predict_probs(models, loader, device, views=views, amp_dtype=amp,
-                               batch_transform=batch_transform) * len(models)
+        total += predict_probs(models, loader, device, views=views, amp_dtype=amp, batch_transform=batch_transform,
+                               multi_label=comp.target.multi_label) * len(models)
     return total / len(loaded)
 
 
 def cv_report(cfg: Config, comp: Competition, folds: list[int]) -> dict:
-    """Per-fold and overall out-of-fold score in the competition metric, from each fold's oof.csv."""
+    """Per-fold and overall out-of-fold score of the best epochs, from each fold's oof.csv
+    (thresholded metrics at thresholds fit on the same rows, as early stopping saw them)."""
     metric = METRICS[cfg.train.metric]
     per_fold, ys, ps = {}, [], []
     for f in folds:
@@ -88,12 +89,12 @@ def cv_report(cfg: Config, comp: Competition, folds: list[int]) -> dict:
         if not path.is_file():
             continue
         oof = read_csv(path, "out-of-fold file")
-        y = encode_labels(oof[cfg.data.target_column], comp.classes, path)
+        y = comp.target.encode(oof, path)
         p = read_oof_probs(oof, comp.classes)
-        per_fold[str(f)] = metric(y, p)
+        per_fold[str(f)] = metric.best(y, p)
         ys.append(y)
         ps.append(p)
-    overall = metric(np.concatenate(ys), np.concatenate(ps)) if ys else float("nan")
+    overall = metric.best(np.concatenate(ys), np.concatenate(ps)) if ys else float("nan")
     return {
         "metric": metric.name,
         "higher_is_better": metric.higher_is_better,

@@ -1,58 +1,127 @@
-"""Probabilities → a submission shaped exactly like sample_submission.csv, checked before writing."""
+"""Probabilities → a submission shaped exactly like sample_submission.csv, checked before writing,
+and the local leaderboard that scores the file as written.
+
+The layouts, read from the sample's columns, the target and `predict.output`:
+
+| layout               | sample columns          | holds                                           |
+|----------------------|-------------------------|-------------------------------------------------|
+| labels               | id, <target>            | the predicted class (original values)           |
+| positive_probability | id, <target>            | a binary target's positive-class probability    |
+| separated_labels     | id, <target>            | multi-label: the predicted labels, separated    |
+| class_probabilities  | id, <class>, <class>, … | one probability per class                       |
+| class_labels         | id, <class>, <class>, … | one 0/1 decision per class                      |
+
+Each layout renders probabilities into the matrix [rows, classes] the file holds (one-hot
+labels, 0/1 decisions or probabilities) and reads it back from a written file, so that the CV as
+submitted and the local leaderboard score exactly what the file says.
+"""
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from competition.core.errors import CompetitionError
-from competition.core.metrics import Metric
-from competition.data.competition import encode_labels
+from competition.core.metrics import PROBABILITY_METRICS, Metric, decide
+from competition.data.competition import read_csv
+from competition.data.targets import Target
+
+OUTPUTS = ("auto", "labels", "probabilities")  # config key predict.output
 
 
-def submission_kind(sample: pd.DataFrame, id_column: str, target_column: str, classes: Sequence) -> str:
-    """`labels` (id + target column) or `probabilities` (id + one column per class)."""
+@dataclass(frozen=True)
+class Layout:
+    kind: str  # labels | positive_probability | separated_labels | class_probabilities | class_labels
+    id_column: str
+    columns: list  # the sample's columns after the id, in its order
+
+    @property
+    def holds_probabilities(self) -> bool:
+        return self.kind in ("positive_probability", "class_probabilities")
+
+
+def submission_layout(sample: pd.DataFrame, id_column: str, target: Target, metric: str, output: str) -> Layout:
+    """What the submission holds: from the sample's columns, the target, the metric and predict.output."""
     rest = [c for c in sample.columns if c != id_column]
-    if rest == [target_column]:
-        return "labels"
-    if sorted(rest) == sorted(str(c) for c in classes):
-        return "probabilities"
+    names = [str(c) for c in target.classes]
+    if target.column is not None and rest == [target.column]:
+        if target.multi_label:
+            if output == "probabilities":
+                raise CompetitionError(f"predict.output probabilities: sample column '{target.column}' holds one value "
+                                       f"per row, not a probability per class of a multi_label target")
+            return Layout("separated_labels", id_column, rest)
+        wants_probs = output == "probabilities" or (output == "auto" and metric in PROBABILITY_METRICS)
+        if wants_probs and target.kind == "binary":
+            return Layout("positive_probability", id_column, rest)
+        if output == "probabilities":
+            raise CompetitionError(f"predict.output probabilities: sample column '{target.column}' holds one value per "
+                                   f"row, and the target has {len(names)} classes (one probability column per class needed)")
+        return Layout("labels", id_column, rest)
+    if sorted(rest) == sorted(names):
+        return Layout("class_labels" if output == "labels" else "class_probabilities", id_column, rest)
+    expected = f"'{id_column}' plus '{target.column}', or " if target.column is not None else ""
     raise CompetitionError(
-        f"sample submission columns {list(sample.columns)}: expected '{id_column}' plus '{target_column}', "
-        f"or '{id_column}' plus one column per class ({', '.join(str(c) for c in classes)})"
+        f"sample submission columns {list(sample.columns)}: expected {expected}'{id_column}' plus one column per "
+        f"class ({', '.join(names)})"
     )
 
 
-def make_submission(
-    sample: pd.DataFrame,
-    test_ids: Sequence,
-    probs: np.ndarray,
-    classes: Sequence,
-    id_column: str,
-    target_column: str,
-) -> pd.DataFrame:
-    """Rows in the sample's id order, its columns, original label values (or class probabilities)."""
-    if len(test_ids) != len(probs):
-        raise CompetitionError(f"{len(test_ids)} test ids but {len(probs)} predictions")
+def render(layout: Layout, probs: np.ndarray, target: Target, thresholds: Sequence[float] | None) -> np.ndarray:
+    """The matrix [rows, classes] the file will hold for these probabilities."""
+    if layout.kind == "positive_probability":  # the file holds p(positive); the rest is 1 - p
+        p = np.asarray(probs, dtype=np.float64)[:, 1]
+        return np.stack([1 - p, p], axis=1)
+    if layout.holds_probabilities:
+        return np.asarray(probs, dtype=np.float64)
+    decisions = decide(probs, target.multi_label, thresholds)
+    if target.multi_label:
+        return decisions.astype(np.float64)
+    return np.eye(len(target.classes))[decisions]
+
+
+def make_submission(sample: pd.DataFrame, test_ids: Sequence, matrix: np.ndarray, layout: Layout,
+                    target: Target) -> pd.DataFrame:
+    """Rows in the sample's id order and its columns, holding `matrix` (test.csv order) as the layout says."""
+    if len(test_ids) != len(matrix):
+        raise CompetitionError(f"{len(test_ids)} test ids but {len(matrix)} predictions")
     row_of = {str(i): r for r, i in enumerate(test_ids)}
-    keys = sample[id_column].astype(str).tolist()
+    keys = sample[layout.id_column].astype(str).tolist()
     missing = [k for k in keys if k not in row_of]
     if missing:
         raise CompetitionError(f"sample submission has {len(missing)} ids without a prediction (e.g. {missing[0]})")
-    order = np.array([row_of[k] for k in keys], dtype=np.int64)
-    sub = pd.DataFrame({id_column: sample[id_column].to_numpy()})
-    if submission_kind(sample, id_column, target_column, classes) == "labels":
-        labels = np.asarray(classes, dtype=object)[probs[order].argmax(1)]
-        sub[target_column] = pd.Series(labels.tolist()).to_numpy()
+    m = matrix[np.array([row_of[k] for k in keys], dtype=np.int64)]
+    sub = pd.DataFrame({layout.id_column: sample[layout.id_column].to_numpy()})
+    if layout.kind in ("class_probabilities", "class_labels"):
+        by_name = {str(c): k for k, c in enumerate(target.classes)}
+        for col in layout.columns:
+            values = m[:, by_name[str(col)]]
+            sub[col] = values if layout.kind == "class_probabilities" else values.astype(np.int64)
+        return sub[list(sample.columns)]
+    column = layout.columns[0]
+    if layout.kind == "positive_probability":
+        sub[column] = m[:, 1]
+    elif layout.kind == "separated_labels":
+        sub[column] = [target.separator.join(str(c) for c, on in zip(target.classes, row, strict=True) if on) for row in m]
     else:
-        by_name = {str(c): k for k, c in enumerate(classes)}
-        for col in sample.columns[1:]:
-            sub[col] = probs[order, by_name[str(col)]]
-        sub = sub[list(sample.columns)]
-    return sub
+        sub[column] = pd.Series(np.asarray(target.classes, dtype=object)[m.argmax(1)].tolist()).to_numpy()
+    return sub[list(sample.columns)]
+
+
+def read_back(layout: Layout, sub: pd.DataFrame, target: Target) -> np.ndarray:
+    """The matrix a submission file holds, read as the competition reads it."""
+    if layout.kind in ("class_probabilities", "class_labels"):
+        return sub[[str(c) for c in target.classes]].to_numpy(dtype=np.float64)
+    column = layout.columns[0]
+    if layout.kind == "positive_probability":
+        p = sub[column].to_numpy(dtype=np.float64)
+        return np.stack([1 - p, p], axis=1)
+    if layout.kind == "separated_labels":
+        return target.encode(sub, "submission").astype(np.float64)
+    return np.eye(len(target.classes))[target.encode(sub, "submission")]
 
 
 def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, id_column: str, sample_name: str = "sample_submission.csv") -> None:
@@ -79,18 +148,13 @@ def submission_path(directory: str | Path, name: str, cv: float | None, now: dt.
     return Path(directory) / f"{name}-{now:%Y%m%d-%H%M%S}{score}.csv"
 
 
-def leaderboard_score(
-    sub: pd.DataFrame,
-    probs_in_sample_order: np.ndarray,
-    solution: pd.DataFrame,
-    id_column: str,
-    target_column: str,
-    classes: Sequence,
-    metric: Metric,
-) -> float:
-    """The competition metric of the submission against known answers (a local leaderboard)."""
-    answer = dict(zip(solution[id_column].astype(str), solution[target_column], strict=True))
-    keys = sub[id_column].astype(str)
-    keep = keys.isin(answer.keys()).to_numpy()
-    y = encode_labels(pd.Series([answer[k] for k in keys[keep]]), list(classes), "solution")
-    return metric(y, probs_in_sample_order[keep])
+def leaderboard_score(written: Path, layout: Layout, solution: pd.DataFrame, target: Target, metric: Metric) -> float:
+    """The competition metric of the file on disk against known answers: read back as written,
+    scored on what it holds (hard labels score as hard labels), on the ids the answers cover."""
+    sub = read_csv(Path(written), "submission")
+    held = read_back(layout, sub, target)
+    row_of = {str(i): r for r, i in enumerate(sub[layout.id_column].tolist())}
+    keys = solution[layout.id_column].astype(str)
+    keep = keys.isin(row_of.keys()).to_numpy()
+    y = target.encode(solution[keep].reset_index(drop=True), "solution")
+    return metric(y, held[np.array([row_of[k] for k in keys[keep]], dtype=np.int64)])

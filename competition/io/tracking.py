@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from competition.core.config import flat_config  # noqa: E402
+from competition.core.metrics import decide  # noqa: E402
 from competition.io.files import write_csv  # noqa: E402
 
 PROB_PREFIX = "prob_"
@@ -41,8 +42,24 @@ def confusion_figure(targets: np.ndarray, preds: np.ndarray, classes: Sequence) 
     return fig
 
 
+def per_class_f1_figure(targets: np.ndarray, decisions: np.ndarray, classes: Sequence) -> plt.Figure:
+    """Multi-label: F1 of each class (its 0/1 column) at the 0.5 threshold, with its support."""
+    hits = (targets * decisions).sum(0)
+    f1 = np.where(targets.sum(0) + decisions.sum(0) > 0,
+                  2 * hits / np.maximum(targets.sum(0) + decisions.sum(0), 1), 1.0)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(min(2.0 + 0.4 * k, 14.0), 3.5))
+    ax.bar(range(k), f1, color="steelblue")
+    ax.set_xticks(range(k), [f"{c} ({int(n)})" for c, n in zip(classes, targets.sum(0), strict=True)],
+                  rotation=90 if k > 8 else 0)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1 (support)")
+    fig.tight_layout()
+    return fig
+
+
 def mistakes_figure(images: Sequence[np.ndarray], true: Sequence, pred: Sequence, confidence: Sequence[float]) -> plt.Figure:
-    """A grid of misclassified images titled with their true and predicted labels."""
+    """A grid of misclassified images titled with their true and predicted labels (and how sure it was)."""
     n = len(images)
     cols = min(n, 6)
     rows = math.ceil(n / cols)
@@ -74,27 +91,31 @@ class FoldTracker:
             self.writer.add_scalar(f"lr/{name}", lr, epoch)
         self.writer.flush()
 
-    def log_figures(self, epoch: int, targets: np.ndarray, probs: np.ndarray, classes: Sequence,
+    def log_figures(self, epoch: int, targets: np.ndarray, probs: np.ndarray, classes: Sequence, multi_label: bool,
                     image_of: Callable[[int], np.ndarray] | None = None, max_images: int = 24) -> None:
-        """Confusion matrix and (image task) the misclassified validation images."""
+        """Confusion matrix (per-class F1 for multi-label) and, for images, the validation images
+        the model got most wrong."""
         if self.writer is None:
             return
-        preds = probs.argmax(1)
-        self.writer.add_figure("val/confusion_matrix", confusion_figure(targets, preds, classes), epoch, close=True)
-        if image_of is None:
-            return
-        wrong = np.flatnonzero(preds != targets)
-        # The most confident mistakes first: those are the ones worth a look.
-        wrong = wrong[np.argsort(-probs[wrong, preds[wrong]])][:max_images]
-        if len(wrong) == 0:
-            return
-        fig = mistakes_figure(
-            [image_of(int(i)) for i in wrong],
-            [classes[targets[i]] for i in wrong],
-            [classes[preds[i]] for i in wrong],
-            [float(probs[i, preds[i]]) for i in wrong],
-        )
-        self.writer.add_figure("val/misclassified", fig, epoch, close=True)
+        preds = decide(probs, multi_label)
+        if multi_label:
+            self.writer.add_figure("val/per_class_f1", per_class_f1_figure(targets, preds, classes), epoch, close=True)
+            # Most wrong first: the summed distance of the probabilities from the answers.
+            wrong = np.flatnonzero((preds != targets).any(1))
+            wrong = wrong[np.argsort(-np.abs(probs[wrong] - targets[wrong]).sum(1))][:max_images]
+            true = [" ".join(str(c) for c, on in zip(classes, targets[i], strict=True) if on) or "(none)" for i in wrong]
+            pred = [" ".join(str(c) for c, on in zip(classes, preds[i], strict=True) if on) or "(none)" for i in wrong]
+            sure = [float(np.abs(probs[i] - 0.5).mean() * 2) for i in wrong]  # 1: every class decided at 0 or 1
+        else:
+            self.writer.add_figure("val/confusion_matrix", confusion_figure(targets, preds, classes), epoch, close=True)
+            wrong = np.flatnonzero(preds != targets)
+            # The most confident mistakes first: those are the ones worth a look.
+            wrong = wrong[np.argsort(-probs[wrong, preds[wrong]])][:max_images]
+            true, pred = [classes[targets[i]] for i in wrong], [classes[preds[i]] for i in wrong]
+            sure = [float(probs[i, preds[i]]) for i in wrong]
+        if image_of is not None and len(wrong):
+            fig = mistakes_figure([image_of(int(i)) for i in wrong], true, pred, sure)
+            self.writer.add_figure("val/misclassified", fig, epoch, close=True)
         self.writer.flush()
 
     def log_hparams(self, config: dict, metric_name: str, best: float, best_epoch: int) -> None:
@@ -114,8 +135,9 @@ def write_summary(fold_dir: Path, history: list[dict]) -> None:
     write_csv(Path(fold_dir) / "summary.csv", pd.DataFrame(history))
 
 
-def oof_frame(ids: Sequence, id_column: str, target_column: str, classes: Sequence, targets: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
-    frame = pd.DataFrame({id_column: list(ids), target_column: [classes[t] for t in targets]})
+def oof_frame(ids: Sequence, id_column: str, answers: dict[str, list], classes: Sequence, probs: np.ndarray) -> pd.DataFrame:
+    """id, the answers in train.csv's own target column(s), then prob_<class> per class."""
+    frame = pd.DataFrame({id_column: list(ids), **answers})
     for k, c in enumerate(classes):
         frame[f"{PROB_PREFIX}{c}"] = probs[:, k]
     return frame

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from competition.core.runtime import autocast, show_progress, to_device
+from competition.core.runtime import autocast, probabilities, show_progress, to_device
 
 
 def train_one_epoch(
@@ -67,9 +67,11 @@ def evaluate(
     loss_fn: nn.Module,
     amp_dtype: torch.dtype | None = None,
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    multi_label: bool = False,
     desc: str = "valid",
 ) -> dict:
-    """Validation pass: mean loss, softmax probabilities and targets in loader order."""
+    """Validation pass: mean loss, probabilities (softmax, or sigmoid per class for multi-label)
+    and targets in loader order."""
     model.eval()
     probs, targets, total = [], [], 0.0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not show_progress()):
@@ -80,7 +82,7 @@ def evaluate(
             logits = model(x)
         logits = logits.float()
         total += float(loss_fn(logits, y)) * len(y)
-        probs.append(logits.softmax(1).cpu())
+        probs.append(probabilities(logits, multi_label).cpu())
         targets.append(y.cpu())
     p = torch.cat(probs).numpy().astype(np.float64)
     t = torch.cat(targets).numpy()

@@ -45,6 +45,7 @@ from competition.io.files import BackgroundWriter, write_bytes, write_csv
 from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs, write_summary
 from competition.tasks import Task
 from competition.training.engine import evaluate, train_one_epoch
+from competition.training.losses import eval_loss, train_loss
 from competition.training.stages import (
     EarlyStopping,
     Stage,
@@ -162,8 +163,8 @@ class FoldRun:
                                          sampler=self.sampler, drop_last=drop_last)
         self.valid_loader = build_loader(self.data.valid_ds, t.batch_size * 2, self.device, num_workers=t.num_workers,
                                          sampler=ShardSampler(len(self.data.valid_ds), self.world))
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-        self.eval_loss = nn.CrossEntropyLoss()
+        self.loss_fn = train_loss(self.comp.target, t.label_smoothing)
+        self.eval_loss = eval_loss(self.comp.target)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.stages = plan_stages(t, self.task.two_stages)
         self.history: list[dict] = list(saved.history) if saved else []
@@ -224,11 +225,11 @@ class FoldRun:
                                 batch_transform=self.data.train_transform, desc=f"fold {self.fold} epoch {e + 1}")
         broadcast_buffers(self.model, self.world)  # validate with the statistics best.pt will hold
         result = evaluate(self.model, self.valid_loader, self.device, loss_fn=self.eval_loss, amp_dtype=self.amp_dtype,
-                          batch_transform=self.data.eval_transform, desc="valid")
+                          batch_transform=self.data.eval_transform, multi_label=self.comp.target.multi_label)
         probs = gather_rows(result["probs"], len(self.data.valid_ds), self.world)
         val_loss = all_mean(result["loss"], len(result["targets"]), self.world)
         train_loss = all_mean(train["loss"], train["samples"], self.world)
-        score = self.metric(self.data.valid_targets, probs)
+        score = self.metric.best(self.data.valid_targets, probs)
         self.epoch = e + 1
         improved = self.stopper.update(self.epoch, score, val_loss)
         stop = self.stopper.should_stop
@@ -241,8 +242,8 @@ class FoldRun:
         if self.world.is_main:
             state = self._checkpoint(stage, stop, module, optimizer, val_loss, score)
             self.tracker.log_epoch(self.epoch, row, self.metric.name, train["lrs"])
-            oof = oof_frame(self.data.valid_ids, self.cfg.data.id_column, self.cfg.data.target_column,
-                            self.comp.classes, self.data.valid_targets, probs) if improved else None
+            oof = oof_frame(self.data.valid_ids, self.cfg.data.id_column, self.comp.target.answer_frame(self.data.valid_targets),
+                            self.comp.classes, probs) if improved else None
             # Serialised here, written (in this order, each atomically) while the next epoch trains.
             self.writer.submit(_write_epoch, self.fold_dir, checkpoint_bytes(state), oof, list(self.history))
         barrier(self.world)
@@ -274,7 +275,7 @@ class FoldRun:
         rather than on every improvement: each costs as much as a small model's epoch."""
         best_probs = read_oof_probs(read_csv(self.fold_dir / "oof.csv", "out-of-fold file"), self.comp.classes)
         self.tracker.log_figures(self.stopper.best_epoch, self.data.valid_targets, best_probs, self.comp.classes,
-                                 self.data.image_of)
+                                 self.comp.target.multi_label, self.data.image_of)
         self.tracker.log_hparams(config_to_dict(self.cfg), self.metric.name, self.stopper.best_metric,
                                  self.stopper.best_epoch)
 
