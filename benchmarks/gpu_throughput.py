@@ -172,7 +172,7 @@ def main() -> int:
             }
             cfg = config_from_dict(raw)
             task, comp = open_competition(cfg)
-            df = load_or_create_folds(cfg, comp.train)
+            df = load_or_create_folds(cfg, comp.train, comp.target)
             start = time.perf_counter()
             kit_rate, on_device = kit(cfg, task, comp, df, device, args.epochs)
             kit_s = time.perf_counter() - start

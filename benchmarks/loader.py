@@ -122,7 +122,7 @@ def main() -> None:
         }
         cfg = config_from_dict(raw)
         _, comp = open_competition(cfg)
-        df = load_or_create_folds(cfg, comp.train)
+        df = load_or_create_folds(cfg, comp.train, comp.target)
         prep = preprocessing(build_model(cfg, len(comp.classes), load_pretrained=False), args.size)
 
         # 1. Kit, cache cold: building the cache is part of the first pass.
