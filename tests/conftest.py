@@ -1,6 +1,9 @@
 """Shared fixtures: tiny generated competitions (images and a table) and a fast config."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +147,12 @@ def table_comp(tmp_path: Path) -> tuple[Path, Path]:
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in its own directory: nothing lands in the checkout."""
     monkeypatch.chdir(tmp_path)
+
+
+def no_network_reason() -> str | None:
+    """Why commands cannot be run without a network route here (None: they can, with `unshare -n`)."""
+    if os.geteuid() != 0:
+        return "a network namespace (unshare -n) needs root; CI runs as root"
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        return "unshare -n is not permitted on this machine"
+    return None

@@ -3,8 +3,10 @@ and the background writer that overlaps those writes with training."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -14,6 +16,8 @@ from typing import Any
 import pandas as pd
 import torch
 import yaml
+
+from competition.core.errors import CompetitionError
 
 
 def _mode_for(path: Path) -> int:
@@ -60,6 +64,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; on success fsync every file in it and rename
+    it to `path` (absent, or an empty folder). On an exception the temporary folder is removed,
+    and so are the parent folders this call created: a failed build leaves nothing."""
+    path = Path(path)
+    new_dirs = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # innermost first
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private: give it a plain mkdir's mode
+        yield tmp
+        for file in (p for p in tmp.rglob("*") if p.is_file() and not p.is_symlink()):
+            fd = os.open(file, os.O_RDONLY)  # fsync needs no write access (a hard-linked read-only file)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        try:
+            os.replace(tmp, path)  # replaces an empty folder, never a full one
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            raise CompetitionError(f"{path} exists and is not an empty folder: nothing was written there") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in new_dirs:
+            with contextlib.suppress(OSError):  # not empty: another writer is using it
+                d.rmdir()
+        raise
+    with contextlib.suppress(OSError):  # the rename is durable once the parent's entry is on disk
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -44,6 +44,8 @@ def _timm_model(cfg: Config, num_classes: int, in_features: int | None, load_pre
         path = Path(m.pretrained_file)
         if not path.is_file():
             raise CompetitionError(f"config key model.pretrained_file: {path} not found")
+        # timm loads a `file` ahead of any hub id or url (_builder._resolve_pretrained_source):
+        # local weights never reach for the network (tests/test_offline.py trains without one).
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
     try:
         model = timm.create_model(m.name, pretrained=pretrained, **kwargs)
