@@ -21,6 +21,7 @@ from competition.data.folds import parse_folds
 from competition.inference.ensemble import trained_folds
 from competition.io.checkpoints import BEST, check_compatible, copy_checkpoint, load_checkpoint
 from competition.io.files import atomic_dir, write_text, write_yaml
+from competition.predict import stored_thresholds
 
 RUNS = "outputs"  # the packaged config's output_dir: fold checkpoints under <package>/outputs/<name>/
 OOF = "oof.csv"  # a fold's out-of-fold rows: predict's CV report
@@ -68,7 +69,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WHEEL = HERE / $wheel
-RUN = HERE / $run  # the packaged folds: fold<K>/best.pt and oof.csv
+RUN = HERE / $run  # the packaged folds (fold<K>/best.pt, oof.csv) and cv.json (thresholds)
 DATA = $data
 
 
@@ -90,9 +91,12 @@ def main(argv=None):
         for src in sorted(RUN.glob("fold*/*")):
             (run / src.parent.name).mkdir(parents=True, exist_ok=True)
             (run / src.parent.name / src.name).symlink_to(src)
+        if (RUN / "cv.json").is_file():
+            (run / "cv.json").symlink_to(RUN / "cv.json")
         sets = [f"data.root={json.dumps(str(Path(args.data).resolve()))}", f"output_dir={json.dumps(scratch)}",
                 f"submission_dir={json.dumps(scratch)}", *args.overrides]
-        cmd = [sys.executable, "-m", "competition.predict", "--config", str(HERE / "config.yaml"),
+        # --no-cv: the notebook's time goes to the test set; the CV was measured before packaging.
+        cmd = [sys.executable, "-m", "competition.predict", "--config", str(HERE / "config.yaml"), "--no-cv",
                "--output", str(Path(args.output).resolve())]
         for value in sets:
             cmd += ["--set", value]
@@ -195,6 +199,8 @@ def _write_package(out: Path, cfg: Config, checkpoints: list[tuple[int, Path]], 
             copy_checkpoint(best, fold_dir / BEST)
             if (cfg.fold_dir(fold) / OOF).is_file():  # predict's CV report; without it, no CV
                 shutil.copyfile(cfg.fold_dir(fold) / OOF, fold_dir / OOF)
+        if (cfg.run_dir / "cv.json").is_file():  # the thresholds predict --no-cv decides at
+            shutil.copyfile(cfg.run_dir / "cv.json", tmp / RUNS / cfg.name / "cv.json")
         if hook is not None:
             (tmp / hook[1]).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(hook[0], tmp / hook[1])
@@ -214,6 +220,7 @@ def _main(argv: Sequence[str] | None) -> int:
     folds = parse_folds(args.folds, cfg.folds.n_splits)
     checkpoints = trained_folds(cfg, folds, explicit=args.folds != "all")
     check_folds(cfg, checkpoints)
+    stored_thresholds(cfg)  # a metric that decides at thresholds needs a full predict's cv.json first
     data_root = args.kaggle_data or f"/kaggle/input/{Path(cfg.data.root).resolve().name}"
     wheel = write_package(out, cfg, checkpoints, hook, data_root)
 

@@ -3,6 +3,7 @@ scored as submitted on the out-of-fold rows and, where answers are known, read b
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 from competition.config import add_config_arguments, load_config
 from competition.core.config import Config
 from competition.core.distributed import device_for, init_world
-from competition.core.errors import run_cli
+from competition.core.errors import CompetitionError, run_cli
 from competition.core.metrics import METRICS
 from competition.core.runtime import keep_freed_memory
 from competition.data.competition import Competition, read_solution
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser)
     parser.add_argument("--folds", default="all", help="'all' (default) or fold numbers like 0,2")
     parser.add_argument("--output", default=None, help="submission path (default submissions/<name>-<UTC time>-cv<score>.csv)")
+    parser.add_argument("--no-cv", action="store_true",
+                        help="write the submission only: no CV as submitted (no pass over the train rows, no "
+                        "folds.csv needed, no cv.json written); thresholds come from the last full predict's cv.json")
     return parser
 
 
@@ -55,13 +59,26 @@ def _solution(cfg: Config, comp: Competition) -> tuple[pd.DataFrame | None, Path
     return solution, path
 
 
+def stored_thresholds(cfg: Config) -> dict:
+    """For --no-cv: the thresholds of the last full predict (cv.json), where the metric needs them."""
+    metric = METRICS[cfg.train.metric]
+    path = cfg.run_dir / "cv.json"
+    stored = json.loads(path.read_text()).get("as_submitted") if path.is_file() else None
+    if metric.thresholded and not (stored and stored.get("thresholds")):
+        raise CompetitionError(f"--no-cv: train.metric {metric.name} decides at thresholds fit on the out-of-fold rows, "
+                               f"and {path} holds none: run predict once without --no-cv")
+    return {"thresholds": stored.get("thresholds") if metric.thresholded else None, "folds": {}, "cv": None}
+
+
 def _report(report: dict, submitted: dict, tta: list[str], used: list[int], out: Path, rows: int,
             lb: float | None, solution_path: Path | None) -> None:
     name = report["metric"]
     for f, score in report["folds"].items():
-        print(f"fold {f}: {name} {score:.5f} best epoch, {submitted['folds'][f]:.5f} as submitted")
-    print(f"CV {name}: {report['cv']:.5f} best epochs; {submitted['cv']:.5f} as submitted "
-          f"(folds {', '.join(map(str, used))}; {len(tta) + 1} TTA view(s))")
+        print(f"fold {f}: {name} {score:.5f} best epoch" + (f", {submitted['folds'][f]:.5f} as submitted"
+                                                            if f in submitted["folds"] else ""))
+    print(f"CV {name}: {report['cv']:.5f} best epochs" + (f"; {submitted['cv']:.5f} as submitted"
+                                                          if submitted["cv"] is not None else "")
+          + f" (folds {', '.join(map(str, used))}; {len(tta) + 1} TTA view(s))")
     if submitted["thresholds"] is not None:
         shown = ", ".join(f"{t:.3f}" for t in submitted["thresholds"][:8])
         print(f"thresholds fit on the out-of-fold rows: {shown}{' …' if len(submitted['thresholds']) > 8 else ''}")
@@ -82,19 +99,24 @@ def _main(argv: Sequence[str] | None) -> int:
     device = device_for(init_world())
     loaded = load_fold_models(cfg, task, comp, checkpoints, device)
     solution, solution_path = _solution(cfg, comp)
-    task.prepare(cfg, comp)
+    task.prepare(cfg, comp, train=not args.no_cv)
     used = [f for f, _ in checkpoints]
 
     report, tta = cv_report(cfg, comp, used), task.tta(cfg)
-    submitted = as_submitted(cfg, comp, predict_out_of_fold(cfg, task, comp, loaded, device, tta), layout)
+    if args.no_cv:
+        submitted = stored_thresholds(cfg)
+    else:
+        submitted = as_submitted(cfg, comp, predict_out_of_fold(cfg, task, comp, loaded, device, tta), layout)
     probs = predict_rows(cfg, task, comp, loaded, device, tta)
     matrix = render(layout, probs, comp.target, submitted["thresholds"])
     sub = make_submission(comp.sample, comp.test[d.id_column].tolist(), matrix, layout, comp.target)
     validate_submission(sub, comp.sample, d.id_column, comp.sample_path.name)
 
-    out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name, submitted["cv"])
-    write_json(cfg.run_dir / "cv.json", {**report, "as_submitted": submitted, "layout": layout.kind,
-                                         "submission": str(out), "tta": list(tta)})
+    out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name,
+                                                                 submitted["cv"] if not args.no_cv else report["cv"])
+    if not args.no_cv:
+        write_json(cfg.run_dir / "cv.json", {**report, "as_submitted": submitted, "layout": layout.kind,
+                                             "submission": str(out), "tta": list(tta)})
     write_csv(out, sub)
     lb = None
     if solution is not None:

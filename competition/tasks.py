@@ -65,8 +65,9 @@ class Task:
         """The input columns of train.csv and test.csv, and what they point at."""
         raise NotImplementedError
 
-    def prepare(self, cfg: Config, comp: Competition) -> None:
-        """Work before any fold trains or predicts (decoding every image once)."""
+    def prepare(self, cfg: Config, comp: Competition, train: bool = True) -> None:
+        """Work before any fold trains or predicts (decoding every image once); `train=False`
+        when only the test rows will be read."""
 
     def fold(self, cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, device: torch.device,
              load_pretrained: bool) -> tuple[nn.Module, FoldData]:
@@ -111,17 +112,17 @@ class ImageTask(Task):
                 more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
                 raise CompetitionError(f"{path} line {line_of(i)}: image {f} not found{more}")
 
-    def prepare(self, cfg: Config, comp: Competition) -> None:
+    def prepare(self, cfg: Config, comp: Competition, train: bool = True) -> None:
         """Decode every train and test image once: broken files fail now, listed. With the decode
         cache on, that one pass is the cache build (train and test images at the training size),
         which every fold and predict then read: no image is decoded twice."""
         column = cfg.data.image_column
-        train, test = image_paths(comp.train, comp.root, column), image_paths(comp.test, comp.root, column)
+        lists = ([image_paths(comp.train, comp.root, column)] if train else []) + [image_paths(comp.test, comp.root, column)]
         if cfg.train.cache == "off":
-            check_images_decode(train + test, Path(cfg.output_dir) / "cache")
+            check_images_decode([p for paths in lists for p in paths], Path(cfg.output_dir) / "cache")
             return
         failures: list[str] = []
-        for paths in (train, test):
+        for paths in lists:
             try:
                 image_cache(cfg, paths, cfg.image.size)
             except UndecodableImages as exc:
@@ -207,7 +208,7 @@ class TabularTask(Task):
         require_columns(comp.train, comp.train_path, features)
         require_columns(comp.test, comp.test_path, features)
 
-    def prepare(self, cfg: Config, comp: Competition) -> None:
+    def prepare(self, cfg: Config, comp: Competition, train: bool = True) -> None:
         """One fit on every train row and a transform of the test rows (which have no target):
         a feature hook that fails, or returns the wrong thing, fails before anything is written."""
         hook = load_feature_hook(cfg)

@@ -85,9 +85,17 @@ def test_f1_labels_use_the_threshold_fit_on_out_of_fold_rows(tmp_path, capsys):
     (threshold,) = report["as_submitted"]["thresholds"]
     assert report["as_submitted"]["thresholds_fit_on"] == "the other folds' rows"
     labels = _submission(tmp_path)
+    # --no-cv (what a packaged notebook runs) decides at the thresholds stored in cv.json.
+    stored = (tmp_path / "outputs" / "table" / "cv.json").read_text()
+    assert predict.main(["--config", str(cfg), "--no-cv", "--output", str(tmp_path / "no_cv.csv")]) == 0
+    assert pd.read_csv(tmp_path / "no_cv.csv").equals(labels)
+    assert (tmp_path / "outputs" / "table" / "cv.json").read_text() == stored
     _run(capsys, cfg, "--set", "predict.output=probabilities")  # the same folds' probabilities
     probs = _submission(tmp_path)
     assert (labels["target"] == (probs["target"] >= threshold).astype(int)).all()
+    (tmp_path / "outputs" / "table" / "cv.json").unlink()
+    capsys.readouterr()
+    _refused(capsys, predict.main(["--config", str(cfg), "--no-cv"]), "--no-cv", "thresholds", "cv.json")
 
 
 def test_the_f1_threshold_is_the_best_on_the_rows_it_is_fit_on():

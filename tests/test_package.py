@@ -69,7 +69,8 @@ def test_packaged_predict_runs_offline_in_a_fresh_environment(trained, tmp_path)
     assert package.main(["--config", str(trained["config"]), "--output", str(pkg)]) == 0
     wheels = list(pkg.glob("competition-*-py3-none-any.whl"))
     assert len(wheels) == 1
-    assert sorted(p.name for p in (pkg / "outputs" / "shapes").iterdir()) == ["fold0", "fold1"]
+    # The folds, and the full predict's cv.json (thresholds for predict --no-cv, which the package runs).
+    assert sorted(p.name for p in (pkg / "outputs" / "shapes").iterdir()) == ["cv.json", "fold0", "fold1"]
     assert yaml.safe_load((pkg / "config.yaml").read_text())["output_dir"] == "outputs"
     before = _listing(pkg)
 
