@@ -20,6 +20,8 @@ from competition.data.targets import TARGET_FORMATS
 from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
 from competition.inference.submission import OUTPUTS
 from competition.tasks import TASKS
+from competition.training.imbalance import CLASS_WEIGHTS, SAMPLERS
+from competition.training.losses import LOSSES
 
 DEFAULT_CONFIG_FILE = "competition.yaml"
 DEFAULT_SHIPPED = "digits"
@@ -129,7 +131,40 @@ def validate(cfg: Config) -> None:
     if cfg.data.max_classes < 2:
         raise CompetitionError("config key data.max_classes: must be at least 2")
     _check_target_keys(cfg)
+    _check_toolbox(cfg)
     TASKS[cfg.task].check_config(cfg)
+
+
+def _check_range(key: str, value: float, low: float, high: float, high_open: bool = False) -> None:
+    if not (low <= value < high if high_open else low <= value <= high):
+        raise CompetitionError(f"config key {key}: must be in [{low:g}, {high:g}{')' if high_open else ']'}, got {value:g}")
+
+
+def _check_toolbox(cfg: Config) -> None:
+    """The training toolbox's keys: choices, ranges, and the combinations that mean nothing."""
+    t = cfg.train
+    _choice("train.sampler", t.sampler, SAMPLERS)
+    _choice("train.class_weights", t.class_weights, CLASS_WEIGHTS)
+    _choice("train.loss", t.loss, LOSSES)
+    for key, value, high, open_ in (("train.mixup_alpha", t.mixup_alpha, 100.0, False),
+                                    ("train.cutmix_alpha", t.cutmix_alpha, 100.0, False),
+                                    ("train.mix_prob", t.mix_prob, 1.0, False), ("train.ema_decay", t.ema_decay, 1.0, True),
+                                    ("train.label_smoothing", t.label_smoothing, 1.0, True),
+                                    ("train.layer_decay", t.layer_decay, 1.0, False),
+                                    ("train.focal_gamma", t.focal_gamma, 10.0, False),
+                                    ("model.drop_path_rate", cfg.model.drop_path_rate, 1.0, True)):
+        _check_range(key, value, 0.0, high, open_)
+    if t.accum_steps < 1:
+        raise CompetitionError(f"config key train.accum_steps: must be at least 1, got {t.accum_steps}")
+    if t.clip_grad_norm < 0 or t.mix_off_epochs < 0:
+        raise CompetitionError("config keys train.clip_grad_norm and train.mix_off_epochs: must not be negative")
+    mixing = t.mixup_alpha > 0 or t.cutmix_alpha > 0
+    if not mixing and (t.mix_off_epochs or t.mix_prob != 1.0):
+        raise CompetitionError("config keys train.mix_off_epochs / train.mix_prob: nothing mixes (train.mixup_alpha "
+                               "and train.cutmix_alpha are 0)")
+    if t.sampler != "shuffle" and cfg.data.target_format == "multi_label":
+        raise CompetitionError(f"config key train.sampler: {t.sampler} draws rows by their one class; a multi_label "
+                               f"target has several per row (use train.class_weights: balanced)")
 
 
 def _check_target_keys(cfg: Config) -> None:

@@ -36,7 +36,8 @@ class FoldData:
     train_ds: Dataset
     valid_ds: Dataset
     valid_ids: list
-    valid_targets: np.ndarray  # class indices, or a 0/1 matrix for multi-label (data.targets)
+    train_targets: np.ndarray  # class indices, or a 0/1 matrix for multi-label (data.targets)
+    valid_targets: np.ndarray
     in_features: int | None  # a table's feature count; None for images
     preprocessor_state: dict | None  # a table's fitted preprocessing, stored in the checkpoint
     preprocessing: dict  # an image model's size, mean, std, interpolation; {} for tables
@@ -152,8 +153,8 @@ class ImageTask(Task):
                                                      prep, cache, (train_rows, valid_rows))
             train_tf = BatchAugment(prep["size"], prep["mean"], prep["std"])
         eval_tf = BatchAugment(prep["size"], prep["mean"], prep["std"])
-        return FoldData(train_ds, valid_ds, valid_df[d.id_column].tolist(), valid_targets, None, None, prep,
-                        train_tf, eval_tf, valid_ds.raw)
+        return FoldData(train_ds, valid_ds, valid_df[d.id_column].tolist(), train_targets, valid_targets, None, None,
+                        prep, train_tf, eval_tf, valid_ds.raw)
 
     @staticmethod
     def _file_datasets(cfg: Config, comp: Competition, frames, targets, prep: dict, cache: CachedImages | None,
@@ -200,6 +201,10 @@ class TabularTask(Task):
     def check_config(self, cfg: Config) -> None:
         if cfg.train.freeze_bn:
             raise CompetitionError("config key train.freeze_bn: applies to image backbones; a tabular MLP learns its BatchNorm statistics")
+        for key, value in (("train.cutmix_alpha", cfg.train.cutmix_alpha), ("train.layer_decay", cfg.train.layer_decay),
+                           ("model.drop_path_rate", cfg.model.drop_path_rate)):
+            if value:
+                raise CompetitionError(f"config key {key}: applies to image backbones, not a table's MLP")
         if cfg.data.features:
             check_hook_spec(cfg.data.features)
 
@@ -219,11 +224,12 @@ class TabularTask(Task):
         d = cfg.data
         train_df, valid_df = split(df, fold)
         pre = TabularPreprocessor.fit(train_df, feature_columns(cfg, comp.train), load_feature_hook(cfg))
-        valid_targets = comp.target.encode(valid_df)
+        train_targets, valid_targets = comp.target.encode(train_df), comp.target.encode(valid_df)
         data = FoldData(
-            TabularDataset(train_df, pre, comp.target.encode(train_df)),
+            TabularDataset(train_df, pre, train_targets),
             TabularDataset(valid_df, pre, valid_targets),
             valid_df[d.id_column].tolist(),
+            train_targets,
             valid_targets,
             pre.n_features,
             pre.state,

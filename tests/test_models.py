@@ -16,7 +16,7 @@ from competition.data.datasets import ImageDataset
 from competition.data.targets import Target
 from competition.data.transforms import build_train_transform
 from competition.models.build import build_model, preprocessing
-from competition.training.engine import train_one_epoch
+from competition.training.engine import Optimization, train_one_epoch
 from competition.training.stages import (
     backbone_parameters,
     head_parameters,
@@ -58,7 +58,7 @@ def test_stage1_trains_the_head_only_and_keeps_batchnorm_statistics(image_comp):
     assert model.training
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms and all(not m.training for m in norms)
-    train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
+    train_one_epoch(model, loader, Optimization(opt), torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
                     batch_transform=normalise)
 
     after = model.state_dict()
@@ -77,7 +77,7 @@ def test_stage2_trains_everything_with_a_lower_backbone_rate(image_comp):
     assert len(groups["backbone"]["params"]) + len(groups["head"]["params"]) == n_params
     before = copy.deepcopy(model.state_dict())
     train_mode(model, 2)
-    train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
+    train_one_epoch(model, loader, Optimization(opt), torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
                     batch_transform=normalise)
     after = model.state_dict()
     assert all(not torch.equal(before[n], after[n]) for n, _ in model.named_parameters())
@@ -138,7 +138,7 @@ def test_stage2_with_freeze_bn_learns_every_layer_but_keeps_batchnorm_statistics
     train_mode(model, 2, freeze_bn=True)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert model.training and norms and all(not m.training for m in norms)
-    train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
+    train_one_epoch(model, loader, Optimization(opt), torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
                     batch_transform=normalise)
     after = model.state_dict()
     assert all(not torch.equal(before[n], after[n]) for n, _ in model.named_parameters())

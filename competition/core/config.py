@@ -48,6 +48,7 @@ class ModelConfig:
     pretrained: bool = False  # timm's own weights (hub or local cache)
     pretrained_file: str | None = None  # local .safetensors/.pth in timm layout; implies pretrained
     drop_rate: float = 0.0
+    drop_path_rate: float = 0.0  # stochastic depth (timm's drop_path_rate), for backbones that have it
     hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])  # mlp only
 
 
@@ -70,6 +71,19 @@ class TrainConfig:
     label_smoothing: float = 0.0
     patience: int = 3  # early stopping within a stage, in epochs without improvement
     metric: str = "accuracy"  # see core.metrics.METRICS
+    # The competitor's toolbox (training.toolbox): timm's Mixup/CutMix, EMA, accumulation, imbalance.
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of image pairs and their targets; 0 = off
+    cutmix_alpha: float = 0.0  # CutMix boxes; with both on, each batch picks one (timm's switch_prob 0.5)
+    mix_prob: float = 1.0  # share of batches mixed
+    mix_off_epochs: int = 0  # the last N epochs of stage 2 train on unmixed batches
+    ema_decay: float = 0.0  # EMA of the weights (timm ModelEmaV3, with warmup); validation scores the EMA; 0 = off
+    accum_steps: int = 1  # batches per optimizer step: an effective batch of batch_size × accum_steps
+    clip_grad_norm: float = 0.0  # clip the gradient norm before each optimizer step; 0 = off
+    sampler: str = "shuffle"  # shuffle | balanced | sqrt: rows drawn ∝ 1, 1/count or 1/√count of their class
+    class_weights: str = "none"  # none | balanced: loss weights n / (classes × count)
+    loss: str = "cross_entropy"  # cross_entropy | focal
+    focal_gamma: float = 2.0  # focal loss: (1 − p)^gamma down-weights the easy rows
+    layer_decay: float = 0.0  # stage 2: layer-wise lr decay over timm's group matcher (e.g. 0.75); 0 = off
     num_workers: int = 2
     cache: str = "off"  # auto | off: decode images once into a uint8 memmap
     device_augment: str = "auto"  # auto | on | off: crop/flip/normalise cached batches on the device

@@ -57,19 +57,26 @@ class SeededSampler(Sampler):
     """Yields (row, seed) pairs: the row order and every row's augmentation seed follow from
     (seed, epoch) alone, so a resumed run replays exactly what an uninterrupted one would.
 
+    With `weights`, each epoch draws n rows with replacement, each with a chance proportional to
+    its weight (class-balanced sampling, as torch's WeightedRandomSampler), from the same seed.
+
     With several ranks it shards like DistributedSampler: padded to a multiple of the world
     size, rank r takes every size-th row from r.
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, world: World | None = None):
+    def __init__(self, n: int, seed: int, shuffle: bool = True, world: World | None = None, weights=None):
         self.n, self.seed, self.shuffle, self.world = n, seed, shuffle, world or World()
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _order(self) -> list[int]:
-        if self.shuffle:
+        if self.weights is not None:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
             g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
             order = torch.randperm(self.n, generator=g).tolist()
         else:
@@ -81,6 +88,8 @@ class SeededSampler(Sampler):
         return order
 
     def __iter__(self):
+        if self.weights is not None:  # a row drawn twice is augmented twice, differently
+            return iter([(i, mix_seed(self.seed, self.epoch, i, k)) for k, i in enumerate(self._order())])
         return iter([(i, mix_seed(self.seed, self.epoch, i)) for i in self._order()])
 
     def __len__(self) -> int:

@@ -54,10 +54,13 @@ class FoldState:
     best_loss: float
     bad_epochs: int
     history: list
-    # What --resume continues from.
+    # What --resume continues from. model_state_dict holds the weights that scored at this epoch
+    # (`scored`: the EMA's when train.ema_decay is on, then train_state_dict holds the raw ones).
     model_state_dict: dict
     optimizer_state_dict: dict
     scaler_state_dict: dict | None = None
+    train_state_dict: dict | None = None
+    scored: str = "model"
     kit_version: str = __version__
 
     def to_dict(self) -> dict[str, Any]:

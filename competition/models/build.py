@@ -39,6 +39,8 @@ def _timm_model(cfg: Config, num_classes: int, in_features: int | None, load_pre
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise CompetitionError(f"config key model.name: {m.name!r} is not a timm model{hint}")
     kwargs: dict = {"num_classes": num_classes, "drop_rate": m.drop_rate}
+    if m.drop_path_rate:
+        kwargs["drop_path_rate"] = m.drop_path_rate
     pretrained = load_pretrained and uses_pretrained(cfg)
     if pretrained and m.pretrained_file:
         path = Path(m.pretrained_file)
@@ -59,6 +61,10 @@ def _timm_model(cfg: Config, num_classes: int, in_features: int | None, load_pre
                     layer.reset_parameters()
         return model
     except CompetitionError:
+        raise
+    except TypeError as exc:
+        if "drop_path_rate" in str(exc):
+            raise CompetitionError(f"config key model.drop_path_rate: {m.name} has no stochastic depth to set") from None
         raise
     except Exception as exc:  # hub, network, file-format and shape errors all end here
         if not pretrained:

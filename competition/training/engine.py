@@ -1,58 +1,115 @@
 """The training phases of an epoch: train_one_epoch and evaluate, each returning a dict."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3, dispatch_clip_grad, unwrap_model
 from torch import nn
 from tqdm.auto import tqdm
 
 from competition.core.runtime import autocast, probabilities, show_progress, to_device
 
 
+@dataclass
+class Optimization:
+    """How losses become weight updates: the optimizer and its schedule, AMP loss scaling,
+    gradient accumulation over `accum_steps` batches, clipping, and the EMA of the weights.
+
+    The schedule, the EMA's warmup and everything else count optimizer steps, not batches.
+    `steps` is the fold's optimizer steps so far (the EMA's warmup runs over the whole fold)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+    accum_steps: int = 1
+    clip_grad_norm: float = 0.0
+    ema: ModelEmaV3 | None = None
+    steps: int = 0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None and self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def step(self, model: nn.Module) -> None:
+        """Clip, step, update the scaler, the schedule and the EMA; clear the gradients."""
+        scaling = self.scaler is not None and self.scaler.is_enabled()
+        if self.clip_grad_norm > 0:
+            if scaling:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            dispatch_clip_grad([p for g in self.optimizer.param_groups for p in g["params"]], self.clip_grad_norm)
+        if scaling:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(unwrap_model(model), step=self.steps)
+
+
+def _group_sizes(loader, accum_steps: int) -> list[int]:
+    """Rows in each accumulation group of this epoch's batches, so that each batch's loss counts
+    by its rows: a group of two batches of 32 weighs as one batch of 64, and a short last group
+    as the short batch it is."""
+    n = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
+    full, rest = divmod(n, loader.batch_size)
+    sizes = [loader.batch_size] * full + ([rest] if rest and not loader.drop_last else [])
+    return [sum(sizes[i:i + accum_steps]) for i in range(0, len(sizes), accum_steps)]
+
+
 def train_one_epoch(
     model: nn.Module,
     loader,
-    optimizer: torch.optim.Optimizer,
+    opt: Optimization,
     device: torch.device,
     *,
     loss_fn: nn.Module,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
     batch_transform: Callable[..., torch.Tensor] | None = None,
+    mix: Callable | None = None,
     desc: str = "train",
 ) -> dict:
-    """One pass over `loader`, the scheduler stepped after every optimizer step.
+    """One pass over `loader`; the optimizer steps every `opt.accum_steps` batches.
 
-    Batches are (x, y), or (x, y, seeds) when `batch_transform(x, seeds)` augments on the device.
+    Batches are (x, y), or (x, y, seeds) when `batch_transform(x, seeds)` augments on the device;
+    `mix(x, y)` (training.mixing.BatchMix) then mixes the batch on the device and softens its targets.
     Returns the mean loss, the samples seen and each group's learning rate at the last step.
     """
     # The running loss stays on the device: reading it every step would make the CPU wait for
     # the GPU each step instead of queueing the next one.
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     lrs = {}
+    groups = _group_sizes(loader, opt.accum_steps)
+    n_batches = len(loader)
+    opt.optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, leave=False, disable=not show_progress())
-    for batch in bar:
+    for i, batch in enumerate(bar):
         x, y = to_device(batch[0], device), batch[1].to(device, non_blocking=True)
         if batch_transform is not None:
             x = batch_transform(x, batch[2].tolist() if len(batch) > 2 else None)
-        with autocast(device, amp_dtype):
-            loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(optimizer.param_groups)}
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        target = mix(x, y) if mix is not None else y
+        last_of_group = (i + 1) % opt.accum_steps == 0 or i + 1 == n_batches
+        # Under DDP, gradients are averaged across ranks once per optimizer step, not per batch.
+        sync = contextlib.nullcontext() if last_of_group or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, amp_dtype):
+                loss = loss_fn(model(x), target)
+            share = len(y) / groups[i // opt.accum_steps]
+            opt.backward(loss * share if share != 1 else loss)
         total += loss.detach().double() * len(y)
         count += len(y)
+        if last_of_group:
+            lrs = {group.get("name", str(k)): group["lr"] for k, group in enumerate(opt.optimizer.param_groups)}
+            opt.step(model)
         if bar.disable is False:
             bar.set_postfix(loss=f"{float(total) / count:.4f}")
     return {"loss": float(total) / max(count, 1), "samples": count, "lrs": lrs}

@@ -18,7 +18,6 @@ from torch import nn
 
 from competition.core.config import Config, config_to_dict, flat_config
 from competition.core.distributed import (
-    SeededSampler,
     ShardSampler,
     World,
     all_mean,
@@ -44,17 +43,9 @@ from competition.io.checkpoints import (
 from competition.io.files import BackgroundWriter, write_bytes, write_csv
 from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs, write_summary
 from competition.tasks import Task
-from competition.training.engine import evaluate, train_one_epoch
-from competition.training.losses import eval_loss, train_loss
-from competition.training.stages import (
-    EarlyStopping,
-    Stage,
-    param_groups,
-    plan_stages,
-    set_stage,
-    stage_schedule,
-    train_mode,
-)
+from competition.training.engine import Optimization, evaluate, train_one_epoch
+from competition.training.stages import EarlyStopping, Stage, plan_stages, train_mode
+from competition.training.toolbox import fold_ema, fold_losses, fold_sampler, stage_optimization
 
 log = logging.getLogger(__name__)
 
@@ -151,20 +142,22 @@ class FoldRun:
         cfg, t = self.cfg, self.cfg.train
         random_seed(mix_seed(cfg.seed, self.fold))
         model, self.data = self.task.fold(cfg, self.comp, self.df, self.fold, self.device, load_pretrained=saved is None)
-        if saved is not None:
-            model.load_state_dict(saved.model_state_dict)
+        if saved is not None:  # the raw training weights; the EMA's are what scored
+            model.load_state_dict(saved.train_state_dict if saved.train_state_dict is not None else saved.model_state_dict)
         self.model = model.to(self.device)
         if self.device.type == "cuda":  # reaches only 4-D weights: convolutions, not a table's linear layers
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.sampler = SeededSampler(len(self.data.train_ds), mix_seed(cfg.seed, self.fold), shuffle=True, world=self.world)
+        self.ema = fold_ema(cfg, self.model)
+        if self.ema is not None and saved is not None:
+            self.ema.module.load_state_dict(saved.model_state_dict)
+        self.sampler = fold_sampler(cfg, self.data.train_targets, self.fold, self.world)
         # BatchNorm layers cannot learn from a batch of one: drop a lone last row.
         drop_last = len(self.sampler) % t.batch_size == 1  # rows per rank under DDP
         self.train_loader = build_loader(self.data.train_ds, t.batch_size, self.device, num_workers=t.num_workers,
                                          sampler=self.sampler, drop_last=drop_last)
         self.valid_loader = build_loader(self.data.valid_ds, t.batch_size * 2, self.device, num_workers=t.num_workers,
                                          sampler=ShardSampler(len(self.data.valid_ds), self.world))
-        self.loss_fn = train_loss(self.comp.target, t.label_smoothing)
-        self.eval_loss = eval_loss(self.comp.target)
+        self.loss_fn, self.eval_loss, self.mixer = fold_losses(cfg, self.comp.target, self.data.train_targets, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.stages = plan_stages(t, self.task.two_stages)
         self.history: list[dict] = list(saved.history) if saved else []
@@ -177,36 +170,19 @@ class FoldRun:
 
     # 2. A stage ----------------------------------------------------------------------------
 
-    def _stage_optimizer(self, stage: Stage) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """The module to step (compiled, DDP-wrapped) and a fresh AdamW over this stage's groups."""
-        t = self.cfg.train
-        set_stage(self.model, stage.number)
-        module: nn.Module = self.model
-        if t.compile:
-            module = torch.compile(module)
-        if self.world.distributed:
-            module = nn.parallel.DistributedDataParallel(
-                module, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        # A table's MLP has no pretrained body: every layer learns at train.lr.
-        mult = t.backbone_lr_mult if self.task.two_stages else 1.0
-        return module, torch.optim.AdamW(param_groups(self.model, stage.number, t.lr, mult, t.weight_decay))
-
     def _run_stage(self, stage: Stage, saved: FoldState | None) -> None:
         """The stage's epochs from where it stands, until its end or early stopping."""
-        module, optimizer = self._stage_optimizer(stage)
+        start = max(self.epoch, stage.first)
+        module, opt = stage_optimization(self.cfg, self.model, stage, self.task.two_stages, self.world, self.device,
+                                         len(self.train_loader), start, self.scaler, self.ema,
+                                         saved.optimizer_state_dict if saved is not None else None)
         self.stopper.bad_epochs = 0
         if saved is not None:
-            optimizer.load_state_dict(saved.optimizer_state_dict)
             if saved.scaler_state_dict:
                 self.scaler.load_state_dict(saved.scaler_state_dict)
             self.stopper.bad_epochs = saved.bad_epochs
-        steps = len(self.train_loader)
-        start = max(self.epoch, stage.first)
-        scheduler = stage_schedule(optimizer, stage.epochs * steps, int(round(self.cfg.train.warmup_epochs * steps)),
-                                   done=(start - stage.first) * steps)
         for e in range(start, stage.end):
-            stop = self._run_epoch(stage, e, module, optimizer, scheduler)
+            stop = self._run_epoch(stage, e, module, opt)
             if stop and self.epoch < stage.end:
                 log.info("fold %d: no improvement for %d epochs, stage %d ends early",
                          self.fold, self.stopper.bad_epochs, stage.number)
@@ -214,17 +190,21 @@ class FoldRun:
 
     # 3. An epoch ---------------------------------------------------------------------------
 
-    def _run_epoch(self, stage: Stage, e: int, module: nn.Module, optimizer, scheduler) -> bool:
+    def _run_epoch(self, stage: Stage, e: int, module: nn.Module, opt: Optimization) -> bool:
         """Train, validate, score, checkpoint and log epoch e+1; returns whether to stop the stage."""
-        began = time.time()
+        t, began = self.cfg.train, time.time()
         random_seed(mix_seed(self.cfg.seed, self.fold, e))
         self.sampler.set_epoch(e)
-        train_mode(self.model, stage.number, self.cfg.train.freeze_bn)  # DDP and compile wrappers stay in train mode
-        train = train_one_epoch(module, self.train_loader, optimizer, self.device, loss_fn=self.loss_fn,
-                                scheduler=scheduler, amp_dtype=self.amp_dtype, scaler=self.scaler,
-                                batch_transform=self.data.train_transform, desc=f"fold {self.fold} epoch {e + 1}")
-        broadcast_buffers(self.model, self.world)  # validate with the statistics best.pt will hold
-        result = evaluate(self.model, self.valid_loader, self.device, loss_fn=self.eval_loss, amp_dtype=self.amp_dtype,
+        if self.mixer is not None:  # train.mix_off_epochs: the last epochs of stage 2 unmixed
+            self.mixer.start_epoch(mix_seed(self.cfg.seed, self.fold, e, 1), not (stage == self.stages[-1]
+                                   and e >= stage.end - t.mix_off_epochs))
+        train_mode(self.model, stage.number, t.freeze_bn)  # DDP and compile wrappers stay in train mode
+        train = train_one_epoch(module, self.train_loader, opt, self.device, loss_fn=self.loss_fn,
+                                amp_dtype=self.amp_dtype, batch_transform=self.data.train_transform, mix=self.mixer,
+                                desc=f"fold {self.fold} epoch {e + 1}")
+        scored = self.ema.module if self.ema is not None else self.model  # validation scores the EMA
+        broadcast_buffers(scored, self.world)  # validate with the statistics best.pt will hold
+        result = evaluate(scored, self.valid_loader, self.device, loss_fn=self.eval_loss, amp_dtype=self.amp_dtype,
                           batch_transform=self.data.eval_transform, multi_label=self.comp.target.multi_label)
         probs = gather_rows(result["probs"], len(self.data.valid_ds), self.world)
         val_loss = all_mean(result["loss"], len(result["targets"]), self.world)
@@ -240,16 +220,16 @@ class FoldRun:
         }
         self.history.append(row)
         if self.world.is_main:
-            state = self._checkpoint(stage, stop, module, optimizer, val_loss, score)
+            state = self._checkpoint(stage, stop, module, opt.optimizer, val_loss, score)
             self.tracker.log_epoch(self.epoch, row, self.metric.name, train["lrs"])
             oof = oof_frame(self.data.valid_ids, self.cfg.data.id_column, self.comp.target.answer_frame(self.data.valid_targets),
                             self.comp.classes, probs) if improved else None
             # Serialised here, written (in this order, each atomically) while the next epoch trains.
             self.writer.submit(_write_epoch, self.fold_dir, checkpoint_bytes(state), oof, list(self.history))
         barrier(self.world)
-        log.info("fold %d | epoch %d/%d stage %d | train_loss %.4f | val_loss %.4f | %s %.5f%s | %.1fs",
+        log.info("fold %d | epoch %d/%d stage %d | train_loss %.4f | val_loss %.4f | %s %.5f%s%s | %.1fs",
                  self.fold, self.epoch, self.stages[-1].end, stage.number, train_loss, val_loss, self.metric.name,
-                 score, " *" if improved else "", row["seconds"])
+                 score, " (EMA)" if self.ema is not None else "", " *" if improved else "", row["seconds"])
         return stop
 
     def _checkpoint(self, stage: Stage, stop: bool, module: nn.Module, optimizer, val_loss: float, score: float) -> FoldState:
@@ -264,7 +244,11 @@ class FoldRun:
             finished=stage_complete and stage == self.stages[-1],
             loss=val_loss, metric=score, best_metric=self.stopper.best_metric, best_epoch=self.stopper.best_epoch,
             best_loss=self.stopper.best_loss, bad_epochs=self.stopper.bad_epochs, history=self.history,
-            model_state_dict=unwrap_model(module).state_dict(), optimizer_state_dict=optimizer.state_dict(),
+            # The weights that scored (the EMA's when train.ema_decay is on) are what predict loads.
+            model_state_dict=(self.ema.module if self.ema is not None else unwrap_model(module)).state_dict(),
+            train_state_dict=unwrap_model(module).state_dict() if self.ema is not None else None,
+            scored="ema" if self.ema is not None else "model",
+            optimizer_state_dict=optimizer.state_dict(),
             scaler_state_dict=self.scaler.state_dict() if self.scaler.is_enabled() else None,
         )
 

@@ -122,10 +122,25 @@ def train_mode(model: nn.Module, stage: int, freeze_bn: bool = False) -> None:
             m.eval()
 
 
-def param_groups(model: nn.Module, stage: int, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
-    """Stage 1: the head at `lr`. Stage 2: the backbone at lr × backbone_lr_mult, the head at lr."""
+def param_groups(model: nn.Module, stage: int, lr: float, backbone_lr_mult: float, weight_decay: float,
+                 layer_decay: float = 0.0) -> list[dict]:
+    """Stage 1: the head at `lr`. Stage 2: the backbone at lr × backbone_lr_mult, the head at lr;
+    with `layer_decay`, the backbone split by depth along timm's group matcher, each layer group
+    at lr × backbone_lr_mult × layer_decay^(layers above it) (timm's param_groups_layer_decay,
+    which also leaves 1-D parameters — norms, biases — out of weight decay)."""
     groups = [{"name": "head", "params": head_parameters(model), "lr": lr, "weight_decay": weight_decay}]
-    if stage == 2:
-        blr = lr * backbone_lr_mult
-        groups.insert(0, {"name": "backbone", "params": backbone_parameters(model), "lr": blr, "weight_decay": weight_decay})
-    return groups
+    if stage != 2:
+        return groups
+    blr = lr * backbone_lr_mult
+    if not layer_decay:
+        return [{"name": "backbone", "params": backbone_parameters(model), "lr": blr, "weight_decay": weight_decay}, *groups]
+    from timm.optim import param_groups_layer_decay
+
+    head = {id(p) for p in head_parameters(model)}
+    layered = []
+    for k, group in enumerate(param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)):
+        params = [p for p in group["params"] if id(p) not in head]
+        if params:
+            layered.append({"name": f"backbone{k}", "params": params, "lr": blr * group["lr_scale"],
+                            "weight_decay": group["weight_decay"]})
+    return [*layered, *groups]
