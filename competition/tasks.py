@@ -18,7 +18,7 @@ from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.data.batch_augment import BatchAugment, use_device_augment
-from competition.data.cache import CachedImages, image_cache
+from competition.data.cache import CachedImages, cache_bytes_to_build, image_cache
 from competition.data.competition import Competition, load_competition, require_columns
 from competition.data.datasets import CachedRows, ImageDataset, TabularDataset
 from competition.data.features import TabularPreprocessor, check_hook_spec, feature_columns, load_feature_hook
@@ -69,6 +69,10 @@ class Task:
     def prepare(self, cfg: Config, comp: Competition, train: bool = True) -> None:
         """Work before any fold trains or predicts (decoding every image once); `train=False`
         when only the test rows will be read."""
+
+    def prepare_bytes(self, cfg: Config, comp: Competition) -> int:
+        """What `prepare` still has to write under output_dir, in bytes."""
+        return 0
 
     def fold(self, cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, device: torch.device,
              load_pretrained: bool) -> tuple[nn.Module, FoldData]:
@@ -130,6 +134,15 @@ class ImageTask(Task):
                 failures += exc.failures
         if failures:  # train and test in one message, as the check without the cache gives it
             raise UndecodableImages(failures)
+
+    def prepare_bytes(self, cfg: Config, comp: Competition) -> int:
+        """The decode caches of the train and test images not built yet (the check without the
+        cache writes a few bytes)."""
+        if cfg.train.cache == "off":
+            return 0
+        column, cache_dir = cfg.data.image_column, Path(cfg.output_dir) / "cache"
+        return sum(cache_bytes_to_build(image_paths(frame, comp.root, column), cfg.image.size, cache_dir)
+                   for frame in (comp.train, comp.test))
 
     def fold(self, cfg, comp, df, fold, device, load_pretrained):
         model = build_model(cfg, len(comp.classes), load_pretrained=load_pretrained)

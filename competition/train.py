@@ -18,9 +18,11 @@ from competition.data.competition import Competition
 from competition.data.folds import load_or_create_folds, parse_folds
 from competition.inference.ensemble import cv_report
 from competition.io.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
+from competition.io.disk import DiskFull
 from competition.io.files import write_yaml
 from competition.models.build import check_model
 from competition.tasks import Task, open_competition
+from competition.training.disk_space import check_disk_space
 from competition.training.fold import fit_fold
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool) -> tuple[Task, Comp
     """Every check comes before the first write: a refused run leaves no config.yaml or checkpoint."""
     task, comp = open_competition(cfg)
     # A resumed fold takes its weights from last.pt: no pretrained download needed.
-    check_model(cfg, len(comp.classes), load_pretrained=not resume)
+    model = check_model(cfg, len(comp.classes), load_pretrained=not resume)
+    check_disk_space(cfg, task, comp, folds, model)  # before the decode cache, the first thing written
     task.prepare(cfg, comp)
     if resume:
         check_resumable(cfg, comp, folds)
@@ -112,7 +115,10 @@ def _main(argv: Sequence[str] | None) -> int:
         df = load_or_create_folds(cfg, comp.train, comp.target)
     log.info("%s: %d train rows, %d test rows, %d classes, device %s%s", cfg.name, len(comp.train), len(comp.test),
              len(comp.classes), device, f", {world.size} processes" if world.distributed else "")
-    results = [fit_fold(cfg, task, comp, df, f, device=device, world=world, resume=args.resume) for f in folds]
+    try:
+        results = [fit_fold(cfg, task, comp, df, f, device=device, world=world, resume=args.resume) for f in folds]
+    except DiskFull as exc:  # every finished epoch is in last.pt
+        raise DiskFull(f"{exc}; free some space, then continue with --resume") from None
     if world.is_main:
         _report(cfg, comp, results)
     if world.distributed:

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from competition.io.checkpoints import load_checkpoint, save_checkpoint
+from competition.io.disk import DiskFull
 from competition.io.files import (
     BackgroundWriter,
     atomic_path,
@@ -53,7 +54,7 @@ def test_an_error_halfway_through_a_csv_keeps_the_previous_file(tmp_path, monkey
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFull, match=f"no space left on device writing {path} "):
         write_csv(path, new)
     monkeypatch.undo()
     assert pd.read_csv(path).equals(old)

@@ -114,7 +114,7 @@ def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Put the bytes of checkpoint `src` under `dst` too, atomically: a hard link where the
     filesystem has them (no second serialisation and fsync of the whole file), else a copy.
     Replacing either name later leaves the other as it was."""
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst, size=os.path.getsize(src)) as tmp:  # the size a copy needs
         tmp.unlink()
         try:
             os.link(src, tmp)

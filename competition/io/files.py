@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from competition.core.errors import CompetitionError
+from competition.io.disk import no_space_error
 
 
 def _mode_for(path: Path) -> int:
@@ -31,32 +32,35 @@ def _mode_for(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it into place.
 
     A crash at any moment leaves either the previous file or the new one under `path`,
     never a half-written one. On an exception the temporary file is removed, and so are the
     folders this call created for it (when still empty): a refused write leaves nothing behind.
+    A write that fails for space raises DiskFull naming `path`, its `size` (when given) and
+    the bytes free, counted after the temporary file is gone.
     """
     path = Path(path)
-    new_dirs = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # innermost first
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        # mkstemp makes the file private (0600): give it the mode a plain open() would have.
-        os.chmod(tmp_path, _mode_for(path))
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        for d in new_dirs:
-            with contextlib.suppress(OSError):  # not empty: another writer is using it
-                d.rmdir()
-        raise
+    with no_space_error(path, size):
+        new_dirs = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # innermost first
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            # mkstemp makes the file private (0600): give it the mode a plain open() would have.
+            os.chmod(tmp_path, _mode_for(path))
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, path)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            for d in new_dirs:
+                with contextlib.suppress(OSError):  # not empty: another writer is using it
+                    d.rmdir()
+            raise
     # The rename is durable only once the directory entry is on disk.
     with contextlib.suppress(OSError):
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -134,7 +138,7 @@ def torch_save(path: str | os.PathLike, obj: Any) -> None:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=len(data)) as tmp:
         tmp.write_bytes(data)
 
 

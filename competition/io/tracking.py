@@ -1,6 +1,7 @@
 """What a run records: TensorBoard scalars and figures, summary.csv, oof.csv."""
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from competition.core.config import flat_config  # noqa: E402
 from competition.core.metrics import decide  # noqa: E402
+from competition.io.disk import no_space_error  # noqa: E402
 from competition.io.files import write_csv  # noqa: E402
 
 PROB_PREFIX = "prob_"
@@ -73,13 +75,27 @@ def mistakes_figure(images: Sequence[np.ndarray], true: Sequence, pred: Sequence
     return fig
 
 
+def _events(method: Callable) -> Callable:
+    """A full disk while TensorBoard writes <fold>/tb becomes DiskFull naming that folder (its
+    writer thread raises the error again in whichever call logs next)."""
+
+    @functools.wraps(method)
+    def wrapper(self: FoldTracker, *args, **kwargs):
+        with no_space_error(self.fold_dir / "tb"):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class FoldTracker:
     """TensorBoard events in <fold>/tb plus summary.csv and oof.csv beside them."""
 
     def __init__(self, fold_dir: Path, purge_step: int | None = None, enabled: bool = True):
         self.fold_dir = Path(fold_dir)
-        self.writer = SummaryWriter(log_dir=str(self.fold_dir / "tb"), purge_step=purge_step) if enabled else None
+        with no_space_error(self.fold_dir / "tb"):
+            self.writer = SummaryWriter(log_dir=str(self.fold_dir / "tb"), purge_step=purge_step) if enabled else None
 
+    @_events
     def log_epoch(self, epoch: int, row: dict, metric_name: str, lrs: dict[str, float]) -> None:
         if self.writer is None:
             return
@@ -91,6 +107,7 @@ class FoldTracker:
             self.writer.add_scalar(f"lr/{name}", lr, epoch)
         self.writer.flush()
 
+    @_events
     def log_figures(self, epoch: int, targets: np.ndarray, probs: np.ndarray, classes: Sequence, multi_label: bool,
                     image_of: Callable[[int], np.ndarray] | None = None, max_images: int = 24) -> None:
         """Confusion matrix (per-class F1 for multi-label) and, for images, the validation images
@@ -118,6 +135,7 @@ class FoldTracker:
             self.writer.add_figure("val/misclassified", fig, epoch, close=True)
         self.writer.flush()
 
+    @_events
     def log_hparams(self, config: dict, metric_name: str, best: float, best_epoch: int) -> None:
         if self.writer is None:
             return
@@ -126,6 +144,7 @@ class FoldTracker:
         )
         self.writer.flush()
 
+    @_events
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

@@ -81,10 +81,11 @@ def _timm_model(cfg: Config, num_classes: int, in_features: int | None, load_pre
         ) from None
 
 
-def check_model(cfg: Config, num_classes: int, load_pretrained: bool = True) -> None:
+def check_model(cfg: Config, num_classes: int, load_pretrained: bool = True) -> nn.Module:
     """Build the model once now (with its pretrained weights), so that an unknown model name or
-    missing or broken weights fail before a run writes anything."""
-    build_model(cfg, num_classes, in_features=1, load_pretrained=load_pretrained)
+    missing or broken weights fail before a run writes anything. Returns it, for sizing its
+    checkpoints (a table's MLP with one input feature: its real width comes with the folds)."""
+    return build_model(cfg, num_classes, in_features=1, load_pretrained=load_pretrained)
 
 
 def preprocessing(model: nn.Module, size: int) -> dict:
