@@ -103,8 +103,8 @@ def validate(cfg: Config) -> None:
         _choice("image.augment", name, AUGMENTATIONS)
     for name in cfg.predict.tta:
         _choice("predict.tta", name, TTA_VIEWS)
+    _check_image_size(cfg)
     for key, value in {
-        "image.size": cfg.image.size,
         "train.batch_size": cfg.train.batch_size,
         "predict.batch_size": cfg.predict.batch_size,
         "train.lr": cfg.train.lr,
@@ -133,6 +133,20 @@ def validate(cfg: Config) -> None:
     _check_target_keys(cfg)
     _check_toolbox(cfg)
     TASKS[cfg.task].check_config(cfg)
+
+
+def _check_image_size(cfg: Config) -> None:
+    """One positive side, or [height, width]; views that swap height and width need a square."""
+    size = cfg.image.size
+    sides = [size] if isinstance(size, int) else size
+    if len(sides) not in (1, 2) or isinstance(size, list) and len(sides) != 2 or min(sides) <= 0:
+        raise CompetitionError(f"config key image.size: one positive side or [height, width], got {size!r}")
+    swapping = [v for v in cfg.predict.tta if v in ("rot90", "rot270", "transpose")]
+    if len(set(sides)) == 2 and swapping:
+        raise CompetitionError(f"config key predict.tta: {', '.join(swapping)} swap height and width, and image.size "
+                               f"{size} is not square (hflip, vflip and rot180 keep the shape)")
+    if len(set(sides)) == 2 and "rotate90" in cfg.image.augment:
+        raise CompetitionError(f"config key image.augment: rotate90 swaps height and width, and image.size {size} is not square")
 
 
 def _check_range(key: str, value: float, low: float, high: float, high_open: bool = False) -> None:

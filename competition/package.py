@@ -20,6 +20,7 @@ from competition.data.features import check_hook_spec
 from competition.data.folds import parse_folds
 from competition.inference.ensemble import trained_folds
 from competition.io.checkpoints import BEST, check_compatible, copy_checkpoint, load_checkpoint
+from competition.io.disk import DiskFull
 from competition.io.files import atomic_dir, write_text, write_yaml
 from competition.predict import stored_thresholds
 
@@ -186,7 +187,10 @@ def write_package(out: Path, cfg: Config, checkpoints: list[tuple[int, Path]], h
     """Build the package aside and rename it to `out`; returns the wheel's path inside it."""
     try:
         return _write_package(out, cfg, checkpoints, hook, data_root)
-    except OSError as exc:  # a full disk, a folder that cannot be written: atomic_dir left nothing
+    except DiskFull as exc:  # its message names a file inside the temporary folder, which is gone
+        raise CompetitionError(f"writing the package {out} failed: {str(exc).split(' writing ')[0]} "
+                               f"({str(exc).rsplit('(', 1)[-1]}; nothing was left there") from None
+    except OSError as exc:  # a folder that cannot be written: atomic_dir left nothing
         raise CompetitionError(f"writing the package {out} failed: {exc.strerror or exc}; nothing was left there") from None
 
 

@@ -22,7 +22,7 @@ from competition.data.cache import CachedImages, cache_bytes_to_build, image_cac
 from competition.data.competition import Competition, load_competition, require_columns
 from competition.data.datasets import CachedRows, ImageDataset, TabularDataset
 from competition.data.features import TabularPreprocessor, check_hook_spec, feature_columns, load_feature_hook
-from competition.data.images import UndecodableImages, check_images_decode, image_paths
+from competition.data.images import UndecodableImages, check_images_decode, hw, image_paths
 from competition.data.targets import line_of
 from competition.data.transforms import build_eval_transform, build_train_transform, decode_side
 from competition.io.checkpoints import FoldState
@@ -203,7 +203,7 @@ class ImageTask(Task):
             return ds, BatchAugment(size, mean, std)  # uint8 → normalised float on the device
 
         # Folds trained from one config share their input pipeline: each test image decoded once.
-        key = (size, tuple(mean), tuple(std), interp)
+        key = (hw(size), tuple(mean), tuple(std), interp)
         return (key if rows is None else (*key, state.fold)), make
 
 

@@ -162,7 +162,7 @@ def test_a_full_disk_leaves_nothing(trained, tmp_path, capsys):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
     try:
         rc = package.main(["--config", str(trained["config"]), "--output", str(small / "kaggle" / "pkg")])
-        _refused(capsys, rc, str(small / "kaggle" / "pkg"), "No space left")
+        _refused(capsys, rc, str(small / "kaggle" / "pkg"), "no space left on device", "needs", "free on")
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)

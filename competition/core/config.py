@@ -54,7 +54,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ImageConfig:
-    size: int = 64
+    size: int | list[int] = 64  # one side, or [height, width] (competition photos are often 384×512)
     augment: list[str] = field(default_factory=lambda: ["hflip"])  # see data.transforms.AUGMENTATIONS
 
 

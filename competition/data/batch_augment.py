@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from competition.core.config import Config
+from competition.data.images import Size, hw
 from competition.data.transforms import RRC_RATIO, RRC_SCALE
 
 # Augmentations this path can do; a config asking for others keeps the albumentations path.
@@ -62,10 +63,10 @@ def _sample_params(seed: int, augment: Sequence[str]) -> list[float]:
 class BatchAugment:
     """uint8 NHWC batch on any device → normalised float NCHW, augmented when `train`."""
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], augment: Sequence[str] = (), train: bool = False):
+    def __init__(self, size: Size, mean: Sequence[float], std: Sequence[float], augment: Sequence[str] = (), train: bool = False):
         if train and not supports(augment):
             raise ValueError(f"device augmentation supports {sorted(GPU_AUGMENTATIONS)}, got {list(augment)}")
-        self.size, self.augment, self.train = size, list(augment), train
+        self.size, self.augment, self.train = hw(size), list(augment), train
         # (pixel - 255·mean) / (255·std) as pixel · scale - shift, computed once
         self.scale = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.shift = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0 * self.scale
@@ -86,8 +87,8 @@ class BatchAugment:
         layout = torch.channels_last if images.is_cuda else torch.contiguous_format
         x = torch.empty((n, c, h, w), dtype=torch.float32, device=images.device, memory_format=layout)
         x.copy_(images.permute(0, 3, 1, 2))
-        if (h, w) != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        if (h, w) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
         if self.train and self.augment:
             if seeds is None:
                 raise ValueError("training augmentation needs one seed per sample")

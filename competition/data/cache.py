@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from competition.core.config import Config
-from competition.data.images import UndecodableImages, decode_each, load_image
+from competition.data.images import Size, UndecodableImages, decode_each, hw, load_image, size_name
 from competition.io.disk import reserve
 from competition.io.files import atomic_path, write_json
 
@@ -26,32 +26,34 @@ log = logging.getLogger(__name__)
 CACHE_MODES = ("auto", "off")  # config key train.cache
 
 
-def cache_key(paths: list[Path], size: int) -> str:
+def cache_key(paths: list[Path], size: Size) -> str:
     """Names the image list, each file's size and mtime, and the cache resolution."""
-    h = hashlib.sha1(f"v2|{size}".encode())  # v2: JPEGs decoded at reduced scale
+    height, width = hw(size)  # a square keeps the key it always had
+    h = hashlib.sha1(f"v2|{height if height == width else f'{height}x{width}'}".encode())  # v2: reduced-scale JPEGs
     for p in paths:
         st = os.stat(p)
         h.update(f"\n{p}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Square resize; INTER_AREA when shrinking (no aliasing), bilinear when growing."""
+def resize(image: np.ndarray, size: Size) -> np.ndarray:
+    """Resize to the height × width of `size`; INTER_AREA when shrinking (no aliasing), bilinear when growing."""
+    th, tw = hw(size)
     h, w = image.shape[:2]
-    if (h, w) == (size, size):
+    if (h, w) == (th, tw):
         return image
-    interp = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
+    interp = cv2.INTER_AREA if h >= th and w >= tw else cv2.INTER_LINEAR
+    return cv2.resize(image, (tw, th), interpolation=interp)
 
 
 class CachedImages:
-    """Read-only [n, size, size, 3] uint8 rows of a cache file, optionally a subset of rows.
+    """Read-only [n, height, width, 3] uint8 rows of a cache file, optionally a subset of rows.
 
     Pickles as (path, shape, rows) so DataLoader workers open their own memmap instead of
     receiving a copy of the array.
     """
 
-    def __init__(self, path: Path, n: int, size: int, rows: np.ndarray | None = None):
+    def __init__(self, path: Path, n: int, size: Size, rows: np.ndarray | None = None):
         self.path, self.n, self.size = Path(path), n, size
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self._array = None
@@ -63,7 +65,7 @@ class CachedImages:
     @property
     def array(self) -> np.ndarray:
         if self._array is None:
-            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.n, self.size, self.size, 3))
+            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.n, *hw(self.size), 3))
         return self._array
 
     def __len__(self) -> int:
@@ -137,16 +139,17 @@ def damage(path: Path, nbytes: int) -> str | None:
     return _checked[key]
 
 
-def cache_file(paths: list[Path], size: int, cache_dir: Path) -> Path:
+def cache_file(paths: list[Path], size: Size, cache_dir: Path) -> Path:
     """Where the cache of `paths` at `size` lives (or will)."""
-    return Path(cache_dir) / f"images-{size}px-{cache_key(paths, size)}.u8"
+    return Path(cache_dir) / f"images-{size_name(size)}-{cache_key(paths, size)}.u8"
 
 
-def cache_bytes(n: int, size: int) -> int:
-    return n * size * size * 3
+def cache_bytes(n: int, size: Size) -> int:
+    height, width = hw(size)
+    return n * height * width * 3
 
 
-def cache_bytes_to_build(paths: list[Path], size: int, cache_dir: Path) -> int:
+def cache_bytes_to_build(paths: list[Path], size: Size, cache_dir: Path) -> int:
     """The bytes build_cache would write: 0 when a whole cache is already there."""
     path = cache_file(paths, size, cache_dir)
     if damage(path, cache_bytes(len(paths), size)) is None:
@@ -155,7 +158,7 @@ def cache_bytes_to_build(paths: list[Path], size: int, cache_dir: Path) -> int:
     return nbytes + 4096 + 16 * (nbytes // BLOCK + 1)  # and its .json sidecar, one line per checksum
 
 
-def build_cache(paths: list[Path], size: int, cache_dir: Path, workers: int | None = None) -> CachedImages:
+def build_cache(paths: list[Path], size: Size, cache_dir: Path, workers: int | None = None) -> CachedImages:
     """Return the cache for `paths` at `size`, decoding (in parallel) only when it is missing
     or damaged."""
     path = cache_file(paths, size, cache_dir)
@@ -169,12 +172,12 @@ def build_cache(paths: list[Path], size: int, cache_dir: Path, workers: int | No
         with open(tmp, "r+b") as fh:
             reserve(fh.fileno(), nbytes)  # a full disk fails here, not as SIGBUS in the writes below
             fh.truncate(nbytes)
-        array = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(len(paths), size, size, 3))
+        array = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(len(paths), *hw(size), 3))
 
         def fill(i: int) -> None:
-            array[i] = resize(load_image(paths[i], size), size)
+            array[i] = resize(load_image(paths[i], max(hw(size))), size)
 
-        failures = [f for f in decode_each(paths, fill, desc=f"decode cache {size}px", workers=workers) if f]
+        failures = [f for f in decode_each(paths, fill, desc=f"decode cache {size_name(size)}", workers=workers) if f]
         if failures:  # every broken file named; atomic_path leaves no cache (nor folder) behind
             raise UndecodableImages(failures)
         array.flush()
@@ -183,11 +186,11 @@ def build_cache(paths: list[Path], size: int, cache_dir: Path, workers: int | No
     write_json(path.with_suffix(".json"), {"images": len(paths), "size": size, "first": str(paths[0]) if paths else None,
                                            "bytes": nbytes, "block_bytes": BLOCK, "crc32": sums})
     _checked[_stat_key(path)] = None
-    log.info("decode cache: %d images at %dpx in %s", len(paths), size, path)
+    log.info("decode cache: %d images at %s in %s", len(paths), size_name(size), path)
     return CachedImages(path, len(paths), size)
 
 
-def image_cache(cfg: Config, paths: list[Path], size: int) -> CachedImages | None:
+def image_cache(cfg: Config, paths: list[Path], size: Size) -> CachedImages | None:
     """The decode cache of `paths` under the run's output folder, or None when train.cache is off."""
     if cfg.train.cache == "off":
         return None

@@ -17,6 +17,22 @@ from competition.core.errors import CompetitionError
 from competition.core.runtime import show_progress
 from competition.io.files import write_json
 
+Size = int | Sequence[int]  # image.size: one side for a square, or [height, width]
+
+
+def hw(size: Size) -> tuple[int, int]:
+    """(height, width) of an image size given as one side or as [height, width]."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def size_name(size: Size) -> str:
+    """`64px` for a square, `384x512` for height × width: in cache names and log lines."""
+    h, w = hw(size)
+    return f"{h}px" if h == w else f"{h}x{w}"
+
 
 def image_paths(df: pd.DataFrame, root: Path, column: str) -> list[Path]:
     """Resolve the image column: relative to the data root, or absolute."""

@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from competition.data.images import Size, hw
+
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
     "bilinear": cv2.INTER_LINEAR,
@@ -55,29 +57,32 @@ TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def build_train_transform(size: int, augment: Sequence[str], interpolation: str = "bilinear") -> A.Compose:
-    """Resize (or random-resized-crop) to `size`, then the named augmentations; uint8 in and out."""
+def build_train_transform(size: Size, augment: Sequence[str], interpolation: str = "bilinear") -> A.Compose:
+    """Resize (or random-resized-crop) to `size` (a side, or [height, width]), then the named
+    augmentations; uint8 in and out."""
     interp = INTERPOLATIONS.get(interpolation, cv2.INTER_LINEAR)
+    height, width = hw(size)
     if "random_resized_crop" in augment:
-        first = A.RandomResizedCrop(size=(size, size), scale=RRC_SCALE, ratio=RRC_RATIO, interpolation=interp)
+        first = A.RandomResizedCrop(size=(height, width), scale=RRC_SCALE, ratio=RRC_RATIO, interpolation=interp)
     else:
-        first = A.Resize(size, size, interpolation=interp, area_for_downscale="image")
+        first = A.Resize(height, width, interpolation=interp, area_for_downscale="image")
     rest = [AUGMENTATIONS[name](size) for name in augment if name != "random_resized_crop"]
     return A.Compose([first, *rest])
 
 
-def decode_side(size: int, augment: Sequence[str] = ()) -> int:
-    """The smallest image side the pipeline's first step needs at full detail: `size` for a
-    resize; with random_resized_crop, enough that its smallest crop is still `size` a side."""
+def decode_side(size: Size, augment: Sequence[str] = ()) -> int:
+    """The smallest image side the pipeline's first step needs at full detail: the longer side of
+    `size` for a resize; with random_resized_crop, enough that its smallest crop still has it."""
+    side = max(hw(size))
     if "random_resized_crop" not in augment:
-        return size
-    return math.ceil(size / math.sqrt(RRC_SCALE[0] * RRC_RATIO[0]))
+        return side
+    return math.ceil(side / math.sqrt(RRC_SCALE[0] * RRC_RATIO[0]))
 
 
-def build_eval_transform(size: int, interpolation: str = "bilinear") -> A.Compose:
+def build_eval_transform(size: Size, interpolation: str = "bilinear") -> A.Compose:
     """Resize to `size`: validation and test; uint8 in and out."""
     interp = INTERPOLATIONS.get(interpolation, cv2.INTER_LINEAR)
-    return A.Compose([A.Resize(size, size, interpolation=interp, area_for_downscale="image")])
+    return A.Compose([A.Resize(*hw(size), interpolation=interp, area_for_downscale="image")])
 
 
 def seed_pipeline(pipeline: A.BaseCompose, seed: int) -> None:

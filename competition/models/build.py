@@ -88,7 +88,7 @@ def check_model(cfg: Config, num_classes: int, load_pretrained: bool = True) -> 
     return build_model(cfg, num_classes, in_features=1, load_pretrained=load_pretrained)
 
 
-def preprocessing(model: nn.Module, size: int) -> dict:
+def preprocessing(model: nn.Module, size: int | list[int]) -> dict:
     """Normalisation and interpolation from the model's pretrained config, as plain data."""
     if isinstance(model, TabularMLP):
         return {}
@@ -97,7 +97,7 @@ def preprocessing(model: nn.Module, size: int) -> dict:
         "mean": [float(v) for v in dc["mean"]],
         "std": [float(v) for v in dc["std"]],
         "interpolation": str(dc.get("interpolation", "bilinear")),
-        "size": int(size),
+        "size": size if isinstance(size, int) else [int(s) for s in size],  # a side, or [height, width]
     }
 
 
