@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,18 @@ from competition.inference.submission import OUTPUTS
 from competition.tasks import TASKS
 from competition.training.imbalance import CLASS_WEIGHTS, SAMPLERS
 from competition.training.losses import LOSSES
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML with true/false as its only booleans: YAML 1.1 also reads on/off and yes/no as
+    booleans, which would turn `device_augment: on` into True instead of the choice "on"."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
 
 DEFAULT_CONFIG_FILE = "competition.yaml"
 DEFAULT_SHIPPED = "digits"
@@ -51,7 +64,7 @@ def _read_yaml(source: str) -> tuple[dict, str, Path]:
             )
         where = str(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=ConfigLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else ""
@@ -71,7 +84,7 @@ def _apply_override(data: dict, override: str) -> str:
     dotted = dotted.strip()
     parts = dotted.split(".")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=ConfigLoader) if raw.strip() else None
     except yaml.YAMLError:
         raise CompetitionError(f"--set {dotted}: value {raw!r} is not a YAML scalar or list") from None
     node = data
@@ -176,6 +189,10 @@ def _check_toolbox(cfg: Config) -> None:
     if not mixing and (t.mix_off_epochs or t.mix_prob != 1.0):
         raise CompetitionError("config keys train.mix_off_epochs / train.mix_prob: nothing mixes (train.mixup_alpha "
                                "and train.cutmix_alpha are 0)")
+    if cfg.data.pseudo_threshold is not None:
+        if not cfg.data.pseudo_labels:
+            raise CompetitionError("config key data.pseudo_threshold: no data.pseudo_labels file to filter")
+        _check_range("data.pseudo_threshold", cfg.data.pseudo_threshold, 0.0, 1.0)
     if t.sampler != "shuffle" and cfg.data.target_format == "multi_label":
         raise CompetitionError(f"config key train.sampler: {t.sampler} draws rows by their one class; a multi_label "
                                f"target has several per row (use train.class_weights: balanced)")

@@ -18,11 +18,12 @@ from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.data.batch_augment import BatchAugment, use_device_augment
-from competition.data.cache import CachedImages, cache_bytes_to_build, image_cache
+from competition.data.cache import cache_bytes_to_build, image_cache
 from competition.data.competition import Competition, load_competition, require_columns
-from competition.data.datasets import CachedRows, ImageDataset, TabularDataset
+from competition.data.datasets import CachedRows, ImageDataset, JoinedRows, TabularDataset
 from competition.data.features import TabularPreprocessor, check_hook_spec, feature_columns, load_feature_hook
 from competition.data.images import UndecodableImages, check_images_decode, hw, image_paths
+from competition.data.pseudo import read_pseudo_labels
 from competition.data.targets import line_of
 from competition.data.transforms import build_eval_transform, build_train_transform, decode_side
 from competition.io.checkpoints import FoldState
@@ -44,6 +45,10 @@ class FoldData:
     train_transform: Callable | None = None  # uint8 batch → normalised (and augmented) on the device
     eval_transform: Callable | None = None
     image_of: Callable[[int], np.ndarray] | None = None  # a validation row's picture, for the figures
+
+
+def joined(parts: list[Dataset]) -> Dataset:
+    return parts[0] if len(parts) == 1 else JoinedRows(parts)
 
 
 def split(df: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -151,38 +156,37 @@ class ImageTask(Task):
     def fold_data(self, cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, device: torch.device,
                   prep: dict) -> FoldData:
         """The fold's datasets for a model that wants `prep` (size, mean, std, interpolation): cached
-        rows for the device path, else albumentations pipelines over the files or the cache."""
-        d = cfg.data
+        rows for the device path, else albumentations pipelines over the files or the cache. The
+        training rows are the other folds' rows, then any pseudo-labelled test rows."""
+        d, size = cfg.data, prep["size"]
         train_df, valid_df = split(df, fold)
-        cache = image_cache(cfg, image_paths(df, comp.root, d.image_column), prep["size"])
+        cache = image_cache(cfg, image_paths(df, comp.root, d.image_column), size)
         train_rows, valid_rows = np.flatnonzero((df.fold != fold).to_numpy()), np.flatnonzero((df.fold == fold).to_numpy())
-        train_targets, valid_targets = comp.target.encode(train_df), comp.target.encode(valid_df)
+        valid_targets = comp.target.encode(valid_df)
+        # (frame, answers, the cache its rows are in, their rows there) for each part of the training rows
+        parts = [(train_df, comp.target.encode(train_df), cache, train_rows)]
+        pseudo = read_pseudo_labels(cfg, comp)
+        if pseudo is not None:
+            test_cache = image_cache(cfg, image_paths(comp.test, comp.root, d.image_column), size)
+            parts = [(train_df, comp.target.soft(parts[0][1]), cache, train_rows),
+                     (comp.test.iloc[pseudo.rows].reset_index(drop=True), pseudo.targets, test_cache, pseudo.rows)]
         if cache is not None and use_device_augment(cfg, device, cached=True):
-            train_ds = CachedRows(cache.subset(train_rows), train_targets)
+            train_ds = joined([CachedRows(c.subset(r), t) for _, t, c, r in parts])
             valid_ds = CachedRows(cache.subset(valid_rows), valid_targets)
-            train_tf = BatchAugment(prep["size"], prep["mean"], prep["std"], cfg.image.augment, train=True)
+            train_tf = BatchAugment(size, prep["mean"], prep["std"], cfg.image.augment, train=True)
         else:
-            train_ds, valid_ds = self._file_datasets(cfg, comp, (train_df, valid_df), (train_targets, valid_targets),
-                                                     prep, cache, (train_rows, valid_rows))
-            train_tf = BatchAugment(prep["size"], prep["mean"], prep["std"])
-        eval_tf = BatchAugment(prep["size"], prep["mean"], prep["std"])
+            pipeline = build_train_transform(size, cfg.image.augment, prep["interpolation"])
+            train_ds = joined([ImageDataset(f, comp.root, pipeline, t, image_column=d.image_column,
+                                            images=c.subset(r) if c else None,
+                                            decode_side=decode_side(size, cfg.image.augment)) for f, t, c, r in parts])
+            valid_ds = ImageDataset(valid_df, comp.root, build_eval_transform(size, prep["interpolation"]), valid_targets,
+                                    image_column=d.image_column, images=cache.subset(valid_rows) if cache else None,
+                                    decode_side=size)
+            train_tf = BatchAugment(size, prep["mean"], prep["std"])
+        eval_tf = BatchAugment(size, prep["mean"], prep["std"])
+        train_targets = np.concatenate([t for _, t, _, _ in parts])
         return FoldData(train_ds, valid_ds, valid_df[d.id_column].tolist(), train_targets, valid_targets, None, None,
                         prep, train_tf, eval_tf, valid_ds.raw)
-
-    @staticmethod
-    def _file_datasets(cfg: Config, comp: Competition, frames, targets, prep: dict, cache: CachedImages | None,
-                       rows) -> tuple[ImageDataset, ImageDataset]:
-        """Albumentations pipelines over the files, or over the cached rows when the cache is on:
-        (training, validation) datasets from (training, validation) frames, targets and rows."""
-        size, column = prep["size"], cfg.data.image_column
-        train_tf = build_train_transform(size, cfg.image.augment, prep["interpolation"])
-        eval_tf = build_eval_transform(size, prep["interpolation"])
-        return (
-            ImageDataset(frames[0], comp.root, train_tf, targets[0], image_column=column,
-                         images=cache.subset(rows[0]) if cache else None, decode_side=decode_side(size, cfg.image.augment)),
-            ImageDataset(frames[1], comp.root, eval_tf, targets[1], image_column=column,
-                         images=cache.subset(rows[1]) if cache else None, decode_side=size),
-        )
 
     def inputs(self, cfg, comp, state, device, rows=None):
         p = state.preprocessing
@@ -238,8 +242,14 @@ class TabularTask(Task):
         train_df, valid_df = split(df, fold)
         pre = TabularPreprocessor.fit(train_df, feature_columns(cfg, comp.train), load_feature_hook(cfg))
         train_targets, valid_targets = comp.target.encode(train_df), comp.target.encode(valid_df)
+        train_ds = TabularDataset(train_df, pre, train_targets)
+        pseudo = read_pseudo_labels(cfg, comp)
+        if pseudo is not None:  # fit on the fold's own rows only; the test rows are transformed
+            train_targets = np.concatenate([comp.target.soft(train_targets), pseudo.targets])
+            train_ds = JoinedRows([TabularDataset(train_df, pre, comp.target.soft(comp.target.encode(train_df))),
+                                   TabularDataset(comp.test.iloc[pseudo.rows], pre, pseudo.targets)])
         data = FoldData(
-            TabularDataset(train_df, pre, train_targets),
+            train_ds,
             TabularDataset(valid_df, pre, valid_targets),
             valid_df[d.id_column].tolist(),
             train_targets,

@@ -16,6 +16,7 @@ from competition.core.errors import EXIT_USAGE, CompetitionError, run_cli
 from competition.core.runtime import keep_freed_memory
 from competition.data.competition import Competition
 from competition.data.folds import load_or_create_folds, parse_folds
+from competition.data.pseudo import read_pseudo_labels
 from competition.inference.ensemble import cv_report
 from competition.io.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
 from competition.io.disk import DiskFull
@@ -61,6 +62,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool) -> tuple[Task, Comp
     model = check_model(cfg, len(comp.classes), load_pretrained=not resume)
     check_disk_space(cfg, task, comp, folds, model)  # before the decode cache, the first thing written
     task.prepare(cfg, comp)
+    read_pseudo_labels(cfg, comp)  # a bad pseudo-label file fails before anything is written
     if resume:
         check_resumable(cfg, comp, folds)
     df = load_or_create_folds(cfg, comp.train, comp.target)

@@ -70,3 +70,12 @@ def test_missing_and_invalid_files(tmp_path):
 def test_group_strategy_needs_group_column():
     with pytest.raises(CompetitionError, match="data.group_column"):
         load_config("digits", ["folds.strategy=group"])
+
+
+def test_on_off_and_yes_no_stay_words_not_booleans(tmp_path):
+    # YAML 1.1 reads `on` as true: `device_augment: on` must stay the choice "on".
+    cfg = load_config("digits", ["train.device_augment=on", "train.amp=false", "name=yes"])
+    assert cfg.train.device_augment == "on" and cfg.train.amp is False and cfg.name == "yes"
+    (tmp_path / "c.yaml").write_text("name: off\ntrain: {device_augment: off, compile: true}\n")
+    cfg = load_config(str(tmp_path / "c.yaml"))
+    assert (cfg.name, cfg.train.device_augment, cfg.train.compile) == ("off", "off", True)

@@ -162,9 +162,11 @@ def test_the_balanced_sampler_draws_classes_evenly_and_repeats_per_seed():
 
 def test_balanced_class_weights_are_scikit_learns():
     y = np.array([0, 0, 0, 1, 2, 2])
-    np.testing.assert_allclose(class_weights("balanced", y, 3).numpy(), [6 / 9, 6 / 3, 6 / 6], rtol=1e-6)
+    np.testing.assert_allclose(class_weights("balanced", y, 3, False).numpy(), [6 / 9, 6 / 3, 6 / 6], rtol=1e-6)
+    soft = np.eye(3, dtype=np.float32)[y] * 0.8 + 0.2 / 3  # pseudo-label rows count for their likeliest class
+    np.testing.assert_allclose(class_weights("balanced", soft, 3, False).numpy(), [6 / 9, 6 / 3, 6 / 6], rtol=1e-6)
     multi = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.float32)
-    np.testing.assert_allclose(class_weights("balanced", multi, 2).numpy(), [1 / 3, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(class_weights("balanced", multi, 2, True).numpy(), [1 / 3, 3.0], rtol=1e-6)
 
 
 def test_focal_loss_is_cross_entropy_at_gamma_0_and_spares_the_easy_rows():
@@ -240,3 +242,69 @@ def test_sizes_that_cannot_work_are_refused(image_comp, capsys, sets, culprit):
     cfg, _ = image_comp
     assert train.main(["--config", str(cfg), *[a for s in sets for a in ("--set", s)]]) == 2
     assert culprit in capsys.readouterr().err
+
+
+# --- pseudo-labels ---------------------------------------------------------------------------
+
+
+def _pseudo_file(tmp_path, table_comp, capsys) -> Path:
+    """Probabilities for the test rows, as predict writes them."""
+    cfg, _ = table_comp
+    assert train.main(["--config", str(cfg)]) == 0
+    out = tmp_path / "pseudo.csv"
+    assert predict.main(["--config", str(cfg), "--set", "predict.output=probabilities", "--output", str(out)]) == 0
+    capsys.readouterr()
+    return out
+
+
+def test_pseudo_labelled_rows_train_in_every_fold_and_never_reach_validation_or_cv(table_comp, tmp_path, capsys, caplog):
+    cfg, root = table_comp
+    pseudo = _pseudo_file(tmp_path, table_comp, capsys)
+    sets = ["--set", "name=pseudo", "--set", f"data.pseudo_labels={pseudo}", "--set", "train.mixup_alpha=0.2"]
+    with caplog.at_level("INFO"):
+        assert train.main(["--config", str(cfg), *sets]) == 0
+    test_ids = set(pd.read_csv(root / "test.csv")["key"])
+    assert caplog.text.count(f"({len(test_ids)} of them pseudo-labelled test rows)") == 2  # both folds
+    folds = pd.read_csv(root / "folds.csv")
+    for k in (0, 1):
+        oof = pd.read_csv(tmp_path / "outputs" / "pseudo" / f"fold{k}" / "oof.csv")
+        assert set(oof["key"]) == set(folds.loc[folds["fold"] == k, "key"]) and not set(oof["key"]) & test_ids
+    assert "over 120 out-of-fold rows" in capsys.readouterr().out  # the CV counts train.csv's rows only
+    # A threshold keeps only the rows the probabilities are sure of.
+    probs = pd.read_csv(pseudo)["target"]
+    sure = np.maximum(probs, 1 - probs)
+    threshold = float(np.median(sure))
+    kept = int((sure >= threshold).sum())
+    assert 0 < kept < len(test_ids)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert train.main(["--config", str(cfg), *sets, "--set", "name=sure", "--set",
+                           f"data.pseudo_threshold={threshold}", "--fold", "0"]) == 0
+    assert f"({kept} of them pseudo-labelled" in caplog.text
+
+
+def test_pseudo_labelled_images_join_the_device_path(image_comp, tmp_path, capsys):
+    cfg, root = image_comp
+    test = pd.read_csv(root / "test.csv")
+    rows = np.random.default_rng(0).dirichlet([1, 1, 1], len(test))
+    pd.DataFrame({"id": test["id"], **{c: rows[:, k] for k, c in enumerate(["circle", "cross", "square"])}}).to_csv(
+        tmp_path / "pseudo.csv", index=False)
+    sets = ["--set", f"data.pseudo_labels={tmp_path / 'pseudo.csv'}", "--set", "train.cache=auto",
+            "--set", "train.device_augment=on", "--set", "image.augment=[hflip]"]
+    assert train.main(["--config", str(cfg), "--fold", "0", *sets]) == 0
+
+
+@pytest.mark.parametrize(("edit", "culprits"), [
+    (lambda df, train_ids: df.assign(key=[train_ids[0], *df["key"][1:]]), ["is a train.csv row"]),
+    (lambda df, train_ids: df.assign(key=[999999, *df["key"][1:]]), ["999999", "not in test.csv"]),
+    (lambda df, train_ids: df.assign(target=[1.5, *df["target"][1:]]), ["line 2", "must lie in [0, 1]"]),
+    (lambda df, train_ids: df.rename(columns={"target": "other"}), ["expected a column per class"]),
+])
+def test_a_bad_pseudo_label_file_is_refused_before_anything_is_written(table_comp, tmp_path, capsys, edit, culprits):
+    cfg, root = table_comp
+    pseudo = _pseudo_file(tmp_path, table_comp, capsys)
+    edit(pd.read_csv(pseudo), pd.read_csv(root / "train.csv")["key"].tolist()).to_csv(pseudo, index=False)
+    assert train.main(["--config", str(cfg), "--set", "name=bad", "--set", f"data.pseudo_labels={pseudo}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(pseudo) in err and all(c in err for c in culprits), err
+    assert not (tmp_path / "outputs" / "bad").exists()

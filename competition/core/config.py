@@ -28,6 +28,8 @@ class DataConfig:
     label_separator: str = " "  # multi-label in one column: labels separated by this (Planet layout)
     positive_class: bool | int | str | None = None  # binary: the class whose probability is submitted (default the larger label)
     max_classes: int = 1000  # more distinct target values than this is not a classification target
+    pseudo_labels: str | None = None  # a submission-shaped CSV of test-row probabilities: soft targets in every fold's training rows
+    pseudo_threshold: float | None = None  # keep only pseudo-labelled rows at least this sure (max probability)
     image_column: str | None = "image"  # image task: path relative to root, or absolute
     group_column: str | None = None  # rows sharing a group never land in two folds
     feature_columns: list[str] | None = None  # tabular: None = every column but id/target/group

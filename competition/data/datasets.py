@@ -120,6 +120,39 @@ class CachedRows(Dataset):
         return x, target_item(self.targets, index), int(seed)
 
 
+class JoinedRows(Dataset):
+    """Several datasets one after the other (a fold's training rows, then its pseudo-labelled test
+    rows), indexed by the seeded sampler's (row, seed) keys as one dataset."""
+
+    def __init__(self, parts: list[Dataset]):
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def reads_files(self) -> bool:
+        return any(getattr(p, "reads_files", True) for p in self.parts)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        local = index - int(self.starts[part])
+        return self.parts[part][(local, seed) if seed is not None else local]
+
+
+def thread_copy(ds: Dataset) -> Dataset:
+    """A copy of `ds` for one thread: its own transform (albumentations pipelines keep their random
+    state on the object), everything else shared."""
+    if isinstance(ds, JoinedRows):
+        return JoinedRows([thread_copy(p) for p in ds.parts])
+    ds = copy.copy(ds)
+    if getattr(ds, "transform", None) is not None:
+        ds.transform = copy.deepcopy(ds.transform)
+    return ds
+
+
 class ThreadedRows(Dataset):
     """A dataset whose batches are fetched by a pool of threads in this process.
 
@@ -139,10 +172,7 @@ class ThreadedRows(Dataset):
     def _own(self) -> Dataset:
         ds = getattr(self._local, "dataset", None)
         if ds is None:
-            ds = copy.copy(self.dataset)
-            if getattr(ds, "transform", None) is not None:
-                ds.transform = copy.deepcopy(ds.transform)
-            self._local.dataset = ds
+            ds = self._local.dataset = thread_copy(self.dataset)
         return ds
 
     def __getitem__(self, key):

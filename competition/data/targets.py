@@ -83,6 +83,11 @@ class Target:
             out[i] = index[key]
         return out
 
+    def soft(self, y: np.ndarray) -> np.ndarray:
+        """Encoded answers as probability rows [n, classes] (float32): one-hot class indices; a
+        multi-label 0/1 matrix as it is. The form pseudo-labelled rows train beside."""
+        return y.astype(np.float32) if y.ndim == 2 else np.eye(len(self.classes), dtype=np.float32)[y]
+
     def answer_frame(self, y: np.ndarray) -> dict[str, list]:
         """Encoded truth back to the target's own columns (oof.csv holds it as train.csv does)."""
         if self.columns:

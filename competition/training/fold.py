@@ -151,6 +151,9 @@ class FoldRun:
         if self.ema is not None and saved is not None:
             self.ema.module.load_state_dict(saved.model_state_dict)
         self.sampler = fold_sampler(cfg, self.data.train_targets, self.fold, self.world)
+        extra = len(self.data.train_ds) - int((self.df.fold != self.fold).sum())
+        log.info("fold %d: %d training rows%s, %d validation rows", self.fold, len(self.data.train_ds),
+                 f" ({extra} of them pseudo-labelled test rows)" if extra else "", len(self.data.valid_ds))
         # BatchNorm layers cannot learn from a batch of one: drop a lone last row.
         drop_last = len(self.sampler) % t.batch_size == 1  # rows per rank under DDP
         self.train_loader = build_loader(self.data.train_ds, t.batch_size, self.device, num_workers=t.num_workers,

@@ -21,13 +21,16 @@ def sampler_weights(mode: str, targets: np.ndarray) -> np.ndarray | None:
     return np.sqrt(per_row) if mode == "sqrt" else per_row
 
 
-def class_weights(mode: str, targets: np.ndarray, num_classes: int) -> torch.Tensor | None:
+def class_weights(mode: str, targets: np.ndarray, num_classes: int, multi_label: bool) -> torch.Tensor | None:
     """train.class_weights for a fold's training answers. balanced: scikit-learn's n / (classes ×
     count) per class; for multi-label, each class's positive weight negatives / positives (the
-    `pos_weight` of binary cross-entropy)."""
+    `pos_weight` of binary cross-entropy). Probability rows (pseudo-labels) count for their most
+    likely class."""
     if mode == "none":
         return None
-    if targets.ndim == 2:
+    if not multi_label and targets.ndim == 2:
+        targets = targets.argmax(1)
+    if multi_label:
         positives = targets.sum(0)
         return torch.tensor((len(targets) - positives) / np.maximum(positives, 1), dtype=torch.float32)
     from sklearn.utils.class_weight import compute_class_weight

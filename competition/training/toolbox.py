@@ -29,7 +29,7 @@ def fold_losses(cfg: Config, target: Target, train_targets, device: torch.device
     """(training loss, validation loss, batch mixer). Mixup/CutMix produce soft targets with label
     smoothing folded in, so their loss smooths nothing itself."""
     t = cfg.train
-    weights = class_weights(t.class_weights, train_targets, len(target.classes))
+    weights = class_weights(t.class_weights, train_targets, len(target.classes), target.multi_label)
     mixer = BatchMix(t, len(target.classes), target.multi_label) if t.mixup_alpha > 0 or t.cutmix_alpha > 0 else None
     loss = train_loss(target, t, weights, 0.0 if mixer is not None else t.label_smoothing)
     return loss.to(device), eval_loss(target).to(device), mixer
