@@ -24,6 +24,7 @@ from competition.tasks import TASKS
 from competition.training.imbalance import CLASS_WEIGHTS, SAMPLERS
 from competition.training.losses import LOSSES
 
+
 class ConfigLoader(yaml.SafeLoader):
     """YAML with true/false as its only booleans: YAML 1.1 also reads on/off and yes/no as
     booleans, which would turn `device_augment: on` into True instead of the choice "on"."""
