@@ -73,6 +73,8 @@ def binary_auc(shared: Path, work: Path, n_splits: int) -> str:
     trained = time.time()
     _cli(predict, [*argv, "--output", str(work / "probs.csv")])
     predicted = time.time()
+    _cli(predict, [*argv, "--set", "predict.tta=[]", "--output", str(work / "no_tta.csv")])
+    plain = json.loads((work / "outputs" / "hymenoptera_auc" / "cv.json").read_text())
     _cli(predict, [*argv, "--set", "predict.output=labels", "--output", str(work / "labels.csv")])
     report = json.loads((work / "outputs" / "hymenoptera_auc" / "cv.json").read_text())
     truth = val.set_index("id")["target"]
@@ -82,7 +84,10 @@ def binary_auc(shared: Path, work: Path, n_splits: int) -> str:
         p = sub["target"].to_numpy(dtype=float)
         return METRICS["roc_auc"](truth.loc[sub["id"]].to_numpy(), np.stack([1 - p, p], 1))
 
-    kit_probs, kit_labels = auc_of(work / "probs.csv"), auc_of(work / "labels.csv")
+    kit_probs, kit_labels, kit_plain = auc_of(work / "probs.csv"), auc_of(work / "labels.csv"), auc_of(work / "no_tta.csv")
+
+    def folds(r: dict) -> str:
+        return ", ".join(f"{r['as_submitted']['folds'][f]:.4f}" for f in sorted(r["as_submitted"]["folds"]))
     logreg, feat_s = frozen_feature_logreg(train_df, val, weights)
     return "\n".join([
         f"Machine: {machine_name()}. Command: `python benchmarks/formats.py --part auc --n-splits {n_splits}`.",
@@ -93,15 +98,17 @@ def binary_auc(shared: Path, work: Path, n_splits: int) -> str:
         f"Held out: the {len(val)} val/ photos, which no fold saw or chose an epoch on; AUC of the written file "
         f"against their answers.",
         "",
-        "| side | held-out AUC | CV AUC (best epochs / as submitted) | seconds |",
-        "|---|---|---|---|",
-        f"| kit: positive-class probability (the layout `predict.output: auto` picks for AUC) | **{kit_probs:.4f}** | "
-        f"{report['cv']:.4f} / {report['as_submitted']['cv']:.4f} | train {trained - began:.0f}, predict "
-        f"{predicted - trained:.0f} |",
+        "| side | held-out AUC | CV AUC (best epochs / as submitted) | as submitted, per fold | seconds |",
+        "|---|---|---|---|---|",
+        f"| kit: positive-class probability (the layout `predict.output: auto` picks for AUC), TTA hflip | "
+        f"**{kit_probs:.4f}** | {report['cv']:.4f} / {report['as_submitted']['cv']:.4f} | {folds(report)} | train "
+        f"{trained - began:.0f}, predict {predicted - trained:.0f} |",
+        f"| kit: the same folds without TTA (`predict.tta: []`) | {kit_plain:.4f} | {plain['cv']:.4f} / "
+        f"{plain['as_submitted']['cv']:.4f} | {folds(plain)} | — |",
         f"| kit: the same folds' file as hard labels (`predict.output: labels`; the kit's only layout before) | "
-        f"{kit_labels:.4f} | — | — |",
+        f"{kit_labels:.4f} | — | — | — |",
         f"| logistic regression on frozen features of the same pretrained backbone (256 px, C by 5-fold CV) | "
-        f"{logreg:.4f} | — | features {feat_s:.0f} |",
+        f"{logreg:.4f} | — | — | features {feat_s:.0f} |",
     ])
 
 
