@@ -98,6 +98,7 @@ def _main(argv: Sequence[str] | None) -> int:
     checkpoints = trained_folds(cfg, folds, explicit=args.folds != "all")
     device = device_for(init_world())
     loaded = load_fold_models(cfg, task, comp, checkpoints, device)
+    log.info("predicting with folds %s on %s", ", ".join(str(f) for f, _ in checkpoints), device)
     solution, solution_path = _solution(cfg, comp)
     task.prepare(cfg, comp, train=not args.no_cv)
     used = [f for f, _ in checkpoints]

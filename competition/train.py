@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +14,7 @@ from competition.config import add_config_arguments, load_config
 from competition.core.config import Config, config_to_dict
 from competition.core.distributed import World, barrier, broadcast_object, device_for, init_world
 from competition.core.errors import EXIT_USAGE, CompetitionError, run_cli
+from competition.core.interrupts import GracefulStop, Interrupted
 from competition.core.runtime import keep_freed_memory
 from competition.data.competition import Competition
 from competition.data.folds import load_or_create_folds, parse_folds
@@ -96,6 +98,12 @@ def _report(cfg: Config, comp: Competition, results) -> None:
         print(f"folds trained so far: {sorted(report['folds'])} of {cfg.folds.n_splits}")
 
 
+def resume_command(argv: Sequence[str] | None) -> str:
+    """The command line that continues this run: the same arguments, with --resume."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join(["python", "-m", "competition.train", *args, *([] if "--resume" in args else ["--resume"])])
+
+
 def _main(argv: Sequence[str] | None) -> int:
     keep_freed_memory()  # before the big allocations: see core/runtime.py
     args = build_parser().parse_args(argv)
@@ -118,7 +126,12 @@ def _main(argv: Sequence[str] | None) -> int:
     log.info("%s: %d train rows, %d test rows, %d classes, device %s%s", cfg.name, len(comp.train), len(comp.test),
              len(comp.classes), device, f", {world.size} processes" if world.distributed else "")
     try:
-        results = [fit_fold(cfg, task, comp, df, f, device=device, world=world, resume=args.resume) for f in folds]
+        with GracefulStop() as stop:
+            results = [fit_fold(cfg, task, comp, df, f, device=device, world=world, resume=args.resume, stop=stop)
+                       for f in folds]
+    except Interrupted as exc:
+        exc.message = f"{exc.message}; continue with: {resume_command(argv)}"
+        raise
     except DiskFull as exc:  # every finished epoch is in last.pt
         raise DiskFull(f"{exc}; free some space, then continue with --resume") from None
     if world.is_main:

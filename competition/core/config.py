@@ -86,6 +86,8 @@ class TrainConfig:
     loss: str = "cross_entropy"  # cross_entropy | focal
     focal_gamma: float = 2.0  # focal loss: (1 − p)^gamma down-weights the easy rows
     layer_decay: float = 0.0  # stage 2: layer-wise lr decay over timm's group matcher (e.g. 0.75); 0 = off
+    # last.pt within an epoch this often (and where Ctrl-C stops): on for epochs longer than this; 0 = off
+    checkpoint_every_minutes: float = 30.0
     num_workers: int = 2
     cache: str = "off"  # auto | off: decode images once into a uint8 memmap
     device_augment: str = "auto"  # auto | on | off: crop/flip/normalise cached batches on the device

@@ -67,10 +67,11 @@ class SeededSampler(Sampler):
     def __init__(self, n: int, seed: int, shuffle: bool = True, world: World | None = None, weights=None):
         self.n, self.seed, self.shuffle, self.world = n, seed, shuffle, world or World()
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """The epoch to draw; `skip` leaves out this rank's first rows (an epoch resumed part-way)."""
+        self.epoch, self.skip = epoch, skip
 
     def _order(self) -> list[int]:
         if self.weights is not None:
@@ -89,11 +90,13 @@ class SeededSampler(Sampler):
 
     def __iter__(self):
         if self.weights is not None:  # a row drawn twice is augmented twice, differently
-            return iter([(i, mix_seed(self.seed, self.epoch, i, k)) for k, i in enumerate(self._order())])
-        return iter([(i, mix_seed(self.seed, self.epoch, i)) for i in self._order()])
+            keys = [(i, mix_seed(self.seed, self.epoch, i, k)) for k, i in enumerate(self._order())]
+        else:
+            keys = [(i, mix_seed(self.seed, self.epoch, i)) for i in self._order()]
+        return iter(keys[self.skip:])
 
     def __len__(self) -> int:
-        return -(-self.n // self.world.size) if self.world.distributed else self.n
+        return (-(-self.n // self.world.size) if self.world.distributed else self.n) - self.skip
 
 
 class ShardSampler(Sampler):
@@ -150,6 +153,15 @@ def broadcast_buffers(model: torch.nn.Module, world: World) -> None:
         return
     for buffer in model.buffers():
         dist.broadcast(buffer, src=0)
+
+
+def any_rank(signum: int | None, world: World) -> int | None:
+    """The signal any rank received (the largest number), so every rank stops together."""
+    if not world.distributed:
+        return signum
+    flag = torch.tensor([signum or 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
 
 
 def broadcast_object(obj, world: World):

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+
+from competition.core.interrupts import Interrupted, raise_on_sigterm, signal_name
 
 EXIT_USAGE = 2
 
@@ -38,8 +41,15 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
             previous_hook(args)
 
     threading.excepthook = thread_hook
+    previous_sigterm = raise_on_sigterm()
     try:
         return main(argv)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        print(f"interrupted ({signal_name(stop.signum)}): "
+              f"{stop.message or 'stopped; every file is written whole or not at all, so nothing is half-written'}",
+              file=sys.stderr)
+        return stop.exit_code
     except CompetitionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -50,3 +60,5 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         return EXIT_USAGE
     finally:
         threading.excepthook = previous_hook
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)

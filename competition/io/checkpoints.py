@@ -61,6 +61,11 @@ class FoldState:
     scaler_state_dict: dict | None = None
     train_state_dict: dict | None = None
     scored: str = "model"
+    # A mid-epoch last.pt: `batches_done` batches of epoch `epoch` + 1 are in the weights, with
+    # this running training loss; 0 at an epoch's end.
+    batches_done: int = 0
+    epoch_loss_total: float = 0.0
+    epoch_samples: int = 0
     kit_version: str = __version__
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad, unwrap_model
 from torch import nn
 from tqdm.auto import tqdm
 
+from competition.core.distributed import mix_seed
 from competition.core.runtime import autocast, probabilities, show_progress, to_device
 
 
@@ -66,6 +68,28 @@ def _group_sizes(loader, accum_steps: int) -> list[int]:
     return [sum(sizes[i:i + accum_steps]) for i in range(0, len(sizes), accum_steps)]
 
 
+@dataclass
+class EpochControl:
+    """Where an epoch starts and when it pauses. A resumed epoch starts at `first_batch` with the
+    loss so far; every batch's global random state (dropout, drop path) comes from (`seed`, its
+    number), so the batches after a mid-epoch checkpoint draw as they would have; `stop()` is asked
+    after each optimizer step (an interrupt); `save(...)` writes a mid-epoch checkpoint every
+    `save_every_s` seconds."""
+
+    first_batch: int = 0
+    loss_total: float = 0.0
+    samples: int = 0
+    seed: int | None = None
+    stop: Callable[[], bool] | None = None
+    save_every_s: float = 0.0
+    save: Callable[[int, float, int], None] | None = None  # (batches done, loss total, samples)
+
+
+# The progress bar reads the loss off the device this often: reading it makes the host wait for
+# the GPU, and reading it every step would stop the host queueing work ahead.
+PROGRESS_EVERY = 25
+
+
 def train_one_epoch(
     model: nn.Module,
     loader,
@@ -76,23 +100,28 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     batch_transform: Callable[..., torch.Tensor] | None = None,
     mix: Callable | None = None,
+    control: EpochControl | None = None,
     desc: str = "train",
 ) -> dict:
     """One pass over `loader`; the optimizer steps every `opt.accum_steps` batches.
 
     Batches are (x, y), or (x, y, seeds) when `batch_transform(x, seeds)` augments on the device;
     `mix(x, y)` (training.mixing.BatchMix) then mixes the batch on the device and softens its targets.
-    Returns the mean loss, the samples seen and each group's learning rate at the last step.
+    Returns the mean loss, the samples seen, each group's learning rate at the last step, the
+    batches done and whether `control.stop()` ended the epoch early.
     """
+    control = control or EpochControl()
     # The running loss stays on the device: reading it every step would make the CPU wait for
     # the GPU each step instead of queueing the next one.
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    lrs = {}
+    total = torch.full((), control.loss_total, dtype=torch.float64, device=device)
+    count, lrs, first = control.samples, {}, control.first_batch
     groups = _group_sizes(loader, opt.accum_steps)
-    n_batches = len(loader)
+    n_batches, saved_at = len(loader) + first, time.monotonic()
     opt.optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(loader, desc=desc, leave=False, disable=not show_progress())
-    for i, batch in enumerate(bar):
+    bar = tqdm(loader, desc=desc, leave=False, initial=first, total=n_batches, disable=not show_progress())
+    for i, batch in enumerate(bar, start=first):
+        if control.seed is not None:
+            torch.manual_seed(mix_seed(control.seed, i))
         x, y = to_device(batch[0], device), batch[1].to(device, non_blocking=True)
         if batch_transform is not None:
             x = batch_transform(x, batch[2].tolist() if len(batch) > 2 else None)
@@ -103,16 +132,25 @@ def train_one_epoch(
         with sync:
             with autocast(device, amp_dtype):
                 loss = loss_fn(model(x), target)
-            share = len(y) / groups[i // opt.accum_steps]
+            share = len(y) / groups[(i - first) // opt.accum_steps]
             opt.backward(loss * share if share != 1 else loss)
         total += loss.detach().double() * len(y)
         count += len(y)
-        if last_of_group:
-            lrs = {group.get("name", str(k)): group["lr"] for k, group in enumerate(opt.optimizer.param_groups)}
-            opt.step(model)
-        if bar.disable is False:
+        if not bar.disable and (i + 1 - first) % PROGRESS_EVERY == 0:
             bar.set_postfix(loss=f"{float(total) / count:.4f}")
-    return {"loss": float(total) / max(count, 1), "samples": count, "lrs": lrs}
+        if not last_of_group:
+            continue
+        lrs = {group.get("name", str(k)): group["lr"] for k, group in enumerate(opt.optimizer.param_groups)}
+        opt.step(model)
+        if i + 1 < n_batches and control.stop is not None and control.stop():
+            return {"loss": float(total) / max(count, 1), "samples": count, "lrs": lrs, "batches": i + 1,
+                    "stopped": True, "loss_total": float(total)}
+        if control.save is not None and control.save_every_s and time.monotonic() - saved_at >= control.save_every_s \
+                and i + 1 < n_batches:
+            control.save(i + 1, float(total), count)
+            saved_at = time.monotonic()
+    return {"loss": float(total) / max(count, 1), "samples": count, "lrs": lrs, "batches": n_batches, "stopped": False,
+            "loss_total": float(total)}
 
 
 @torch.inference_mode()

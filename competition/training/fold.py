@@ -7,7 +7,9 @@ describes: resume or start, each stage, each epoch, the checkpoint, the figures 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +23,14 @@ from competition.core.distributed import (
     ShardSampler,
     World,
     all_mean,
+    any_rank,
     barrier,
     broadcast_buffers,
     gather_rows,
     mix_seed,
 )
 from competition.core.errors import CompetitionError
+from competition.core.interrupts import Interrupted
 from competition.core.metrics import METRICS
 from competition.core.runtime import amp_dtype_for
 from competition.data.competition import Competition, read_csv
@@ -43,14 +47,15 @@ from competition.io.checkpoints import (
 from competition.io.files import BackgroundWriter, write_bytes, write_csv
 from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs, write_summary
 from competition.tasks import Task
-from competition.training.engine import Optimization, evaluate, train_one_epoch
+from competition.training.engine import EpochControl, Optimization, evaluate, train_one_epoch
 from competition.training.stages import EarlyStopping, Stage, plan_stages, train_mode
 from competition.training.toolbox import fold_ema, fold_losses, fold_sampler, stage_optimization
 
 log = logging.getLogger(__name__)
 
 # Keys a resumed run may change; anything else must match the interrupted run's config.
-RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.epochs", "train.patience", "predict"}
+RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.epochs", "train.patience", "train.checkpoint_every_minutes",
+                  "predict"}
 
 
 @dataclass(frozen=True)
@@ -61,15 +66,16 @@ class FoldResult:
 
 
 def fit_fold(cfg: Config, task: Task, comp: Competition, df: pd.DataFrame, fold: int, *, device: torch.device,
-             world: World | None = None, resume: bool = False) -> FoldResult:
-    """Train one fold end to end (under the fold's lock on the first rank)."""
+             world: World | None = None, resume: bool = False, stop: Callable[[], int | None] | None = None) -> FoldResult:
+    """Train one fold end to end (under the fold's lock on the first rank). `stop()` returns the
+    signal that asked training to stop (core.interrupts.GracefulStop), or None."""
     world = world or World()
     if world.distributed:
         # One rank decodes (the cache) while the others wait, then every rank maps that file.
         if world.is_main:
             task.prepare(cfg, comp)
         barrier(world)
-    run = FoldRun(cfg, task, comp, df, fold, device, world)
+    run = FoldRun(cfg, task, comp, df, fold, device, world, stop)
     if world.is_main:
         with FoldLock(cfg.fold_dir(fold)):
             return run.fit(resume)
@@ -92,9 +98,9 @@ class FoldRun:
     """One fold's training: its data, model, loaders, progress and outputs."""
 
     def __init__(self, cfg: Config, task: Task, comp: Competition, df: pd.DataFrame, fold: int,
-                 device: torch.device, world: World):
+                 device: torch.device, world: World, stop: Callable[[], int | None] | None = None):
         self.cfg, self.task, self.comp, self.df, self.fold = cfg, task, comp, df, fold
-        self.device, self.world = device, world
+        self.device, self.world, self.stop = device, world, stop
         self.fold_dir = cfg.fold_dir(fold)
         self.metric = METRICS[cfg.train.metric]
         self.amp_dtype = amp_dtype_for(device, cfg.train.amp)
@@ -122,18 +128,22 @@ class FoldRun:
                      self.fold, self.metric.name, saved.best_metric, saved.best_epoch)
             return FoldResult(self.fold, saved.best_metric, saved.best_epoch)
         if saved is not None:
-            log.info("fold %d: resuming after epoch %d (stage %d)", self.fold, saved.epoch, saved.stage)
+            log.info("fold %d: resuming after epoch %d%s (stage %d)", self.fold, saved.epoch,
+                     f" and {saved.batches_done} batches of the next" if saved.batches_done else "", saved.stage)
         self._set_up(saved)
-        with BackgroundWriter() as self.writer:
-            for stage in self.stages:
-                if saved is not None and (stage.number < saved.stage or (stage.number == saved.stage and saved.stage_complete)):
-                    continue  # done before the interruption
-                self._run_stage(stage, saved if saved is not None and stage.number == saved.stage else None)
-                saved = None  # later stages start fresh
-        # The writer has closed: the last epoch's files are in place before anything reads them.
-        if self.world.is_main:
-            self._log_best_epoch()
-        self.tracker.close()
+        try:
+            with BackgroundWriter() as self.writer:
+                for stage in self.stages:
+                    if saved is not None and (stage.number < saved.stage
+                                              or (stage.number == saved.stage and saved.stage_complete)):
+                        continue  # done before the interruption
+                    self._run_stage(stage, saved if saved is not None and stage.number == saved.stage else None)
+                    saved = None  # later stages start fresh
+            # The writer has closed: the last epoch's files are in place before anything reads them.
+            if self.world.is_main:
+                self._log_best_epoch()
+        finally:
+            self.tracker.close()
         barrier(self.world)
         return FoldResult(self.fold, self.stopper.best_metric, self.stopper.best_epoch)
 
@@ -158,6 +168,7 @@ class FoldRun:
         drop_last = len(self.sampler) % t.batch_size == 1  # rows per rank under DDP
         self.train_loader = build_loader(self.data.train_ds, t.batch_size, self.device, num_workers=t.num_workers,
                                          sampler=self.sampler, drop_last=drop_last)
+        self.epoch_batches = len(self.train_loader)
         self.valid_loader = build_loader(self.data.valid_ds, t.batch_size * 2, self.device, num_workers=t.num_workers,
                                          sampler=ShardSampler(len(self.data.valid_ds), self.world))
         self.loss_fn, self.eval_loss, self.mixer = fold_losses(cfg, self.comp.target, self.data.train_targets, self.device)
@@ -176,16 +187,19 @@ class FoldRun:
     def _run_stage(self, stage: Stage, saved: FoldState | None) -> None:
         """The stage's epochs from where it stands, until its end or early stopping."""
         start = max(self.epoch, stage.first)
+        within = saved.batches_done if saved is not None else 0  # a mid-epoch last.pt
         module, opt = stage_optimization(self.cfg, self.model, stage, self.task.two_stages, self.world, self.device,
-                                         len(self.train_loader), start, self.scaler, self.ema,
-                                         saved.optimizer_state_dict if saved is not None else None)
+                                         self.epoch_batches, start, self.scaler, self.ema,
+                                         saved.optimizer_state_dict if saved is not None else None, within)
         self.stopper.bad_epochs = 0
         if saved is not None:
             if saved.scaler_state_dict:
                 self.scaler.load_state_dict(saved.scaler_state_dict)
             self.stopper.bad_epochs = saved.bad_epochs
         for e in range(start, stage.end):
-            stop = self._run_epoch(stage, e, module, opt)
+            resumed = EpochControl(saved.batches_done, saved.epoch_loss_total, saved.epoch_samples) \
+                if saved is not None and e == start and saved.batches_done else EpochControl()
+            stop = self._run_epoch(stage, e, module, opt, resumed)
             if stop and self.epoch < stage.end:
                 log.info("fold %d: no improvement for %d epochs, stage %d ends early",
                          self.fold, self.stopper.bad_epochs, stage.number)
@@ -193,18 +207,26 @@ class FoldRun:
 
     # 3. An epoch ---------------------------------------------------------------------------
 
-    def _run_epoch(self, stage: Stage, e: int, module: nn.Module, opt: Optimization) -> bool:
+    def _run_epoch(self, stage: Stage, e: int, module: nn.Module, opt: Optimization, control: EpochControl) -> bool:
         """Train, validate, score, checkpoint and log epoch e+1; returns whether to stop the stage."""
         t, began = self.cfg.train, time.time()
         random_seed(mix_seed(self.cfg.seed, self.fold, e))
-        self.sampler.set_epoch(e)
+        self.sampler.set_epoch(e, skip=control.first_batch * t.batch_size)
         if self.mixer is not None:  # train.mix_off_epochs: the last epochs of stage 2 unmixed
             self.mixer.start_epoch(mix_seed(self.cfg.seed, self.fold, e, 1), not (stage == self.stages[-1]
-                                   and e >= stage.end - t.mix_off_epochs))
+                                   and e >= stage.end - t.mix_off_epochs), control.first_batch)
+        control.seed = mix_seed(self.cfg.seed, self.fold, e, 2)
+        # Under torchrun the ranks agree on stopping at an epoch's end (below), not at a step.
+        control.stop = self.stop if self.stop is not None and not self.world.distributed else None
+        if self.world.is_main and t.checkpoint_every_minutes > 0:
+            control.save_every_s = t.checkpoint_every_minutes * 60
+            control.save = lambda batches, total, samples: self._save_within(stage, e, module, opt, batches, total, samples)
         train_mode(self.model, stage.number, t.freeze_bn)  # DDP and compile wrappers stay in train mode
         train = train_one_epoch(module, self.train_loader, opt, self.device, loss_fn=self.loss_fn,
                                 amp_dtype=self.amp_dtype, batch_transform=self.data.train_transform, mix=self.mixer,
-                                desc=f"fold {self.fold} epoch {e + 1}")
+                                control=control, desc=f"fold {self.fold} epoch {e + 1}")
+        if train["stopped"]:
+            self._stop_within(stage, e, module, opt, train)
         scored = self.ema.module if self.ema is not None else self.model  # validation scores the EMA
         broadcast_buffers(scored, self.world)  # validate with the statistics best.pt will hold
         result = evaluate(scored, self.valid_loader, self.device, loss_fn=self.eval_loss, amp_dtype=self.amp_dtype,
@@ -233,7 +255,45 @@ class FoldRun:
         log.info("fold %d | epoch %d/%d stage %d | train_loss %.4f | val_loss %.4f | %s %.5f%s%s | %.1fs",
                  self.fold, self.epoch, self.stages[-1].end, stage.number, train_loss, val_loss, self.metric.name,
                  score, " (EMA)" if self.ema is not None else "", " *" if improved else "", row["seconds"])
+        self._stop_at_epoch_end()
         return stop
+
+    # 3b. Stopping and saving within an epoch ---------------------------------------------------
+
+    def _save_within(self, stage: Stage, e: int, module: nn.Module, opt: Optimization, batches: int,
+                     loss_total: float, samples: int) -> None:
+        """last.pt in the middle of epoch e+1: `batches` of it done; --resume goes on from there."""
+        previous = self.history[-1] if self.history else {"val_loss": math.nan, "metric": math.nan}
+        state = self._checkpoint(stage, False, module, opt.optimizer, previous["val_loss"], previous["metric"])
+        state.stage_complete = state.finished = False
+        state.batches_done, state.epoch_loss_total, state.epoch_samples = batches, loss_total, samples
+        self.writer.submit(write_bytes, self.fold_dir / LAST, checkpoint_bytes(state))
+        log.info("fold %d: saved %s within epoch %d, after %d of %d batches", self.fold, LAST, e + 1, batches,
+                 self.epoch_batches)
+
+    def _stop_within(self, stage: Stage, e: int, module: nn.Module, opt: Optimization, train: dict) -> None:
+        """A signal asked to stop: save where the epoch stands (with mid-epoch checkpoints on), wait
+        for the writes, and say where it stopped."""
+        signum = self.stop()
+        total = self.epoch_batches
+        if self.world.is_main and self.cfg.train.checkpoint_every_minutes > 0:
+            self._save_within(stage, e, module, opt, train["batches"], train["loss_total"], train["samples"])
+            where = f"after {train['batches']} of {total} batches of epoch {e + 1}; {self.fold_dir / LAST} holds them"
+        else:
+            where = (f"in epoch {e + 1} ({train['batches']} of {total} batches, not saved: train.checkpoint_every_minutes "
+                     f"is 0); {self.fold_dir / LAST} holds epoch {self.epoch}")
+        self.writer.wait()
+        raise Interrupted(signum, f"fold {self.fold} stopped {where}")
+
+    def _stop_at_epoch_end(self) -> None:
+        """A signal during validation, or under torchrun (where the ranks agree once an epoch):
+        stop now that this epoch's files are written."""
+        signum = self.stop() if self.stop is not None else None
+        if self.world.distributed:
+            signum = any_rank(signum, self.world)
+        if signum:
+            self.writer.wait()
+            raise Interrupted(signum, f"fold {self.fold} stopped after epoch {self.epoch}; {self.fold_dir / LAST} holds it")
 
     def _checkpoint(self, stage: Stage, stop: bool, module: nn.Module, optimizer, val_loss: float, score: float) -> FoldState:
         stage_complete = stop or self.epoch == stage.end

@@ -49,10 +49,11 @@ def steps_per_epoch(batches: int, accum_steps: int) -> int:
 
 def stage_optimization(cfg: Config, model: nn.Module, stage: Stage, two_stages: bool, world: World,
                        device: torch.device, batches: int, start: int, scaler, ema,
-                       saved_optimizer: dict | None = None) -> tuple[nn.Module, Optimization]:
+                       saved_optimizer: dict | None = None, within: int = 0) -> tuple[nn.Module, Optimization]:
     """The module to step (compiled, DDP-wrapped) and the stage's optimization: a fresh AdamW over
     its parameter groups (or, resuming, the saved one's state), the warmup + cosine schedule
-    counted in optimizer steps from epoch `start`, accumulation, clipping and the EMA."""
+    counted in optimizer steps from epoch `start` (and `within` batches into it, resuming a mid-epoch
+    last.pt), accumulation, clipping and the EMA."""
     t = cfg.train
     set_stage(model, stage.number)
     module: nn.Module = model
@@ -67,6 +68,8 @@ def stage_optimization(cfg: Config, model: nn.Module, stage: Stage, two_stages: 
     if saved_optimizer is not None:  # before the schedule, which reads each group's initial_lr from it
         optimizer.load_state_dict(saved_optimizer)
     steps = steps_per_epoch(batches, t.accum_steps)
+    done_within = steps_per_epoch(within, t.accum_steps)
     scheduler = stage_schedule(optimizer, stage.epochs * steps, int(round(t.warmup_epochs * steps)),
-                               done=(start - stage.first) * steps)
-    return module, Optimization(optimizer, scheduler, scaler, t.accum_steps, t.clip_grad_norm, ema, start * steps)
+                               done=(start - stage.first) * steps + done_within)
+    return module, Optimization(optimizer, scheduler, scaler, t.accum_steps, t.clip_grad_norm, ema,
+                                start * steps + done_within)

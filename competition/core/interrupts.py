@@ -1,0 +1,75 @@
+"""Ctrl-C and SIGTERM: training stops at the next safe point and says how to continue; a second
+signal stops at once. Any other command stops with one line and nothing half-written."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report them
+
+
+class Interrupted(BaseException):
+    """A command stopped by SIGINT or SIGTERM. A BaseException, like KeyboardInterrupt: no
+    `except Exception` may swallow it. `message` is the one line the CLI prints."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message)
+        self.signum, self.message = signum, message
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signum, 128 + int(self.signum))
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+class GracefulStop:
+    """While installed (training), the first SIGINT or SIGTERM only sets `requested`: the loop
+    asks after each optimizer step and stops there. A second one ends the process at once, with
+    one line and no traceback; every file is written atomically, so the last whole one stays."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __call__(self) -> int | None:
+        """The signal that asked to stop, or None."""
+        return self.requested
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested is None:
+            self.requested = signum
+            return
+        print(f"interrupted again ({signal_name(signum)}): stopped at once; the last checkpoint written is whole, "
+              f"and --resume continues from it", file=sys.stderr, flush=True)
+        os._exit(EXIT_CODES.get(signum, 128 + signum))
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for signum in EXIT_CODES:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.requested is not None:
+            return  # stopping: a second signal during the shutdown still ends it at once, tracebackless
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def raise_on_sigterm():
+    """SIGTERM raises Interrupted in the main thread, as SIGINT raises KeyboardInterrupt, so both
+    unwind through the atomic writes (their temporary files removed) to the CLI's one line.
+    Returns the handler it replaced (None off the main thread), for the caller to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    return signal.signal(signal.SIGTERM, handler)
