@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from importlib import resources
 from pathlib import Path
@@ -19,9 +20,27 @@ from competition.data.folds import FOLD_STRATEGIES
 from competition.data.targets import TARGET_FORMATS
 from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
 from competition.inference.submission import OUTPUTS
+from competition.io.wandb_runs import WANDB_MODES
 from competition.tasks import TASKS
 
 DEFAULT_CONFIG_FILE = "competition.yaml"
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans (true/false only): YAML 1.1 also reads
+    on/off/yes/no as booleans, which turned `train.cache: off` or `tracking.wandb: off` into False."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: plain data only, never objects
 DEFAULT_SHIPPED = "digits"
 
 
@@ -49,7 +68,7 @@ def _read_yaml(source: str) -> tuple[dict, str, Path]:
             )
         where = str(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else ""
@@ -69,7 +88,7 @@ def _apply_override(data: dict, override: str) -> str:
     dotted = dotted.strip()
     parts = dotted.split(".")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise CompetitionError(f"--set {dotted}: value {raw!r} is not a YAML scalar or list") from None
     node = data
@@ -97,6 +116,7 @@ def validate(cfg: Config) -> None:
     _choice("train.metric", cfg.train.metric, METRICS)
     _choice("train.cache", cfg.train.cache, CACHE_MODES)
     _choice("train.device_augment", cfg.train.device_augment, DEVICE_AUGMENT_MODES)
+    _choice("tracking.wandb", cfg.tracking.wandb, WANDB_MODES)
     for name in cfg.image.augment:
         _choice("image.augment", name, AUGMENTATIONS)
     for name in cfg.predict.tta:

@@ -19,6 +19,7 @@ from competition.data.folds import load_or_create_folds, parse_folds
 from competition.inference.ensemble import cv_report
 from competition.io.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
 from competition.io.files import write_yaml
+from competition.io.wandb_runs import check_wandb
 from competition.models.build import check_model
 from competition.tasks import Task, open_competition
 from competition.training.fold import fit_fold
@@ -57,6 +58,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool) -> tuple[Task, Comp
     task, comp = open_competition(cfg)
     # A resumed fold takes its weights from last.pt: no pretrained download needed.
     check_model(cfg, len(comp.classes), load_pretrained=not resume)
+    check_wandb(cfg)
     task.prepare(cfg, comp)
     if resume:
         check_resumable(cfg, comp, folds)

@@ -59,7 +59,7 @@ from competition.training.stages import (
 log = logging.getLogger(__name__)
 
 # Keys a resumed run may change; anything else must match the interrupted run's config.
-RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.epochs", "train.patience", "predict"}
+RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.epochs", "train.patience", "predict", "tracking"}
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,8 @@ class FoldRun:
         if saved is not None:
             self.stopper.best_metric, self.stopper.best_loss, self.stopper.best_epoch = (
                 saved.best_metric, saved.best_loss, saved.best_epoch)
-        self.tracker = FoldTracker(self.fold_dir, purge_step=self.epoch + 1 if saved else None, enabled=self.world.is_main)
+        self.tracker = FoldTracker(self.fold_dir, purge_step=self.epoch + 1 if saved else None, enabled=self.world.is_main,
+                                   cfg=cfg, fold=self.fold)
 
     # 2. A stage ----------------------------------------------------------------------------
 
