@@ -43,6 +43,7 @@ from competition.io.checkpoints import (
 )
 from competition.io.files import BackgroundWriter, write_bytes, write_csv
 from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs, write_summary
+from competition.models.summary import model_summary
 from competition.tasks import Task
 from competition.training.engine import evaluate, train_one_epoch
 from competition.training.losses import eval_loss, train_loss
@@ -196,6 +197,8 @@ class FoldRun:
     def _run_stage(self, stage: Stage, saved: FoldState | None) -> None:
         """The stage's epochs from where it stands, until its end or early stopping."""
         module, optimizer = self._stage_optimizer(stage)
+        if self.world.is_main:
+            log.info("fold %d stage %d: %s", self.fold, stage.number, model_summary(self.model, self.data.preprocessing, self.data.in_features))
         self.stopper.bad_epochs = 0
         if saved is not None:
             optimizer.load_state_dict(saved.optimizer_state_dict)
