@@ -63,15 +63,12 @@ def stage_map(model: nn.Module, name: str, x: torch.Tensor, stage: tuple[str, in
 
 
 def check_explainable(model: nn.Module, name: str, preprocessing: dict) -> tuple[str, int | None]:
-    """The stage to explain; refuses, in one line, a model without a 2-D map (a table's MLP, a ViT)."""
+    """The stage to explain; refuses, in one line, a table's MLP (a ViT's tokens are refused by
+    stage_map at the first map, before any file is written)."""
     if not preprocessing:  # the table task's MLP: no image, so no map
         raise CompetitionError(f"Grad-CAM draws maps over images: model {name!r} reads table features, "
                                f"which have no spatial feature map")
-    size = int(preprocessing["size"])
-    stage = target_stage(model, name, size)
-    with torch.no_grad():
-        stage_map(model, name, torch.zeros(1, 3, size, size, device=next(model.parameters()).device), stage)
-    return stage
+    return target_stage(model, name, int(preprocessing["size"]))
 
 
 def grad_cam(model: nn.Module, name: str, x: torch.Tensor, classes: Sequence[int],

@@ -44,7 +44,7 @@ STYLE = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:11
 h1{font-size:1.6em;margin-bottom:.1em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .7em;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:.4em 0}
-.muted{color:#777}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:13px}"""
+.muted{color:#777}.row{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:13px}"""
 
 
 def png_uri(rgb: np.ndarray) -> str:
@@ -58,10 +58,13 @@ def _img(rgb: np.ndarray, alt: str) -> str:
     return f'<img src="{png_uri(rgb)}" alt="{html.escape(alt)}">'
 
 
+def _cell(value) -> str:
+    return f"{value:.5f}" if isinstance(value, float) else html.escape(str(value))
+
+
 def _table(header: list[str], rows: list[list]) -> str:
-    cell = lambda v: f"{v:.5f}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -96,7 +99,8 @@ def curves_figure(cfg: Config, folds: list[int], metric: str) -> np.ndarray | No
         for e in h["epoch"][h["stage"].diff().fillna(0) > 0]:  # the backbone starts learning here
             metric_ax.axvline(e - 0.5, color="#bbb", linestyle=":")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (dashed: training)")
-    metric_ax.set(xlabel="epoch", ylabel=metric, title=f"validation {metric} (dotted: stage 2 begins)")
+    two_stages = any((h["stage"].diff().fillna(0) > 0).any() for h in histories.values())
+    metric_ax.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}" + (" (dotted: stage 2 begins)" if two_stages else ""))
     for ax in (loss_ax, metric_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.legend(fontsize=7, ncol=2)
@@ -126,21 +130,22 @@ def classes_section(comp: Competition, y: np.ndarray, preds: np.ndarray) -> str:
     figure = (per_class_f1_figure(y, preds, classes) if multi else confusion_figure(y, preds, classes))
     labels = None if multi else list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(y, preds, labels=labels, zero_division=0)
-    rows = [[str(c), float(p), float(r), float(f), int(s)]
+    rows = [[str(c), f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", int(s)]
             for c, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)]
     title = "Per-class F1 (support)" if multi else "Confusion matrix (rows: true class, columns: predicted)"
-    return (f"<h3>{title}</h3>{_img(figure_rgb(figure), title)}<h3>Per-class precision and recall</h3>"
-            + _table(["class", "precision", "recall", "F1", "support"], rows))
+    return (f'<div class="row"><div><h3>{title}</h3>{_img(figure_rgb(figure), title)}</div><div>'
+            f'<h3>Per-class precision and recall</h3>{_table(["class", "precision", "recall", "F1", "support"], rows)}'
+            f"</div></div>")
 
 
-def mistakes_section(cfg: Config, comp: Competition, y, probs, preds, rows: list[int], limit: int = 24) -> str:
+def mistakes_section(cfg: Config, comp: Competition, y, probs, preds, rows: list[int], limit: int = 12) -> str:
     if cfg.task != "image":
         return ""
     wrong, true, pred, sure = worst_mistakes(y, probs, preds, comp.classes, comp.target.multi_label, limit)
     if not len(wrong):
         return "<h2>Mistakes</h2><p>No out-of-fold row is wrong.</p>"
     paths = image_paths(comp.train, comp.root, cfg.data.image_column)
-    images = [load_image(paths[rows[i]]) for i in wrong]
+    images = [load_image(paths[rows[i]], 256) for i in wrong]  # a large JPEG may decode at reduced scale
     fig = mistakes_figure(images, true, pred, sure)
     return (f"<h2>Mistakes</h2><p>The {len(wrong)} most confident wrong out-of-fold predictions "
             f"(true class, predicted class and its probability).</p>{_img(figure_rgb(fig), 'mistakes')}")

@@ -98,12 +98,12 @@ class FoldTracker:
     def __init__(self, fold_dir: Path, purge_step: int | None = None, enabled: bool = True,
                  cfg: Config | None = None, fold: int = 0):
         self.fold_dir = Path(fold_dir)
-        self.writer = SummaryWriter(log_dir=str(self.fold_dir / "tb"), purge_step=purge_step) if enabled else None
         self.wandb = None
-        if enabled and cfg is not None and cfg.tracking.wandb != "off":
+        if enabled and cfg is not None and cfg.tracking.wandb != "off":  # first: the one that can be refused
             from competition.io.wandb_runs import WandbRun  # wandb is an optional extra
 
             self.wandb = WandbRun(cfg, fold, self.fold_dir, resumed=purge_step is not None)
+        self.writer = SummaryWriter(log_dir=str(self.fold_dir / "tb"), purge_step=purge_step) if enabled else None
 
     def _scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
