@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint clean
+.PHONY: install browser test demo lint clean
 
 install: $(STAMP)
 
@@ -13,7 +13,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+# Headless Chromium, for the test that renders report.html (tests/test_report.py): Debian's
+# package, installed once as root (CI); a machine that has it skips this in a moment.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else echo "no chromium: the report's browser test is skipped (as root on Debian/Ubuntu, make browser installs it)"; fi; }
+
+test: install browser
 	$(PY) -m pytest -q
 
 demo: install

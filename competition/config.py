@@ -20,6 +20,7 @@ from competition.data.folds import FOLD_STRATEGIES
 from competition.data.targets import TARGET_FORMATS
 from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
 from competition.inference.submission import OUTPUTS
+from competition.io.wandb_runs import WANDB_MODES
 from competition.tasks import TASKS
 from competition.training.imbalance import CLASS_WEIGHTS, SAMPLERS
 from competition.training.losses import LOSSES
@@ -113,6 +114,7 @@ def validate(cfg: Config) -> None:
     _choice("train.metric", cfg.train.metric, METRICS)
     _choice("train.cache", cfg.train.cache, CACHE_MODES)
     _choice("train.device_augment", cfg.train.device_augment, DEVICE_AUGMENT_MODES)
+    _choice("tracking.wandb", cfg.tracking.wandb, WANDB_MODES)
     for name in cfg.image.augment:
         _choice("image.augment", name, AUGMENTATIONS)
     for name in cfg.predict.tta:

@@ -19,6 +19,7 @@ from competition.core.runtime import keep_freed_memory
 from competition.data.competition import Competition, read_solution
 from competition.data.folds import parse_folds
 from competition.inference.ensemble import cv_report, load_fold_models, predict_rows, trained_folds
+from competition.inference.report import write_report
 from competition.inference.submission import (
     Layout,
     leaderboard_score,
@@ -123,6 +124,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if solution is not None:
         lb = leaderboard_score(out, layout, solution, comp.target, METRICS[cfg.train.metric])
     _report(report, submitted, tta, used, out, len(sub), lb, solution_path)
+    if not args.no_cv:  # the notebook's --no-cv run keeps its time for the test set
+        print(f"report: {write_report(cfg, task, comp, loaded, device, lb)}")
     return 0
 
 

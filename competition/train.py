@@ -23,6 +23,7 @@ from competition.inference.ensemble import cv_report
 from competition.io.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
 from competition.io.disk import DiskFull
 from competition.io.files import write_yaml
+from competition.io.wandb_runs import check_wandb
 from competition.models.build import check_model
 from competition.tasks import Task, open_competition
 from competition.training.disk_space import check_disk_space
@@ -62,6 +63,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool) -> tuple[Task, Comp
     task, comp = open_competition(cfg)
     # A resumed fold takes its weights from last.pt: no pretrained download needed.
     model = check_model(cfg, len(comp.classes), load_pretrained=not resume)
+    check_wandb(cfg)
     check_disk_space(cfg, task, comp, folds, model)  # before the decode cache, the first thing written
     task.prepare(cfg, comp)
     read_pseudo_labels(cfg, comp)  # a bad pseudo-label file fails before anything is written

@@ -33,6 +33,18 @@ def test_set_parses_yaml_scalars_and_lists():
     assert cfg.train.compile is True and cfg.train.epochs == 3
 
 
+def test_off_and_on_are_words_not_booleans(tmp_path):
+    """YAML 1.1 reads off/on/yes/no as booleans; the choices named off and on must stay words,
+    in a file and in --set alike, while true and false stay booleans."""
+    (tmp_path / "c.yaml").write_text("train: {cache: off, device_augment: on, amp: false}\ntracking: {wandb: off}\n")
+    cfg = load_config(str(tmp_path / "c.yaml"))
+    assert (cfg.train.cache, cfg.train.device_augment, cfg.train.amp, cfg.tracking.wandb) == ("off", "on", False, "off")
+    cfg = load_config("digits", ["tracking.wandb=offline", "train.device_augment=off", "train.compile=True"])
+    assert (cfg.tracking.wandb, cfg.train.device_augment, cfg.train.compile) == ("offline", "off", True)
+    with pytest.raises(CompetitionError, match="tracking.wandb: 'yes' is not one of off, offline, online"):
+        load_config("digits", ["tracking.wandb=yes"])
+
+
 def test_config_is_frozen():
     cfg = load_config("digits")
     with pytest.raises(dataclasses.FrozenInstanceError):

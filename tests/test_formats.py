@@ -172,6 +172,8 @@ def test_separated_multi_labels_end_to_end(tmp_path, capsys):
 
     events = EventAccumulator(str(tmp_path / "outputs" / "planet" / "fold0" / "tb")).Reload()
     assert "val/per_class_f1" in events.Tags()["images"]
+    page = (tmp_path / "outputs" / "planet" / "report.html").read_text()  # the report's multi-label form
+    assert "Per-class F1 (support)" in page and page.count("data:image/png") >= 5
 
 
 def test_multi_label_class_columns_get_a_probability_per_class(tmp_path, capsys):

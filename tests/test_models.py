@@ -5,6 +5,7 @@ import copy
 
 import pandas as pd
 import pytest
+import timm
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -16,6 +17,7 @@ from competition.data.datasets import ImageDataset
 from competition.data.targets import Target
 from competition.data.transforms import build_train_transform
 from competition.models.build import build_model, preprocessing
+from competition.models.summary import model_summary
 from competition.training.engine import Optimization, train_one_epoch
 from competition.training.stages import (
     backbone_parameters,
@@ -150,3 +152,14 @@ def test_freeze_bn_is_refused_for_a_tabular_mlp(table_comp):
     cfg_path, _ = table_comp
     with pytest.raises(CompetitionError, match="train.freeze_bn"):
         load_config(str(cfg_path), ["train.freeze_bn=true"])
+
+
+def test_stage_summary_lists_parameters_input_and_frozen_layers():
+    model = timm.create_model("test_resnet", num_classes=3)
+    set_stage(model, 1)
+    head = sum(p.numel() for p in model.get_classifier().parameters())
+    line = model_summary(model, {"size": 32})
+    assert line.startswith("test_resnet: ") and f"{head} trainable" in line and "input 3×32×32" in line
+    assert "frozen: conv1, bn1, layer1, layer2, layer3, layer4" in line and "fc" not in line.split("frozen:")[1]
+    set_stage(model, 2)
+    assert model_summary(model, {"size": 32}).endswith("nothing frozen")

@@ -102,6 +102,13 @@ class PredictConfig:
     output: str = "auto"  # auto | labels | probabilities: what a submission column holds (inference.submission)
 
 
+@dataclass(frozen=True)
+class TrackingConfig:
+    wandb: str = "off"  # off | offline | online: a wandb run per fold beside TensorBoard (io.wandb_runs)
+    project: str = "competition"  # the wandb project; a config's folds are one group, named by `name`
+    entity: str | None = None  # the wandb team or user (None: the account's default)
+
+
 # Fields the kit fills in itself; no file or --set may name them, and they are not saved.
 INTERNAL = {"internal": True}
 
@@ -119,6 +126,7 @@ class Config:
     image: ImageConfig = field(default_factory=ImageConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # The folder relative paths of the config file resolve against (its feature hook): the
     # file's own folder, the package's for a shipped config. Empty for a stored config.
     source_dir: str = field(default="", compare=False, metadata=INTERNAL)

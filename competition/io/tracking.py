@@ -1,4 +1,4 @@
-"""What a run records: TensorBoard scalars and figures, summary.csv, oof.csv."""
+"""What a run records: TensorBoard (and wandb) scalars and figures, summary.csv, oof.csv."""
 from __future__ import annotations
 
 import functools
@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from competition.core.config import flat_config  # noqa: E402
+from competition.core.config import Config, flat_config  # noqa: E402
 from competition.core.metrics import decide  # noqa: E402
 from competition.io.disk import no_space_error  # noqa: E402
 from competition.io.files import write_csv  # noqa: E402
@@ -87,24 +87,58 @@ def _events(method: Callable) -> Callable:
     return wrapper
 
 
-class FoldTracker:
-    """TensorBoard events in <fold>/tb plus summary.csv and oof.csv beside them."""
+def figure_rgb(fig: plt.Figure) -> np.ndarray:
+    """A drawn figure as an HxWx3 uint8 array (closed afterwards): one rendering for every backend."""
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return rgb
 
-    def __init__(self, fold_dir: Path, purge_step: int | None = None, enabled: bool = True):
+
+def log_images(fold_dir: Path, images: dict[str, np.ndarray], step: int) -> None:
+    """Add RGB images to a fold's TensorBoard events outside training (`explain`)."""
+    with SummaryWriter(log_dir=str(Path(fold_dir) / "tb")) as writer:
+        for tag, rgb in images.items():
+            writer.add_image(tag, rgb, step, dataformats="HWC")
+
+
+class FoldTracker:
+    """TensorBoard events in <fold>/tb plus summary.csv and oof.csv beside them; with `cfg` whose
+    tracking.wandb is not off, the same scalars, figures and hparams go to a wandb run too.
+
+    `purge_step` is the first epoch a resumed run logs again (None: a fresh start); a resumed
+    fold continues its wandb run."""
+
+    def __init__(self, fold_dir: Path, purge_step: int | None = None, enabled: bool = True,
+                 cfg: Config | None = None, fold: int = 0):
         self.fold_dir = Path(fold_dir)
+        self.wandb = None
+        if enabled and cfg is not None and cfg.tracking.wandb != "off":  # first: the one that can be refused
+            from competition.io.wandb_runs import WandbRun  # wandb is an optional extra
+
+            self.wandb = WandbRun(cfg, fold, self.fold_dir, resumed=purge_step is not None)
         with no_space_error(self.fold_dir / "tb"):
             self.writer = SummaryWriter(log_dir=str(self.fold_dir / "tb"), purge_step=purge_step) if enabled else None
+
+    def _scalars(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.scalars(step, values)
+
+    def _figure(self, tag: str, fig: plt.Figure, step: int) -> None:
+        rgb = figure_rgb(fig)
+        self.writer.add_image(tag, rgb, step, dataformats="HWC")
+        if self.wandb is not None:
+            self.wandb.image(tag, rgb, step)
 
     @_events
     def log_epoch(self, epoch: int, row: dict, metric_name: str, lrs: dict[str, float]) -> None:
         if self.writer is None:
             return
-        self.writer.add_scalar("loss/train", row["train_loss"], epoch)
-        self.writer.add_scalar("loss/val", row["val_loss"], epoch)
-        self.writer.add_scalar(f"metric/val_{metric_name}", row["metric"], epoch)
-        self.writer.add_scalar("stage", row["stage"], epoch)
-        for name, lr in lrs.items():
-            self.writer.add_scalar(f"lr/{name}", lr, epoch)
+        self._scalars(epoch, {"loss/train": row["train_loss"], "loss/val": row["val_loss"],
+                              f"metric/val_{metric_name}": row["metric"], "stage": row["stage"],
+                              **{f"lr/{name}": lr for name, lr in lrs.items()}})
         self.writer.flush()
 
     @_events
@@ -116,38 +150,49 @@ class FoldTracker:
             return
         preds = decide(probs, multi_label)
         if multi_label:
-            self.writer.add_figure("val/per_class_f1", per_class_f1_figure(targets, preds, classes), epoch, close=True)
-            # Most wrong first: the summed distance of the probabilities from the answers.
-            wrong = np.flatnonzero((preds != targets).any(1))
-            wrong = wrong[np.argsort(-np.abs(probs[wrong] - targets[wrong]).sum(1))][:max_images]
-            true = [" ".join(str(c) for c, on in zip(classes, targets[i], strict=True) if on) or "(none)" for i in wrong]
-            pred = [" ".join(str(c) for c, on in zip(classes, preds[i], strict=True) if on) or "(none)" for i in wrong]
-            sure = [float(np.abs(probs[i] - 0.5).mean() * 2) for i in wrong]  # 1: every class decided at 0 or 1
+            self._figure("val/per_class_f1", per_class_f1_figure(targets, preds, classes), epoch)
         else:
-            self.writer.add_figure("val/confusion_matrix", confusion_figure(targets, preds, classes), epoch, close=True)
-            wrong = np.flatnonzero(preds != targets)
-            # The most confident mistakes first: those are the ones worth a look.
-            wrong = wrong[np.argsort(-probs[wrong, preds[wrong]])][:max_images]
-            true, pred = [classes[targets[i]] for i in wrong], [classes[preds[i]] for i in wrong]
-            sure = [float(probs[i, preds[i]]) for i in wrong]
+            self._figure("val/confusion_matrix", confusion_figure(targets, preds, classes), epoch)
+        wrong, true, pred, sure = worst_mistakes(targets, probs, preds, classes, multi_label, max_images)
         if image_of is not None and len(wrong):
-            fig = mistakes_figure([image_of(int(i)) for i in wrong], true, pred, sure)
-            self.writer.add_figure("val/misclassified", fig, epoch, close=True)
+            self._figure("val/misclassified", mistakes_figure([image_of(int(i)) for i in wrong], true, pred, sure), epoch)
         self.writer.flush()
 
     @_events
     def log_hparams(self, config: dict, metric_name: str, best: float, best_epoch: int) -> None:
         if self.writer is None:
             return
-        self.writer.add_hparams(
-            flat_config(config), {f"hparam/best_{metric_name}": best, "hparam/best_epoch": best_epoch}, run_name="."
-        )
+        scores = {f"hparam/best_{metric_name}": best, "hparam/best_epoch": best_epoch}
+        self.writer.add_hparams(flat_config(config), scores, run_name=".")
         self.writer.flush()
+        if self.wandb is not None:  # the config itself went in when the run started
+            self.wandb.summary(scores)
 
     @_events
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.close()
+
+
+def worst_mistakes(targets: np.ndarray, probs: np.ndarray, preds: np.ndarray, classes: Sequence, multi_label: bool,
+                   limit: int) -> tuple[np.ndarray, list[str], list[str], list[float]]:
+    """(rows, true labels, predicted labels, confidence) of the most confident mistakes, worst first."""
+    if multi_label:
+        # Most wrong first: the summed distance of the probabilities from the answers.
+        wrong = np.flatnonzero((preds != targets).any(1))
+        wrong = wrong[np.argsort(-np.abs(probs[wrong] - targets[wrong]).sum(1), kind="stable")][:limit]
+        true = [" ".join(str(c) for c, on in zip(classes, targets[i], strict=True) if on) or "(none)" for i in wrong]
+        pred = [" ".join(str(c) for c, on in zip(classes, preds[i], strict=True) if on) or "(none)" for i in wrong]
+        sure = [float(np.abs(probs[i] - 0.5).mean() * 2) for i in wrong]  # 1: every class decided at 0 or 1
+    else:
+        wrong = np.flatnonzero(preds != targets)
+        # The most confident mistakes first: those are the ones worth a look.
+        wrong = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:limit]
+        true, pred = [str(classes[targets[i]]) for i in wrong], [str(classes[preds[i]]) for i in wrong]
+        sure = [float(probs[i, preds[i]]) for i in wrong]
+    return wrong, true, pred, sure
 
 
 def write_summary(fold_dir: Path, history: list[dict]) -> None:

@@ -46,6 +46,7 @@ from competition.io.checkpoints import (
 )
 from competition.io.files import BackgroundWriter, write_bytes, write_csv
 from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs, write_summary
+from competition.models.summary import model_summary
 from competition.tasks import Task
 from competition.training.engine import EpochControl, Optimization, evaluate, train_one_epoch
 from competition.training.stages import EarlyStopping, Stage, plan_stages, train_mode
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # Keys a resumed run may change; anything else must match the interrupted run's config.
 RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.epochs", "train.patience", "train.checkpoint_every_minutes",
-                  "predict"}
+                  "predict", "tracking"}
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ class FoldRun:
         if saved is not None:
             self.stopper.best_metric, self.stopper.best_loss, self.stopper.best_epoch = (
                 saved.best_metric, saved.best_loss, saved.best_epoch)
-        self.tracker = FoldTracker(self.fold_dir, purge_step=self.epoch + 1 if saved else None, enabled=self.world.is_main)
+        self.tracker = FoldTracker(self.fold_dir, purge_step=self.epoch + 1 if saved else None, enabled=self.world.is_main,
+                                   cfg=cfg, fold=self.fold)
 
     # 2. A stage ----------------------------------------------------------------------------
 
@@ -191,6 +193,9 @@ class FoldRun:
         module, opt = stage_optimization(self.cfg, self.model, stage, self.task.two_stages, self.world, self.device,
                                          self.epoch_batches, start, self.scaler, self.ema,
                                          saved.optimizer_state_dict if saved is not None else None, within)
+        if self.world.is_main:
+            log.info("fold %d stage %d: %s", self.fold, stage.number,
+                     model_summary(self.model, self.data.preprocessing, self.data.in_features))
         self.stopper.bad_epochs = 0
         if saved is not None:
             if saved.scaler_state_dict:
