@@ -164,8 +164,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for part in args.part:
             work = Path(tmp) / part
-            body = {"transfer": lambda: transfer(args.shared, work), "imbalance": lambda: imbalance(work),
-                    "digits": lambda: digits(work)}[part]()
+            body = transfer(args.shared, work) if part == "transfer" else imbalance(work) if part == "imbalance" \
+                else digits(work)
             print(body, flush=True)
             if not args.no_write:
                 write_section(titles[part], body)
