@@ -16,6 +16,7 @@ from competition.core.errors import CompetitionError
 from competition.core.metrics import BINARY, METRICS, MULTI, SINGLE
 from competition.data.batch_augment import DEVICE_AUGMENT_MODES
 from competition.data.cache import CACHE_MODES
+from competition.data.device_rows import CACHE_ON_DEVICE
 from competition.data.folds import FOLD_STRATEGIES
 from competition.data.targets import TARGET_FORMATS
 from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
@@ -114,6 +115,7 @@ def validate(cfg: Config) -> None:
     _choice("train.metric", cfg.train.metric, METRICS)
     _choice("train.cache", cfg.train.cache, CACHE_MODES)
     _choice("train.device_augment", cfg.train.device_augment, DEVICE_AUGMENT_MODES)
+    _choice("train.cache_on_device", cfg.train.cache_on_device, CACHE_ON_DEVICE)
     _choice("tracking.wandb", cfg.tracking.wandb, WANDB_MODES)
     for name in cfg.image.augment:
         _choice("image.augment", name, AUGMENTATIONS)

@@ -3,6 +3,7 @@ work before training, each fold's datasets and model, and the test inputs. Every
 the training loop, checkpoints, the ensemble and the submission — is shared."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from competition.data.batch_augment import BatchAugment, use_device_augment
 from competition.data.cache import cache_bytes_to_build, image_cache
 from competition.data.competition import Competition, load_competition, require_columns
 from competition.data.datasets import CachedRows, ImageDataset, JoinedRows, TabularDataset
+from competition.data.device_rows import DeviceRows, residence
 from competition.data.features import TabularPreprocessor, check_hook_spec, feature_columns, load_feature_hook
 from competition.data.images import UndecodableImages, check_images_decode, hw, image_paths
 from competition.data.pseudo import read_pseudo_labels
@@ -29,6 +31,7 @@ from competition.data.transforms import build_eval_transform, build_train_transf
 from competition.io.checkpoints import FoldState
 from competition.models.build import build_model, preprocessing
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class FoldData:
@@ -151,10 +154,11 @@ class ImageTask(Task):
 
     def fold(self, cfg, comp, df, fold, device, load_pretrained):
         model = build_model(cfg, len(comp.classes), load_pretrained=load_pretrained)
-        return model, self.fold_data(cfg, comp, df, fold, device, preprocessing(model, cfg.image.size))
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        return model, self.fold_data(cfg, comp, df, fold, device, preprocessing(model, cfg.image.size), weights)
 
     def fold_data(self, cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, device: torch.device,
-                  prep: dict) -> FoldData:
+                  prep: dict, model_bytes: int = 0) -> FoldData:
         """The fold's datasets for a model that wants `prep` (size, mean, std, interpolation): cached
         rows for the device path, else albumentations pipelines over the files or the cache. The
         training rows are the other folds' rows, then any pseudo-labelled test rows."""
@@ -171,8 +175,16 @@ class ImageTask(Task):
             parts = [(train_df, comp.target.soft(parts[0][1]), cache, train_rows),
                      (comp.test.iloc[pseudo.rows].reset_index(drop=True), pseudo.targets, test_cache, pseudo.rows)]
         if cache is not None and use_device_augment(cfg, device, cached=True):
-            train_ds = joined([CachedRows(c.subset(r), t) for _, t, c, r in parts])
-            valid_ds = CachedRows(cache.subset(valid_rows), valid_targets)
+            nbytes = cache.array[:1].nbytes * (sum(len(r) for *_, r in parts) + len(valid_rows))
+            where = residence(cfg.train.cache_on_device, device, nbytes, model_bytes)
+            if where == "loader":  # uint8 rows from worker processes, augmented on the device
+                train_ds = joined([CachedRows(c.subset(r), t) for _, t, c, r in parts])
+                valid_ds = CachedRows(cache.subset(valid_rows), valid_targets)
+            else:
+                train_ds = DeviceRows([(c.subset(r), t) for _, t, c, r in parts], device, where == "stream")
+                valid_ds = DeviceRows([(cache.subset(valid_rows), valid_targets)], device, where == "stream")
+                log.info("fold %d: %s rows %s (%.0f MB)", fold, len(train_ds) + len(valid_ds),
+                         "held on the device" if where == "device" else "streamed to the device", nbytes / 1e6)
             train_tf = BatchAugment(size, prep["mean"], prep["std"], cfg.image.augment, train=True)
         else:
             pipeline = build_train_transform(size, cfg.image.augment, prep["interpolation"])
@@ -200,7 +212,9 @@ class ImageTask(Task):
             if cache is not None and rows is not None:
                 cache = cache.subset(rows)
             if cache is not None and use_device_augment(cfg, device, cached=True):
-                ds = CachedRows(cache)  # uint8 rows to the device, resized there
+                where = residence(cfg.train.cache_on_device, device, cache.array[:1].nbytes * len(cache))
+                # uint8 rows to the device, resized there
+                ds = CachedRows(cache) if where == "loader" else DeviceRows([(cache, None)], device, where == "stream")
             else:
                 ds = ImageDataset(frame, comp.root, build_eval_transform(size, interp),
                                   image_column=cfg.data.image_column, images=cache, decode_side=size)

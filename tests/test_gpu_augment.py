@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
+from conftest import image_config, write_yaml
 
 from competition import predict, train
 from competition.data.batch_augment import BatchAugment
@@ -75,3 +77,62 @@ def test_training_and_prediction_through_the_device_path(image_comp, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "outputs" / "cache").glob("images-*.u8")} == caches
     sub = pd.read_csv(out)
     assert list(sub["id"]) == list(pd.read_csv(root / "sample_submission.csv")["id"])
+
+
+def _blob_positions(images: np.ndarray) -> np.ndarray:
+    """Where the bright blob landed in each [n, h, w] image (its centre of brightness), NaN when gone."""
+    weights = images.astype(np.float64)
+    total = weights.sum((1, 2))
+    ys, xs = np.mgrid[: images.shape[1], : images.shape[2]]
+    pos = np.stack([(weights * ys).sum((1, 2)), (weights * xs).sum((1, 2))], 1) / np.maximum(total, 1e-9)[:, None]
+    pos[total < 0.3 * np.median(total)] = np.nan
+    return pos
+
+
+@pytest.mark.parametrize("size", [64, [48, 64]])
+@pytest.mark.parametrize("augment", [["affine"], ["random_resized_crop", "hflip", "vflip", "affine"]])
+def test_the_device_path_and_albumentations_move_pixels_alike(size, augment):
+    # One spec, two backends: 3,000 draws each of an image with one bright blob off centre; the
+    # blob must land in the same places, in the same proportions, whichever path moved it.
+    from competition.data.images import hw
+    from competition.data.transforms import build_train_transform, seed_pipeline
+
+    h, w = hw(size)
+    image = np.zeros((h, w, 3), np.uint8)
+    image[h // 4 - 1: h // 4 + 2, w // 3 - 1: w // 3 + 2] = 255
+    n = 3000
+    pipeline = build_train_transform(size, augment, "bilinear")
+    cpu = []
+    for seed in range(n):
+        seed_pipeline(pipeline, seed)
+        cpu.append(pipeline(image=image)["image"][..., 0])
+    device = BatchAugment(size, (0.0,) * 3, (1 / 255,) * 3, augment, train=True)(
+        torch.from_numpy(np.repeat(image[None], n, 0)), torch.arange(n) * 7919 + 13)[:, 0].numpy()
+    # to 0.01 px: the blob the affine left alone (1 in 5) sits at one place on both paths
+    a, b = _blob_positions(np.stack(cpu)).round(2), _blob_positions(device).round(2)
+    assert abs(np.isnan(a[:, 0]).mean() - np.isnan(b[:, 0]).mean()) < 0.03  # as often pushed out of view
+    for axis in (0, 1):  # the two-sample Kolmogorov-Smirnov distance of the blob's row, then column
+        xa, xb = np.sort(a[~np.isnan(a[:, axis]), axis]), np.sort(b[~np.isnan(b[:, axis]), axis])
+        grid = np.concatenate([xa, xb])
+        gap = np.abs(np.searchsorted(xa, grid, "right") / len(xa) - np.searchsorted(xb, grid, "right") / len(xb))
+        assert gap.max() < 0.06, (axis, gap.max(), np.quantile(xa, [0.1, 0.5, 0.9]), np.quantile(xb, [0.1, 0.5, 0.9]))
+
+
+def test_rows_held_on_the_device_or_streamed_train_exactly_as_the_dataloader_path(image_comp, tmp_path, caplog):
+    # On a GPU the fold's uint8 rows live there (or stream from the cache through pinned memory);
+    # on the CPU the same code runs with CPU tensors: every path must give the very same weights.
+    _, root = image_comp
+    weights = {}
+    for mode in ("off", "on", "stream"):
+        cfg = image_config(tmp_path, root, name=f"rows_{mode}", image={"size": 24, "augment": ["random_resized_crop", "hflip"]},
+                           train={"cache": "auto", "device_augment": "on", "cache_on_device": mode, "epochs": 2,
+                                  "num_workers": 2})
+        with caplog.at_level("INFO"):
+            assert train.main(["--config", str(write_yaml(tmp_path / f"{mode}.yaml", cfg)), "--fold", "0"]) == 0
+        weights[mode] = load_checkpoint(tmp_path / "outputs" / f"rows_{mode}" / "fold0" / "last.pt").model_state_dict
+    assert "rows held on the device" in caplog.text and "rows streamed to the device" in caplog.text
+    for mode in ("on", "stream"):
+        for key, tensor in weights["off"].items():
+            assert torch.equal(tensor, weights[mode][key]), (mode, key)
+    out = tmp_path / "sub.csv"
+    assert predict.main(["--config", str(tmp_path / "on.yaml"), "--folds", "0", "--output", str(out)]) == 0

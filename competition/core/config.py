@@ -91,6 +91,7 @@ class TrainConfig:
     num_workers: int = 2
     cache: str = "off"  # auto | off: decode images once into a uint8 memmap
     device_augment: str = "auto"  # auto | on | off: crop/flip/normalise cached batches on the device
+    cache_on_device: str = "auto"  # auto | on | stream | off: the device path's rows held on the GPU, or streamed
     compile: bool = False  # torch.compile the model
     amp: bool = True  # bf16/fp16 autocast, CUDA only
 

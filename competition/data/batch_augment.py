@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from competition.core.config import Config
 from competition.data.images import Size, hw
-from competition.data.transforms import RRC_RATIO, RRC_SCALE
+from competition.data.transforms import AFFINE, FLIP_P, RRC_RATIO, RRC_SCALE
 
 # Augmentations this path can do; a config asking for others keeps the albumentations path.
 GPU_AUGMENTATIONS = frozenset({"random_resized_crop", "hflip", "vflip", "affine"})
@@ -37,27 +37,67 @@ def use_device_augment(cfg: Config, device: torch.device, cached: bool) -> bool:
     return mode == "on" or device.type == "cuda"
 
 
-def _sample_params(seed: int, augment: Sequence[str]) -> list[float]:
-    """(scale_x, scale_y, angle, shift_x, shift_y, flip_x, flip_y) for one sample."""
-    g = torch.Generator().manual_seed(int(seed))
-    u = torch.rand(10, generator=g).tolist()
-    sx = sy = 1.0
-    angle = tx = ty = 0.0
-    if "random_resized_crop" in augment:
-        (lo, hi), (r0, r1) = RRC_SCALE, RRC_RATIO  # as the albumentations path
-        area = lo + (hi - lo) * u[0]  # crop area fraction
-        ratio = math.exp(math.log(r0) + (math.log(r1) - math.log(r0)) * u[1])
-        sx, sy = min(1.0, math.sqrt(area * ratio)), min(1.0, math.sqrt(area / ratio))
-        # the crop stays inside the image: its centre moves by at most the slack
-        tx, ty = (1 - sx) * (2 * u[2] - 1), (1 - sy) * (2 * u[3] - 1)
-    if "affine" in augment and u[4] < 0.8:
-        zoom = 1 / (0.9 + 0.2 * u[5])
-        sx, sy = sx * zoom, sy * zoom
-        angle = math.radians(-12 + 24 * u[6])
-        tx, ty = tx + 0.16 * (u[7] - 0.5), ty + 0.16 * (u[8] - 0.5)
-    fx = -1.0 if "hflip" in augment and u[9] < 0.5 else 1.0
-    fy = -1.0 if "vflip" in augment and torch.rand(1, generator=g).item() < 0.5 else 1.0
-    return [sx, sy, angle, tx, ty, fx, fy]
+# splitmix64's constants as signed 64-bit integers (torch has no unsigned 64-bit arithmetic; the
+# products wrap the same way).
+_GOLDEN, _MIX1, _MIX2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
+
+
+def _shr(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> keeps the sign)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def uniforms(seeds: torch.Tensor, k: int) -> torch.Tensor:
+    """k uniform numbers in [0, 1) for each seed: splitmix64 of (seed, i), a counter-based
+    generator, so a whole batch draws at once, on its own device, and a sample's numbers depend
+    on its seed alone (exact resume, any batch layout)."""
+    z = seeds.to(torch.int64)[:, None] * k + torch.arange(k, device=seeds.device) + _GOLDEN
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    z = z ^ _shr(z, 31)
+    return _shr(z, 11).to(torch.float64).div_(2.0 ** 53).to(torch.float32)
+
+
+def _span(u: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    return bounds[0] + (bounds[1] - bounds[0]) * u
+
+
+def sample_theta(seeds: torch.Tensor, augment: Sequence[str], size: tuple[int, int]) -> torch.Tensor:
+    """The [n, 2, 3] output → input maps (grid_sample's normalised coordinates) for a batch:
+    random-resized crop, then albumentations' affine (translate · shear · rotate · scale about the
+    centre, in pixels, inverted here), then flips — with the ranges of data.transforms."""
+    n, (h, w) = len(seeds), size
+    u = uniforms(seeds, 13).double()
+    eye = torch.eye(3, dtype=torch.float64, device=seeds.device).expand(n, 3, 3)
+    crop = eye.clone()
+    if "random_resized_crop" in augment:  # crop width and height as fractions, centre anywhere it fits
+        area = _span(u[:, 0], RRC_SCALE)
+        ratio = torch.exp(_span(u[:, 1], (math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]))))
+        cw = torch.sqrt(area * ratio * h / w).clamp(max=1.0)
+        ch = torch.sqrt(area / ratio * w / h).clamp(max=1.0)
+        crop[:, 0, 0], crop[:, 1, 1] = cw, ch
+        crop[:, 0, 2], crop[:, 1, 2] = (1 - cw) * (2 * u[:, 2] - 1), (1 - ch) * (2 * u[:, 3] - 1)
+    affine = eye.clone()
+    if "affine" in augment:
+        on = (u[:, 4] < AFFINE["p"]).double()
+        s = 1 + on * (_span(u[:, 5], AFFINE["scale"]) - 1)
+        a = on * torch.deg2rad(_span(u[:, 6], AFFINE["rotate"]))
+        shx, shy = (on * torch.tan(torch.deg2rad(_span(u[:, i], AFFINE["shear"]))) for i in (7, 8))
+        tx, ty = (on * _span(u[:, i], AFFINE["translate"]) * side for i, side in ((9, w), (10, h)))
+        c, si = torch.cos(a), torch.sin(a)
+        # albumentations' forward map in pixels about the centre: [[1, shx],[shy, 1]] · R · s, then + t
+        m00, m01 = s * (c - shx * si), s * (si + shx * c)
+        m10, m11 = s * (shy * c - si), s * (shy * si + c)
+        forward = torch.stack([torch.stack([m00, m01, tx], -1), torch.stack([m10, m11, ty], -1),
+                               eye[:, 2]], 1)
+        to_px = torch.diag(torch.tensor([w / 2, h / 2, 1.0], dtype=torch.float64, device=seeds.device))
+        affine = torch.linalg.inv(to_px) @ torch.linalg.inv(forward) @ to_px  # output → input, normalised
+    flip = eye.clone()
+    if "hflip" in augment:
+        flip[:, 0, 0] = torch.where(u[:, 11] < FLIP_P, -1.0, 1.0)
+    if "vflip" in augment:
+        flip[:, 1, 1] = torch.where(u[:, 12] < FLIP_P, -1.0, 1.0)
+    return (crop @ affine @ flip)[:, :2].float()
 
 
 class BatchAugment:
@@ -71,16 +111,11 @@ class BatchAugment:
         self.scale = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.shift = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0 * self.scale
 
-    def theta(self, seeds: Sequence[int]) -> torch.Tensor:
+    def theta(self, seeds: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """The [n, 2, 3] affine matrices (output → input coordinates) of a batch."""
-        rows = []
-        for seed in seeds:
-            sx, sy, a, tx, ty, fx, fy = _sample_params(seed, self.augment)
-            c, s = math.cos(a), math.sin(a)
-            rows.append([[c * sx * fx, -s * sy * fy, tx], [s * sx * fx, c * sy * fy, ty]])
-        return torch.tensor(rows, dtype=torch.float32)
+        return sample_theta(torch.as_tensor(seeds, dtype=torch.int64), self.augment, self.size)
 
-    def __call__(self, images: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, seeds: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
         # One float buffer, filled by a converting copy, then worked on in place: a batch of
         # 224 px photos is 38 MB of float32, and each extra temporary costs as much again.
         n, h, w, c = images.shape
@@ -92,28 +127,15 @@ class BatchAugment:
         if self.train and self.augment:
             if seeds is None:
                 raise ValueError("training augmentation needs one seed per sample")
-            theta = self.theta([int(s) for s in seeds])  # on the host: which rows flip is known here
+            # Drawn where the batch is, from its seeds: no host round trip, no wait on the GPU.
+            theta = self.theta(torch.as_tensor(seeds, dtype=torch.int64).to(x.device, non_blocking=True))
             if set(self.augment) <= FLIPS:  # flips only: exact pixel flips, no resampling pass
-                _flip_(x, theta[:, 0, 0] < 0, -1)
-                _flip_(x, theta[:, 1, 1] < 0, -2)
+                x = torch.where((theta[:, 0, 0] < 0).view(-1, 1, 1, 1), x.flip(-1), x)
+                x = torch.where((theta[:, 1, 1] < 0).view(-1, 1, 1, 1), x.flip(-2), x)
             else:
-                grid = F.affine_grid(_to(theta, x.device), list(x.shape), align_corners=False)
+                grid = F.affine_grid(theta, list(x.shape), align_corners=False)
                 x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         x = x.contiguous(memory_format=layout)
         if self.scale.device != x.device:  # moved once, not copied with every batch
             self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
         return x.mul_(self.scale).sub_(self.shift)
-
-
-def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host tensor on `device`: from pinned memory without waiting on CUDA, so the
-    host keeps queueing work instead of syncing with the GPU on every batch."""
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
-
-
-def _flip_(x: torch.Tensor, which: torch.Tensor, dim: int) -> None:
-    """Flip the samples marked in `which` (a host mask) along `dim`, in place."""
-    rows = which.nonzero().flatten()
-    if len(rows):
-        rows = _to(rows, x.device)
-        x[rows] = x[rows].flip(dim)

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from competition.data.device_rows import DeviceBatches, DeviceRows
 from competition.data.images import image_paths, load_image
 from competition.data.transforms import seed_pipeline
 
@@ -199,6 +200,8 @@ def build_loader(
     and anything feeding a GPU, go through worker processes (kept between passes when
     `persistent`; pinned memory on CUDA).
     """
+    if isinstance(ds, DeviceRows):  # rows on (or streamed to) the device: no DataLoader at all
+        return DeviceBatches(ds, batch_size, sampler, drop_last)
     if num_workers > 0 and device.type == "cpu" and not getattr(ds, "reads_files", True):
         ds, num_workers = ThreadedRows(ds, num_workers), 0
     return DataLoader(

@@ -23,20 +23,24 @@ INTERPOLATIONS = {
     "lanczos": cv2.INTER_LANCZOS4,
 }
 
-# random_resized_crop's crop: this fraction of the image's area, aspect ratio 3/4 to 4/3
-RRC_SCALE = (0.5, 1.0)
-RRC_RATIO = (3 / 4, 4 / 3)
+# The one description of each geometric augmentation's ranges: the albumentations pipelines
+# below and the device path (batch_augment.BatchAugment) both read these, and a test draws many
+# samples through both and compares where they put the pixels.
+RRC_SCALE = (0.5, 1.0)  # random_resized_crop: this fraction of the image's area,
+RRC_RATIO = (3 / 4, 4 / 3)  # at an aspect ratio between these
+FLIP_P = 0.5
+AFFINE = {"p": 0.8, "scale": (0.9, 1.1), "translate": (-0.08, 0.08), "rotate": (-12.0, 12.0), "shear": (-5.0, 5.0)}
 
 # Train-time augmentations by name (config `image.augment`). `random_resized_crop` replaces
 # the plain resize; the others run after it, in the order given.
 AUGMENTATIONS: dict[str, Callable[[int], A.BasicTransform]] = {
     "random_resized_crop": lambda size: A.RandomResizedCrop(size=(size, size), scale=RRC_SCALE, ratio=RRC_RATIO),
-    "hflip": lambda size: A.HorizontalFlip(p=0.5),
-    "vflip": lambda size: A.VerticalFlip(p=0.5),
+    "hflip": lambda size: A.HorizontalFlip(p=FLIP_P),
+    "vflip": lambda size: A.VerticalFlip(p=FLIP_P),
     "rotate90": lambda size: A.RandomRotate90(p=0.5),
-    "affine": lambda size: A.Affine(
-        scale=(0.9, 1.1), translate_percent=(-0.08, 0.08), rotate=(-12, 12), shear=(-5, 5), p=0.8
-    ),
+    # keep_ratio: one zoom for both axes, as the device path draws it
+    "affine": lambda size: A.Affine(scale=AFFINE["scale"], translate_percent=AFFINE["translate"], rotate=AFFINE["rotate"],
+                                    shear=AFFINE["shear"], keep_ratio=True, p=AFFINE["p"]),
     "color_jitter": lambda size: A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.5),
     "brightness_contrast": lambda size: A.RandomBrightnessContrast(p=0.5),
     "blur": lambda size: A.GaussianBlur(blur_limit=(3, 5), p=0.2),

@@ -124,7 +124,7 @@ def train_one_epoch(
             torch.manual_seed(mix_seed(control.seed, i))
         x, y = to_device(batch[0], device), batch[1].to(device, non_blocking=True)
         if batch_transform is not None:
-            x = batch_transform(x, batch[2].tolist() if len(batch) > 2 else None)
+            x = batch_transform(x, batch[2] if len(batch) > 2 else None)
         x, target = mix(x, y) if mix is not None else (x, y)
         last_of_group = (i + 1) % opt.accum_steps == 0 or i + 1 == n_batches
         # Under DDP, gradients are averaged across ranks once per optimizer step, not per batch.
