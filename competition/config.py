@@ -19,6 +19,7 @@ from competition.data.folds import FOLD_STRATEGIES
 from competition.data.targets import TARGET_FORMATS
 from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
 from competition.inference.submission import OUTPUTS
+from competition.models.estimators import check_model_params
 from competition.tasks import TASKS
 
 DEFAULT_CONFIG_FILE = "competition.yaml"
@@ -129,6 +130,7 @@ def validate(cfg: Config) -> None:
     if cfg.data.max_classes < 2:
         raise CompetitionError("config key data.max_classes: must be at least 2")
     _check_target_keys(cfg)
+    check_model_params(cfg)
     TASKS[cfg.task].check_config(cfg)
 
 

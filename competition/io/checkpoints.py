@@ -59,6 +59,9 @@ class FoldState:
     optimizer_state_dict: dict
     scaler_state_dict: dict | None = None
     kit_version: str = __version__
+    # The run this fold belongs to (io.runs): its training-relevant config's hash and its folds.csv's.
+    config_hash: str | None = None
+    folds_hash: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The mapping torch.save writes (no copy of the tensors)."""
