@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 from competition import blend, board, folds, predict, train
+from competition.core.metrics import METRICS
+from competition.experiments.blending import column_ranks, combine, cross_fit, greedy_weights
 
 
 def refused(capsys, code: int, *culprits: str) -> str:
@@ -84,3 +86,35 @@ def test_blend_refuses_runs_on_other_folds_and_the_board_marks_them(table_comp, 
     capsys.readouterr()
     refused(capsys, blend.main(["--config", str(cfg), "new-split", "unpredicted"]), "unpredicted/oof.csv not found",
             "competition.predict")
+
+
+def test_greedy_weights_mix_runs_whose_mistakes_differ_and_never_score_below_the_best():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    truth = np.stack([1 - y, y], 1).astype(float)
+
+    def run(wrong: slice, sure: float) -> np.ndarray:
+        """Sure where right, barely wrong on `wrong` rows: the runs blending is for."""
+        p_true = np.full(len(y), sure)
+        p_true[wrong] = 0.45
+        return truth * p_true[:, None] + (1 - truth) * (1 - p_true[:, None])
+
+    a, b, weak = run(slice(0, 130), 0.9), run(slice(130, 260), 0.8), run(slice(0, 260), 0.6)
+    accuracy = METRICS["accuracy"]
+    w = greedy_weights(accuracy, y, [a, b, weak])
+    assert w[0] > 0 and w[1] > 0 and abs(w.sum() - 1) < 1e-12 and (w >= 0).all()
+    assert accuracy(y, combine([a, b, weak], w, "weights")) == 1.0 > max(accuracy(y, a), accuracy(y, b))
+    # Weights fit on one half, scored on the other (and back): what the blend earns on unseen rows.
+    held, fold_weights = cross_fit("weights", accuracy, y, np.arange(400) % 2, [a, b, weak])
+    assert set(fold_weights) == {"0", "1"} and accuracy(y, held) == 1.0
+
+
+def test_rank_blend_keeps_each_runs_order_and_is_refused_where_probabilities_are_scored(table_comp, capsys):
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    assert np.allclose(column_ranks(p)[:, 1], [0.0, 0.5, 1.0])
+    cfg, _ = table_comp
+    trained_and_predicted(cfg, "one")
+    trained_and_predicted(cfg, "two", "train.lr=0.003")
+    capsys.readouterr()
+    refused(capsys, blend.main(["--config", str(cfg), "one", "two", "--method", "rank"]), "--method rank",
+            "accuracy", "roc_auc")

@@ -29,8 +29,10 @@ def test_each_scikit_learn_model_trains_predicts_and_blends_with_the_mlp(table_c
     majority = pd.read_csv(root / "train.csv")["target"].value_counts(normalize=True).max()
     runs = ["table"]
     assert train.main(["--config", str(cfg)]) == 0 and predict.main(["--config", str(cfg)]) == 0
+    small = {"random_forest": "n_estimators=20", "extra_trees": "n_estimators=20", "hist_gbm": "max_iter=20"}
     for name in ESTIMATORS:
         sets = ["--config", str(cfg), "--set", f"name={name}", "--set", f"model.name={name}"]
+        sets += ["--set", f"model.params.{small[name]}"] if name in small else []
         assert train.main(sets) == 0, name
         for k in (0, 1):
             state = torch.load(outputs / name / f"fold{k}" / "best.pt", weights_only=True)  # no pickle needed
