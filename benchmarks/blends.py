@@ -4,7 +4,7 @@ on the demo's held-out answers); on Titanic, the MLP, hist_gbm, random_forest an
 beside the scikit-learn baselines of benchmarks/baselines.py on its held-out splits. Results go to
 benchmarks/RESULTS.md.
 
-    python benchmarks/blends.py [--second convnext_atto] [--second-epochs 6] [--titanic-splits 10] [--shared ../shared]
+    python benchmarks/blends.py [--second convnext_atto] [--second-epochs 12] [--titanic-splits 10] [--shared ../shared]
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def _table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--second", default="convnext_atto", help="the digits run's second backbone (a timm name)")
-    parser.add_argument("--second-epochs", type=int, default=6, help="its train.epochs (resnet18 keeps the shipped 12)")
+    parser.add_argument("--second-epochs", type=int, default=12, help="its train.epochs (resnet18 keeps the shipped 12)")
     parser.add_argument("--titanic-splits", type=int, default=10)
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
