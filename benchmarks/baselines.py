@@ -97,32 +97,51 @@ def _basic_features(df: pd.DataFrame, reference: pd.DataFrame) -> np.ndarray:
     return out.to_numpy(dtype=float)
 
 
+# What a competitor fits instead of the kit, on the raw columns and on the kit's features.
+TITANIC_BASELINES = {
+    "LogReg": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+    "RandomForest": lambda: RandomForestClassifier(n_estimators=500, min_samples_leaf=2, random_state=0, n_jobs=1),
+    "GradBoost": lambda: GradientBoostingClassifier(random_state=0),
+}
+
+
+def titanic_split(full: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A held-out 20% of Kaggle's train.csv, stratified, fresh per seed."""
+    return train_test_split(full, test_size=0.2, random_state=seed, stratify=full["Survived"])
+
+
+def write_titanic(root: Path, tr: pd.DataFrame, te: pd.DataFrame) -> None:
+    """The split in Kaggle's layout, the held-out answers in solution.csv."""
+    root.mkdir()
+    tr.to_csv(root / "train.csv", index=False)
+    te.drop(columns="Survived").to_csv(root / "test.csv", index=False)
+    te[["PassengerId"]].assign(Survived=0).to_csv(root / "sample_submission.csv", index=False)
+    te[["PassengerId", "Survived"]].to_csv(root / "solution.csv", index=False)
+
+
+def titanic_baselines(tr: pd.DataFrame, te: pd.DataFrame) -> dict:
+    """Held-out accuracy of each baseline, on the raw columns and on the kit's features."""
+    features = [c for c in tr.columns if c not in ("PassengerId", "Survived")]
+    pre = TabularPreprocessor.fit(tr, features, FeatureHook("titanic_features.py:TitanicFeatures", shipped_dir()))
+    row = {}
+    for name, make in TITANIC_BASELINES.items():
+        basic = make().fit(_basic_features(tr, tr), tr["Survived"])
+        row[f"{name} (raw columns)"] = float((basic.predict(_basic_features(te, tr)) == te["Survived"]).mean())
+        eng = make().fit(pre.transform(tr), tr["Survived"])
+        row[f"{name} (kit features)"] = float((eng.predict(pre.transform(te)) == te["Survived"]).mean())
+    return row
+
+
 def titanic(splits: int, shared: Path, overrides: list[str]) -> list[dict]:
     full = pd.read_csv(shared / "data" / "titanic" / "train.csv")
-    features = [c for c in full.columns if c not in ("PassengerId", "Survived")]
-    models = {
-        "LogReg": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
-        "RandomForest": lambda: RandomForestClassifier(n_estimators=500, min_samples_leaf=2, random_state=0, n_jobs=1),
-        "GradBoost": lambda: GradientBoostingClassifier(random_state=0),
-    }
     rows = []
     for seed in range(1, splits + 1):
-        tr, te = train_test_split(full, test_size=0.2, random_state=seed, stratify=full["Survived"])
+        tr, te = titanic_split(full, seed)
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "titanic"
-            root.mkdir()
-            tr.to_csv(root / "train.csv", index=False)
-            te.drop(columns="Survived").to_csv(root / "test.csv", index=False)
-            te[["PassengerId"]].assign(Survived=0).to_csv(root / "sample_submission.csv", index=False)
-            te[["PassengerId", "Survived"]].to_csv(root / "solution.csv", index=False)
+            write_titanic(root, tr, te)
             cv, acc, secs = run_kit("titanic", root, Path(tmp), overrides)
-        row = {"split seed": seed, "kit CV": cv, "kit held-out": acc}
-        pre = TabularPreprocessor.fit(tr, features, FeatureHook("titanic_features.py:TitanicFeatures", shipped_dir()))
-        for name, make in models.items():
-            basic = make().fit(_basic_features(tr, tr), tr["Survived"])
-            row[f"{name} (raw columns)"] = float((basic.predict(_basic_features(te, tr)) == te["Survived"]).mean())
-            eng = make().fit(pre.transform(tr), tr["Survived"])
-            row[f"{name} (kit features)"] = float((eng.predict(pre.transform(te)) == te["Survived"]).mean())
+        row = {"split seed": seed, "kit CV": cv, "kit held-out": acc, **titanic_baselines(tr, te)}
         row["kit seconds"] = secs
         rows.append(row)
         print(row, flush=True)

@@ -22,6 +22,7 @@ from competition.data.targets import TARGET_FORMATS
 from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
 from competition.inference.submission import OUTPUTS
 from competition.io.wandb_runs import WANDB_MODES
+from competition.models.estimators import check_model_params
 from competition.tasks import TASKS
 from competition.training.imbalance import CLASS_WEIGHTS, SAMPLERS
 from competition.training.losses import LOSSES
@@ -150,6 +151,7 @@ def validate(cfg: Config) -> None:
         raise CompetitionError("config key data.max_classes: must be at least 2")
     _check_target_keys(cfg)
     _check_toolbox(cfg)
+    check_model_params(cfg)
     TASKS[cfg.task].check_config(cfg)
 
 

@@ -22,6 +22,7 @@ from competition.inference.ensemble import trained_folds
 from competition.io.checkpoints import BEST, check_compatible, copy_checkpoint, load_checkpoint
 from competition.io.disk import DiskFull
 from competition.io.files import atomic_dir, write_text, write_yaml
+from competition.models.estimators import is_estimator
 from competition.predict import stored_thresholds
 
 RUNS = "outputs"  # the packaged config's output_dir: fold checkpoints under <package>/outputs/<name>/
@@ -220,6 +221,10 @@ def _main(argv: Sequence[str] | None) -> int:
     out = Path(args.output)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise CompetitionError(f"--output {out} exists and is not an empty folder: give a new one (nothing was written)")
+    if is_estimator(cfg):
+        raise CompetitionError(f"config key model.name: {cfg.model.name} folds are refit from train.csv and folds.csv when "
+                               f"predict runs (no pickled model is kept), and a package predicts without folds.csv: "
+                               f"package a run of mlp or of a timm model")
     hook = hook_file(cfg)
     folds = parse_folds(args.folds, cfg.folds.n_splits)
     checkpoints = trained_folds(cfg, folds, explicit=args.folds != "all")

@@ -19,6 +19,7 @@ from competition.core.runtime import keep_freed_memory
 from competition.data.competition import Competition, read_solution
 from competition.data.folds import parse_folds
 from competition.inference.ensemble import cv_report, load_fold_models, predict_rows, trained_folds
+from competition.inference.predictions import keep_predictions
 from competition.inference.report import write_report
 from competition.inference.submission import (
     Layout,
@@ -105,14 +106,13 @@ def _main(argv: Sequence[str] | None) -> int:
     used = [f for f, _ in checkpoints]
 
     report, tta = cv_report(cfg, comp, used), task.tta(cfg)
-    if args.no_cv:
-        submitted = stored_thresholds(cfg)
-    else:
-        submitted = as_submitted(cfg, comp, predict_out_of_fold(cfg, task, comp, loaded, device, tta), layout)
+    oof = None if args.no_cv else predict_out_of_fold(cfg, task, comp, loaded, device, tta)
+    submitted = stored_thresholds(cfg) if args.no_cv else as_submitted(cfg, comp, oof, layout)
     probs = predict_rows(cfg, task, comp, loaded, device, tta)
     matrix = render(layout, probs, comp.target, submitted["thresholds"])
     sub = make_submission(comp.sample, comp.test[d.id_column].tolist(), matrix, layout, comp.target)
     validate_submission(sub, comp.sample, d.id_column, comp.sample_path.name)
+    keep_predictions(cfg, comp, loaded, probs, oof)  # test_probs.csv, oof.csv: what a blend combines
 
     out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name,
                                                                  submitted["cv"] if not args.no_cv else report["cv"])

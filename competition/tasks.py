@@ -30,6 +30,7 @@ from competition.data.targets import line_of
 from competition.data.transforms import build_eval_transform, build_train_transform, decode_side
 from competition.io.checkpoints import FoldState
 from competition.models.build import build_model, preprocessing
+from competition.models.estimators import is_estimator, refit
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,9 @@ class Task:
     def tta(self, cfg: Config) -> list[str]:
         return list(cfg.predict.tta) if self.two_stages else []
 
-    def rebuild_model(self, fold_cfg: Config, num_classes: int, state: FoldState) -> nn.Module:
+    def rebuild_model(self, cfg: Config, comp: Competition, fold_cfg: Config, state: FoldState) -> nn.Module:
         """A fold's model, rebuilt from the config stored in its checkpoint (weights loaded after)."""
-        return build_model(fold_cfg, num_classes, state.in_features, load_pretrained=False)
+        return build_model(fold_cfg, len(comp.classes), state.in_features, load_pretrained=False)
 
 
 class ImageTask(Task):
@@ -273,6 +274,11 @@ class TabularTask(Task):
             {},
         )
         return build_model(cfg, len(comp.classes), pre.n_features, load_pretrained=False), data
+
+    def rebuild_model(self, cfg, comp, fold_cfg, state):
+        if is_estimator(fold_cfg):  # no fitted estimator is saved: refit and checked (models/estimators.py)
+            return refit(cfg, comp, fold_cfg, state)
+        return super().rebuild_model(cfg, comp, fold_cfg, state)
 
     def inputs(self, cfg, comp, state, device, rows=None):
         # The local config's hook, never one a checkpoint names: a checkpoint must not run code.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import shlex
 import sys
@@ -23,10 +24,13 @@ from competition.inference.ensemble import cv_report
 from competition.io.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
 from competition.io.disk import DiskFull
 from competition.io.files import write_yaml
+from competition.io.runs import check_new_run, start_run
 from competition.io.wandb_runs import check_wandb
 from competition.models.build import check_model
+from competition.models.estimators import is_estimator
 from competition.tasks import Task, open_competition
 from competition.training.disk_space import check_disk_space
+from competition.training.estimator_fold import fit_estimator_fold
 from competition.training.fold import fit_fold
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser)
     parser.add_argument("--fold", default="all", help="fold number, a list like 0,2, or 'all' (default)")
     parser.add_argument("--resume", action="store_true", help="continue each fold from its last.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="outputs/<name> holds a run of another config: discard it (every fold) and train this one")
     return parser
 
 
@@ -58,7 +64,7 @@ def check_not_running(cfg: Config, folds: list[int]) -> None:
             pass
 
 
-def prepare_run(cfg: Config, folds: list[int], resume: bool) -> tuple[Task, Competition, pd.DataFrame]:
+def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = False) -> tuple[Task, Competition, pd.DataFrame]:
     """Every check comes before the first write: a refused run leaves no config.yaml or checkpoint."""
     task, comp = open_competition(cfg)
     # A resumed fold takes its weights from last.pt: no pretrained download needed.
@@ -71,6 +77,8 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool) -> tuple[Task, Comp
         check_resumable(cfg, comp, folds)
     df = load_or_create_folds(cfg, comp.train, comp.target)
     check_not_running(cfg, folds)
+    discard = check_new_run(cfg, df, overwrite)  # a run is one config: io/runs.py
+    start_run(cfg, df, comp.classes, discard)
     write_yaml(cfg.run_dir / "config.yaml", config_to_dict(cfg))
     return task, comp, df
 
@@ -116,7 +124,7 @@ def _main(argv: Sequence[str] | None) -> int:
     refusal = None
     if world.is_main:
         try:
-            task, comp, df = prepare_run(cfg, folds, args.resume)
+            task, comp, df = prepare_run(cfg, folds, args.resume, args.overwrite)
         except CompetitionError as exc:
             refusal = str(exc)
     code = _agree_on_refusal(refusal, world)
@@ -128,9 +136,10 @@ def _main(argv: Sequence[str] | None) -> int:
     log.info("%s: %d train rows, %d test rows, %d classes, device %s%s", cfg.name, len(comp.train), len(comp.test),
              len(comp.classes), device, f", {world.size} processes" if world.distributed else "")
     try:
-        with GracefulStop() as stop:
-            results = [fit_fold(cfg, task, comp, df, f, device=device, world=world, resume=args.resume, stop=stop)
-                       for f in folds]
+        with GracefulStop() as stop_request:
+            # scikit-learn models have their own fold trainer; a torch model's stops at a signal's next step
+            fit = fit_estimator_fold if is_estimator(cfg) else functools.partial(fit_fold, stop=stop_request)
+            results = [fit(cfg, task, comp, df, f, device=device, world=world, resume=args.resume) for f in folds]
     except Interrupted as exc:
         exc.message = f"{exc.message}; continue with: {resume_command(argv)}"
         raise

@@ -52,6 +52,7 @@ class ModelConfig:
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0  # stochastic depth (timm's drop_path_rate), for backbones that have it
     hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])  # mlp only
+    params: dict[str, Any] = field(default_factory=dict)  # scikit-learn models only: passed to the estimator
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ def _type_name(tp: Any) -> str:
     if origin is list:
         (inner,) = typing.get_args(tp)
         return f"a list of {_type_name(inner).split(' ', 1)[-1]}s"
+    if origin is dict:
+        return "a mapping of names to plain values"
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -174,6 +177,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (inner,) = typing.get_args(tp)
         if isinstance(value, list):
             return [_coerce(v, inner, key) for v in value]
+    elif origin is dict:
+        # Plain YAML values only (numbers, strings, booleans, null, lists, mappings): the config
+        # lives in checkpoints that load without pickle.
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value) and _is_plain(value):
+            return dict(value)
     elif tp is bool:
         if isinstance(value, bool):
             return value
@@ -192,6 +200,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
     raise CompetitionError(f"config key {key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _is_plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_plain(v) for v in value)
+    return isinstance(value, (str, int, float, bool, type(None)))
 
 
 def _build(cls: type, data: dict, prefix: str) -> Any:

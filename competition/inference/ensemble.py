@@ -16,6 +16,7 @@ from competition.data.datasets import build_loader
 from competition.data.transforms import tta_views
 from competition.inference.engine import predict_probs
 from competition.io.checkpoints import BEST, FoldState, check_compatible, load_checkpoint
+from competition.io.runs import check_same_run, file_key
 from competition.io.tracking import read_oof_probs
 from competition.tasks import Task
 
@@ -39,13 +40,15 @@ def trained_folds(cfg: Config, folds: list[int], explicit: bool) -> list[tuple[i
 
 def load_fold_models(cfg: Config, task: Task, comp: Competition, checkpoints: list[tuple[int, Path]],
                      device: torch.device) -> list[tuple[int, torch.nn.Module, FoldState]]:
-    """Rebuild each fold's model from the config stored in its checkpoint and load its weights."""
+    """Rebuild each fold's model from the config stored in its checkpoint and load its weights;
+    the folds must be one run (one config, one split)."""
+    states = [(path, load_checkpoint(path)) for _, path in checkpoints]
+    check_same_run(states)
     loaded = []
-    for fold, path in checkpoints:
-        state = load_checkpoint(path)
+    for (fold, path), (_, state) in zip(checkpoints, states, strict=True):
         check_compatible(state, path, cfg, comp.classes)
         fold_cfg = state.restore_config(path)
-        model = task.rebuild_model(fold_cfg, len(comp.classes), state)
+        model = task.rebuild_model(cfg, comp, fold_cfg, state)
         try:
             model.load_state_dict(state.model_state_dict)
         except RuntimeError as exc:
@@ -83,17 +86,19 @@ def cv_report(cfg: Config, comp: Competition, folds: list[int]) -> dict:
     """Per-fold and overall out-of-fold score of the best epochs, from each fold's oof.csv
     (thresholded metrics at thresholds fit on the same rows, as early stopping saw them)."""
     metric = METRICS[cfg.train.metric]
-    per_fold, ys, ps = {}, [], []
+    per_fold, ys, ps, runs = {}, [], [], {}
     for f in folds:
         path = cfg.fold_dir(f) / "oof.csv"
         if not path.is_file():
             continue
         oof = read_csv(path, "out-of-fold file")
+        runs[path] = file_key(path)
         y = comp.target.encode(oof, path)
         p = read_oof_probs(oof, comp.classes)
         per_fold[str(f)] = metric.best(y, p)
         ys.append(y)
         ps.append(p)
+    _check_one_run(runs)
     overall = metric.best(np.concatenate(ys), np.concatenate(ps)) if ys else float("nan")
     return {
         "metric": metric.name,
@@ -102,3 +107,15 @@ def cv_report(cfg: Config, comp: Competition, folds: list[int]) -> dict:
         "cv": overall,
         "oof_rows": int(sum(len(y) for y in ys)),
     }
+
+
+def _check_one_run(runs: dict) -> None:
+    """Out-of-fold files of different runs (configs or splits) do not pool into one CV."""
+    stamped = [(path, key) for path, key in runs.items() if key is not None]
+    for path, key in stamped[1:]:
+        first_path, first = stamped[0]
+        if key != first:
+            raise CompetitionError(
+                f"{path} comes from another run than {first_path} (config {key.config} vs {first.config}, folds "
+                f"{key.folds} vs {first.folds}): a CV pools the folds of one config; retrain that fold under the run's config"
+            )

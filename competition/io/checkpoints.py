@@ -67,6 +67,9 @@ class FoldState:
     epoch_loss_total: float = 0.0
     epoch_samples: int = 0
     kit_version: str = __version__
+    # The run this fold belongs to (io.runs): its training-relevant config's hash and its folds.csv's.
+    config_hash: str | None = None
+    folds_hash: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The mapping torch.save writes (no copy of the tensors)."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.models.estimators import ESTIMATORS, EstimatorModule, check_estimator, is_estimator, make_estimator
 from competition.models.mlp import TABULAR_MODELS, TabularMLP
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,14 @@ def build_model(cfg: Config, num_classes: int, in_features: int | None = None, l
     return MODEL_FAMILIES[cfg.task](cfg, num_classes, in_features, load_pretrained)
 
 
-def _mlp(cfg: Config, num_classes: int, in_features: int | None, load_pretrained: bool) -> nn.Module:
+def _table_model(cfg: Config, num_classes: int, in_features: int | None, load_pretrained: bool) -> nn.Module:
+    """The MLP, or a scikit-learn estimator (not fitted yet: see models/estimators.py)."""
     m = cfg.model
+    if m.name in ESTIMATORS:
+        return EstimatorModule(make_estimator(cfg, 0), num_classes)
     if m.name not in TABULAR_MODELS:
-        raise CompetitionError(f"config key model.name: {m.name!r} is not a tabular model ({', '.join(TABULAR_MODELS)})")
+        raise CompetitionError(f"config key model.name: {m.name!r} is not a tabular model "
+                               f"({', '.join([*TABULAR_MODELS, *ESTIMATORS])})")
     return TabularMLP(int(in_features), num_classes, list(m.hidden_sizes), m.drop_rate)
 
 
@@ -85,7 +90,10 @@ def check_model(cfg: Config, num_classes: int, load_pretrained: bool = True) -> 
     """Build the model once now (with its pretrained weights), so that an unknown model name or
     missing or broken weights fail before a run writes anything. Returns it, for sizing its
     checkpoints (a table's MLP with one input feature: its real width comes with the folds)."""
-    return build_model(cfg, num_classes, in_features=1, load_pretrained=load_pretrained)
+    model = build_model(cfg, num_classes, in_features=1, load_pretrained=load_pretrained)
+    if is_estimator(cfg):
+        check_estimator(cfg, num_classes)
+    return model
 
 
 def preprocessing(model: nn.Module, size: int | list[int]) -> dict:
@@ -102,4 +110,4 @@ def preprocessing(model: nn.Module, size: int | list[int]) -> dict:
 
 
 # The model family of each task (config key task).
-MODEL_FAMILIES = {"image": _timm_model, "tabular": _mlp}
+MODEL_FAMILIES = {"image": _timm_model, "tabular": _table_model}

@@ -45,6 +45,7 @@ from competition.io.checkpoints import (
     load_checkpoint,
 )
 from competition.io.files import BackgroundWriter, write_bytes, write_csv
+from competition.io.runs import RunKey, stamp
 from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs, write_summary
 from competition.models.summary import model_summary
 from competition.tasks import Task
@@ -105,6 +106,7 @@ class FoldRun:
         self.fold_dir = cfg.fold_dir(fold)
         self.metric = METRICS[cfg.train.metric]
         self.amp_dtype = amp_dtype_for(device, cfg.train.amp)
+        self.run_key = RunKey.of(cfg, df)  # stamped on best.pt, last.pt and oof.csv (io.runs)
 
     # 1. Resume or start --------------------------------------------------------------------
 
@@ -252,8 +254,8 @@ class FoldRun:
         if self.world.is_main:
             state = self._checkpoint(stage, stop, module, opt.optimizer, val_loss, score)
             self.tracker.log_epoch(self.epoch, row, self.metric.name, train["lrs"])
-            oof = oof_frame(self.data.valid_ids, self.cfg.data.id_column, self.comp.target.answer_frame(self.data.valid_targets),
-                            self.comp.classes, probs) if improved else None
+            oof = stamp(oof_frame(self.data.valid_ids, self.cfg.data.id_column, self.comp.target.answer_frame(self.data.valid_targets),
+                                  self.comp.classes, probs), self.run_key) if improved else None
             # Serialised here, written (in this order, each atomically) while the next epoch trains.
             self.writer.submit(_write_epoch, self.fold_dir, checkpoint_bytes(state), oof, list(self.history))
         barrier(self.world)
@@ -318,6 +320,7 @@ class FoldRun:
             scored="ema" if self.ema is not None else "model",
             optimizer_state_dict=optimizer.state_dict(),
             scaler_state_dict=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            config_hash=self.run_key.config, folds_hash=self.run_key.folds,
         )
 
     # 4. The end ----------------------------------------------------------------------------

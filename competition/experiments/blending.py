@@ -1,0 +1,82 @@
+"""Combining runs' probabilities: greedy ensemble selection on the pooled out-of-fold rows (weights),
+the plain mean, or the mean of ranks; and the cross-fitted estimate of what a fitted blend scores
+on rows its weights never saw."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from competition.core.errors import CompetitionError
+from competition.core.metrics import METRICS, Metric
+
+# Greedy steps: each adds one run to the bag, so weights come in 1/ROUNDS at the finest.
+ROUNDS = 40
+METHODS = ("weights", "mean", "rank")  # --method
+RANK_METRICS = ("roc_auc", "mean_roc_auc")  # metrics that read only the order of each column
+
+
+def _key(metric: Metric, y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """Bigger is better: the metric in its direction, then (for ties, frequent with accuracy on a
+    few hundred rows) the lower log loss, which still moves when the decisions do not."""
+    score = metric.best(y, p)
+    return (score if metric.higher_is_better else -score, -METRICS["log_loss"](y, p))
+
+
+def greedy_weights(metric: Metric, y: np.ndarray, preds: Sequence[np.ndarray], rounds: int = ROUNDS) -> np.ndarray:
+    """Ensemble selection with replacement (Caruana, Niculescu-Mizil, Crew and Ksikes, 2004):
+    start from the best run, add whichever run (again, perhaps) most improves the blend's score,
+    and keep the best bag seen. Weights are non-negative, sum to 1, and the first bag is the best
+    single run, so on these rows the blend never scores below it."""
+    counts = np.zeros(len(preds))
+    total = np.zeros_like(preds[0], dtype=np.float64)
+    best_key, best_counts = None, None
+    for step in range(1, rounds + 1):
+        keys = [_key(metric, y, (total + p) / step) for p in preds]
+        i = max(range(len(preds)), key=keys.__getitem__)
+        counts[i] += 1
+        total += preds[i]
+        if best_key is None or keys[i] > best_key:
+            best_key, best_counts = keys[i], counts.copy()
+    return best_counts / best_counts.sum()
+
+
+def column_ranks(p: np.ndarray) -> np.ndarray:
+    """Each column's ranks over the rows, scaled to [0, 1] (ties share their mean rank)."""
+    from scipy.stats import rankdata
+
+    return (rankdata(p, axis=0) - 1) / max(len(p) - 1, 1)
+
+
+def combine(preds: Sequence[np.ndarray], weights: np.ndarray, method: str) -> np.ndarray:
+    """The weighted mean of the runs' probabilities, or of their column ranks for `rank`."""
+    parts = [column_ranks(p) for p in preds] if method == "rank" else preds
+    return sum(w * p for w, p in zip(weights, parts, strict=True))
+
+
+def check_method(method: str, metric: Metric) -> None:
+    if method == "rank" and metric.name not in RANK_METRICS:
+        raise CompetitionError(f"--method rank: averaged ranks are not probabilities, and {metric.name} scores "
+                               f"more than their order; rank suits {', '.join(RANK_METRICS)}: use weights or mean")
+
+
+def fit_weights(method: str, metric: Metric, y: np.ndarray, preds: Sequence[np.ndarray]) -> np.ndarray:
+    if method == "weights":
+        return greedy_weights(metric, y, preds)
+    return np.full(len(preds), 1 / len(preds))
+
+
+def cross_fit(method: str, metric: Metric, y: np.ndarray, fold: np.ndarray,
+              preds: Sequence[np.ndarray]) -> tuple[np.ndarray, dict[str, list[float]]]:
+    """Each fold's rows blended with weights fit on the other folds' rows, in turn: a score of
+    these probabilities is what the fitted blend earns on rows its weights never saw. Ranks are
+    taken over every out-of-fold row, as in the blend itself."""
+    parts = [column_ranks(p) for p in preds] if method == "rank" else preds
+    out = np.zeros_like(parts[0], dtype=np.float64)
+    weights = {}
+    for k in np.unique(fold):
+        held = fold == k
+        w = fit_weights(method, metric, y[~held], [p[~held] for p in preds])
+        out[held] = sum(wi * p[held] for wi, p in zip(w, parts, strict=True))
+        weights[str(int(k))] = [float(v) for v in w]
+    return out, weights

@@ -1,0 +1,166 @@
+"""scikit-learn's own classifiers for tables (model.name logreg | random_forest | extra_trees |
+hist_gbm, model.params passed through), fit on a fold's preprocessed rows and wrapped as a module,
+so that the ensemble, the CV as submitted and the submission run them as they run the MLP.
+
+No file holds a fitted estimator. scikit-learn saves models with pickle, which runs code when
+loaded, and its trees have no public plain-data form (HistGradientBoosting's predictors are
+private, and change between releases). A fold's checkpoint holds the recipe instead: the config,
+the fitted preprocessing and the fold's own predictions for its first validation rows. `predict`
+refits the estimator on the fold's training rows (train.csv and folds.csv, both checked) and
+refuses a refit that does not reproduce those predictions. A table refits in seconds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from competition.core.config import Config
+from competition.core.distributed import mix_seed
+from competition.core.errors import CompetitionError
+from competition.data.competition import Competition
+from competition.data.features import TabularPreprocessor, load_feature_hook
+from competition.data.folds import folds_path, read_folds
+from competition.io.checkpoints import FoldState
+from competition.io.runs import folds_digest
+
+CHECK_ROWS = 256  # the fold's first validation rows, whose trained predictions a refit must reproduce
+CHECK_TOLERANCE = 1e-6
+
+
+# scikit-learn is imported when a model is made: it costs a second of every run's start.
+def _logreg() -> type:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression
+
+
+def _random_forest() -> type:
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier
+
+
+def _extra_trees() -> type:
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    return ExtraTreesClassifier
+
+
+def _hist_gbm() -> type:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier
+
+
+# The estimators (config key model.name for a tabular task) and the kit's defaults, which
+# model.params overrides; random_state defaults to a seed of (seed, fold).
+ESTIMATORS = {
+    "logreg": (_logreg, {"max_iter": 1000}),  # lbfgs's default 100 iterations stop short on one-hot tables
+    "random_forest": (_random_forest, {}),
+    "extra_trees": (_extra_trees, {}),
+    "hist_gbm": (_hist_gbm, {}),
+}
+
+
+def is_estimator(cfg: Config) -> bool:
+    return cfg.task == "tabular" and cfg.model.name in ESTIMATORS
+
+
+def check_model_params(cfg: Config) -> None:
+    """model.params only reach a scikit-learn model, and that model takes one label per row."""
+    if not is_estimator(cfg):
+        if cfg.model.params:
+            raise CompetitionError(f"config key model.params: passed to scikit-learn models only ({', '.join(ESTIMATORS)}), "
+                                   f"not to {cfg.model.name!r}")
+        return
+    if cfg.data.target_format == "multi_label":
+        raise CompetitionError(f"config key model.name: {cfg.model.name} takes one label per row; a multi_label "
+                               f"target trains with mlp")
+    cls = ESTIMATORS[cfg.model.name][0]()
+    unknown = sorted(set(cfg.model.params) - set(cls().get_params()))
+    if unknown:
+        raise CompetitionError(f"config key model.params: {cls.__name__} has no parameter {', '.join(map(repr, unknown))} "
+                               f"(its parameters: {', '.join(sorted(cls().get_params()))})")
+
+
+def make_estimator(cfg: Config, fold: int):
+    """A fresh estimator of the config's model, its parameters and a seed of (seed, fold)."""
+    make, defaults = ESTIMATORS[cfg.model.name]
+    params = {"random_state": mix_seed(cfg.seed, fold), **defaults, **cfg.model.params}
+    return make()(**params)
+
+
+def check_estimator(cfg: Config, num_classes: int) -> None:
+    """scikit-learn checks parameter values when it fits: a fit on a few rows names a bad value
+    now, before a run writes anything."""
+    check_model_params(cfg)
+    y = np.arange(num_classes * 4) % num_classes
+    x = np.random.default_rng(0).normal(size=(len(y), 2)) + y[:, None]
+    est = make_estimator(cfg, 0)
+    try:
+        est.fit(x, y)
+    except (ValueError, TypeError) as exc:
+        raise CompetitionError(f"config key model.params: {type(est).__name__} refuses them: "
+                               f"{str(exc).strip().splitlines()[0][:300]}") from None
+
+
+class EstimatorModule(nn.Module):
+    """A fitted scikit-learn classifier as a module: features in, log-probabilities out (the
+    softmax every prediction path applies gives the probabilities back). It has no parameters;
+    its one buffer holds the fold's trained predictions for its first validation rows."""
+
+    def __init__(self, estimator, num_classes: int):
+        super().__init__()
+        self.estimator, self.num_classes = estimator, num_classes
+        self.register_buffer("check_probs", torch.zeros(0, num_classes, dtype=torch.float64))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities [n, classes]; a class absent from the fold's training rows gets 0."""
+        out = np.zeros((len(x), self.num_classes))
+        out[:, self.estimator.classes_.astype(np.int64)] = self.estimator.predict_proba(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.predict(x.detach().float().cpu().numpy())
+        return torch.from_numpy(np.log(np.clip(p, 1e-12, None))).to(x.device)
+
+
+def fit_on_fold(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int,
+                pre: TabularPreprocessor) -> tuple[EstimatorModule, np.ndarray]:
+    """The config's estimator fit on the fold's training rows of `df` (train.csv with its fold
+    column) through `pre`; returns it and its probabilities for the fold's validation rows."""
+    train_rows, valid_rows = df[df.fold != fold], df[df.fold == fold]
+    est = make_estimator(cfg, fold)
+    try:
+        est.fit(pre.transform(train_rows), comp.target.encode(train_rows))
+    except ValueError as exc:
+        raise CompetitionError(f"{cfg.model.name} on fold {fold}: {str(exc).strip().splitlines()[0][:300]}") from None
+    module = EstimatorModule(est, len(comp.classes))
+    probs = module.predict(pre.transform(valid_rows))
+    module.check_probs = torch.from_numpy(probs[:CHECK_ROWS].copy())
+    return module, probs
+
+
+def refit(cfg: Config, comp: Competition, fold_cfg: Config, state: FoldState) -> EstimatorModule:
+    """A fold's estimator again, from its checkpoint's recipe and the fold's training rows: the
+    local config's feature hook, the folds it was trained on, and its own predictions reproduced."""
+    df = read_folds(cfg, comp.train)
+    split = folds_digest(df, cfg.data.id_column)
+    name = f"{fold_cfg.model.name} of fold {state.fold}"
+    if state.folds_hash not in (None, split):
+        raise CompetitionError(f"{name} was trained on other folds ({state.folds_hash}) than {folds_path(cfg)} ({split}), "
+                               f"and is refit from its training rows at predict: restore that folds.csv or retrain the run")
+    pre = TabularPreprocessor(state.preprocessor, load_feature_hook(cfg))
+    module, _ = fit_on_fold(fold_cfg, comp, df, state.fold, pre)
+    trained = state.model_state_dict.get("check_probs")
+    now = module.check_probs
+    gap = float((now - trained).abs().max()) if trained is not None and trained.shape == now.shape else float("inf")
+    if not gap <= CHECK_TOLERANCE:
+        import sklearn
+
+        raise CompetitionError(f"{name} refit on its training rows does not reproduce its trained predictions "
+                               f"(largest difference {gap:.2g}): train.csv, the feature hook or scikit-learn (now "
+                               f"{sklearn.__version__}) changed since training; retrain the run")
+    return module

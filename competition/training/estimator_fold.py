@@ -1,0 +1,86 @@
+"""Training one fold of a scikit-learn model (models/estimators.py): one fit on the fold's training
+rows, then the files the torch fold loop writes — best.pt and last.pt (plain data: the recipe and
+its check, no fitted estimator), oof.csv and summary.csv — so that the CV, predict, the board and
+blends treat it as they treat the MLP."""
+from __future__ import annotations
+
+import logging
+import time
+
+import pandas as pd
+import torch
+
+from competition.core.config import Config, config_to_dict
+from competition.core.distributed import World, barrier
+from competition.core.metrics import METRICS
+from competition.data.competition import Competition
+from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
+from competition.io.checkpoints import (
+    BEST,
+    LAST,
+    FoldLock,
+    FoldState,
+    copy_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from competition.io.files import write_csv
+from competition.io.runs import RunKey, stamp
+from competition.io.tracking import oof_frame, write_summary
+from competition.models.estimators import fit_on_fold
+from competition.tasks import Task
+from competition.training.fold import FoldResult, check_resume_config
+
+log = logging.getLogger(__name__)
+
+
+def fit_estimator_fold(cfg: Config, task: Task, comp: Competition, df: pd.DataFrame, fold: int, *,
+                       device: torch.device, world: World | None = None, resume: bool = False) -> FoldResult:
+    """Fit one fold (under its lock). One process fits: under torchrun the other ranks wait."""
+    world = world or World()
+    if not world.is_main:
+        barrier(world)
+        return FoldResult(fold, float("nan"), 1)
+    with FoldLock(cfg.fold_dir(fold)):
+        result = _fit(cfg, comp, df, fold, resume)
+    barrier(world)
+    return result
+
+
+def _fit(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, resume: bool) -> FoldResult:
+    fold_dir = cfg.fold_dir(fold)
+    for stale in fold_dir.glob(".*.tmp"):  # a killed run's unfinished writes; we hold the lock
+        stale.unlink(missing_ok=True)
+    if resume and (fold_dir / LAST).is_file():  # one fit is all there is: a written fold is a finished one
+        saved = load_checkpoint(fold_dir / LAST)
+        check_resume_config(saved.config, cfg, fold_dir / LAST)
+        log.info("fold %d already finished (best %s %.5f)", fold, saved.metric_name, saved.best_metric)
+        return FoldResult(fold, saved.best_metric, saved.best_epoch)
+    began = time.time()
+    metric, log_loss = METRICS[cfg.train.metric], METRICS["log_loss"]
+    train_rows, valid_rows = df[df.fold != fold], df[df.fold == fold]
+    pre = TabularPreprocessor.fit(train_rows, feature_columns(cfg, comp.train), load_feature_hook(cfg))
+    module, probs = fit_on_fold(cfg, comp, df, fold, pre)
+    y = comp.target.encode(valid_rows)
+    score, loss = metric.best(y, probs), log_loss(y, probs)
+    train_loss = log_loss(comp.target.encode(train_rows), module.predict(pre.transform(train_rows)))
+    row = {"epoch": 1, "stage": 1, "train_loss": train_loss, "val_loss": loss, "metric": score, "best": True,
+           "seconds": round(time.time() - began, 2)}
+    key = RunKey.of(cfg, df)
+    state = FoldState(
+        fold=fold, config=config_to_dict(cfg), classes=list(comp.classes), metric_name=metric.name,
+        higher_is_better=metric.higher_is_better, preprocessing={}, preprocessor=pre.state, in_features=pre.n_features,
+        epoch=1, stage=1, stage_complete=True, finished=True, loss=loss, metric=score, best_metric=score, best_epoch=1,
+        best_loss=loss, bad_epochs=0, history=[row], model_state_dict=module.state_dict(), optimizer_state_dict={},
+        config_hash=key.config, folds_hash=key.folds,
+    )
+    idc = cfg.data.id_column
+    # The torch loop's order: best.pt, its oof.csv, summary.csv, then last.pt (the same bytes).
+    save_checkpoint(fold_dir / BEST, state)
+    write_csv(fold_dir / "oof.csv", stamp(oof_frame(valid_rows[idc].tolist(), idc, comp.target.answer_frame(y),
+                                                    comp.classes, probs), key))
+    write_summary(fold_dir, [row])
+    copy_checkpoint(fold_dir / BEST, fold_dir / LAST)
+    log.info("fold %d | %s | train_loss %.4f | val_loss %.4f | %s %.5f | %.1fs", fold, cfg.model.name, train_loss,
+             loss, metric.name, score, row["seconds"])
+    return FoldResult(fold, score, 1)

@@ -1,0 +1,120 @@
+"""Blends of runs on their out-of-fold predictions, and the local board that lists runs and blends."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+
+from competition import blend, board, folds, predict, train
+from competition.core.metrics import METRICS
+from competition.experiments.blending import column_ranks, combine, cross_fit, greedy_weights
+
+
+def refused(capsys, code: int, *culprits: str) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err, captured.err
+    for culprit in culprits:
+        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
+    return lines[0]
+
+
+def trained_and_predicted(cfg, name: str, *sets: str) -> None:
+    args = ["--config", str(cfg), "--set", f"name={name}", *[a for s in sets for a in ("--set", s)]]
+    assert train.main([*args, "--fold", "all"]) == 0
+    assert predict.main(args) == 0
+
+
+def board_frame(cfg, capsys) -> pd.DataFrame:
+    capsys.readouterr()
+    assert board.main(["--config", str(cfg), "--format", "csv"]) == 0
+    return pd.read_csv(io.StringIO(capsys.readouterr().out))
+
+
+def test_a_blend_scores_at_least_its_best_run_and_writes_a_checked_submission(table_comp, tmp_path, capsys):
+    cfg, root = table_comp
+    trained_and_predicted(cfg, "mlp")
+    trained_and_predicted(cfg, "mlp-short", "train.epochs=1", "train.lr=0.003")
+    kept = pd.read_csv(tmp_path / "outputs" / "mlp" / "oof.csv")
+    assert len(kept) == len(pd.read_csv(root / "train.csv")) and set(kept["fold"]) == {0, 1}
+    assert len(pd.read_csv(tmp_path / "outputs" / "mlp" / "test_probs.csv")) == len(pd.read_csv(root / "test.csv"))
+    capsys.readouterr()
+
+    out = tmp_path / "blend.csv"
+    assert blend.main(["--config", str(cfg), "mlp", "mlp-short", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "run mlp: accuracy" in printed and "estimate: accuracy" in printed
+    record = json.loads((tmp_path / "outputs" / "blends" / "mlp+mlp-short" / "blend.json").read_text())
+    weights = np.array(list(record["weights"].values()))
+    assert (weights >= 0).all() and abs(weights.sum() - 1) < 1e-9
+    best_run = max(r["cv"] for r in record["runs_cv"].values())
+    assert record["blend_cv"]["cv"] >= best_run  # fit on these rows, it never scores below its best run
+    assert set(record["cross_fit"]["weights"]) == {"0", "1"} and 0 <= record["cross_fit"]["cv"] <= 1
+    sub, sample = pd.read_csv(out), pd.read_csv(root / "sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns) and list(sub["key"]) == list(sample["key"])
+    assert set(sub["target"]) <= {0, 1}
+
+    rows = board_frame(cfg, capsys)
+    assert set(rows["name"]) == {"mlp", "mlp-short", "blends/mlp+mlp-short"}
+    assert list(rows["cv"]) == sorted(rows["cv"], reverse=True)  # accuracy: best first
+    assert set(rows["cv_from"]) == {"as submitted", "blend, cross-fit"}
+    assert not rows["other_folds"].any()
+    assert rows.set_index("name").loc["blends/mlp+mlp-short", "submission"] == str(out)
+
+
+def test_blend_refuses_runs_on_other_folds_and_the_board_marks_them(table_comp, tmp_path, capsys):
+    cfg, _ = table_comp
+    trained_and_predicted(cfg, "old-split")
+    assert folds.main(["--config", str(cfg), "--force", "--set", "seed=99"]) == 0
+    trained_and_predicted(cfg, "new-split", "model.name=logreg")
+    capsys.readouterr()
+    refused(capsys, blend.main(["--config", str(cfg), "old-split", "new-split"]), "old-split", "new-split", "folds")
+    assert not (tmp_path / "outputs" / "blends").exists()
+    assert not [p for p in (tmp_path / "submissions").glob("*.csv") if "+" in p.name]
+
+    rows = board_frame(cfg, capsys).set_index("name")
+    assert rows.loc["old-split", "other_folds"] and not rows.loc["new-split", "other_folds"]
+    capsys.readouterr()
+    assert board.main(["--config", str(cfg)]) == 0
+    assert "other folds" in capsys.readouterr().out
+
+    # A run never predicted has nothing to blend: say what to run.
+    assert train.main(["--config", str(cfg), "--set", "name=unpredicted", "--fold", "all"]) == 0
+    capsys.readouterr()
+    refused(capsys, blend.main(["--config", str(cfg), "new-split", "unpredicted"]), "unpredicted/oof.csv not found",
+            "competition.predict")
+
+
+def test_greedy_weights_mix_runs_whose_mistakes_differ_and_never_score_below_the_best():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    truth = np.stack([1 - y, y], 1).astype(float)
+
+    def run(wrong: slice, sure: float) -> np.ndarray:
+        """Sure where right, barely wrong on `wrong` rows: the runs blending is for."""
+        p_true = np.full(len(y), sure)
+        p_true[wrong] = 0.45
+        return truth * p_true[:, None] + (1 - truth) * (1 - p_true[:, None])
+
+    a, b, weak = run(slice(0, 130), 0.9), run(slice(130, 260), 0.8), run(slice(0, 260), 0.6)
+    accuracy = METRICS["accuracy"]
+    w = greedy_weights(accuracy, y, [a, b, weak])
+    assert w[0] > 0 and w[1] > 0 and abs(w.sum() - 1) < 1e-12 and (w >= 0).all()
+    assert accuracy(y, combine([a, b, weak], w, "weights")) == 1.0 > max(accuracy(y, a), accuracy(y, b))
+    # Weights fit on one half, scored on the other (and back): what the blend earns on unseen rows.
+    held, fold_weights = cross_fit("weights", accuracy, y, np.arange(400) % 2, [a, b, weak])
+    assert set(fold_weights) == {"0", "1"} and accuracy(y, held) == 1.0
+
+
+def test_rank_blend_keeps_each_runs_order_and_is_refused_where_probabilities_are_scored(table_comp, capsys):
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    assert np.allclose(column_ranks(p)[:, 1], [0.0, 0.5, 1.0])
+    cfg, _ = table_comp
+    trained_and_predicted(cfg, "one")
+    trained_and_predicted(cfg, "two", "train.lr=0.003")
+    capsys.readouterr()
+    refused(capsys, blend.main(["--config", str(cfg), "one", "two", "--method", "rank"]), "--method rank",
+            "accuracy", "roc_auc")

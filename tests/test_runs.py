@@ -1,0 +1,76 @@
+"""A run is one config on one split: training, the CV and predict refuse to mix folds of another."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import torch
+
+from competition import folds, predict, train
+from competition.io.runs import RunRecord
+
+
+def refused(capsys, code: int, *culprits: str) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err, captured.err
+    for culprit in culprits:
+        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
+    return lines[0]
+
+
+def test_a_fold_under_another_config_is_refused_naming_the_keys_until_overwrite(table_comp, tmp_path, capsys):
+    cfg, _ = table_comp
+    run = tmp_path / "outputs" / "table"
+    assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
+    record = json.loads((run / "run.json").read_text())
+    best = (run / "fold0" / "best.pt").read_bytes()
+    state = torch.load(run / "fold0" / "best.pt", weights_only=True)
+    assert (state["config_hash"], state["folds_hash"]) == (record["config_hash"], record["folds_hash"])
+    oof = pd.read_csv(run / "fold0" / "oof.csv", dtype=str)
+    assert set(oof["config_hash"]) == {record["config_hash"]} and set(oof["folds_hash"]) == {record["folds_hash"]}
+
+    # The defect this guards against: one fold retrained under another config, mixed into the CV and predict.
+    code = train.main(["--config", str(cfg), "--fold", "0", "--set", "train.epochs=1", "--set", "train.lr=0.02"])
+    refused(capsys, code, str(run), "train.epochs (2 → 1)", "train.lr (0.01 → 0.02)", "--set name=table-2", "--overwrite")
+    assert (run / "fold0" / "best.pt").read_bytes() == best
+    assert json.loads((run / "run.json").read_text()) == record
+
+    # Where files go and how fast they load is not the experiment: the run goes on.
+    assert train.main(["--config", str(cfg), "--fold", "0", "--set", "predict.batch_size=7",
+                       "--set", f"submission_dir={tmp_path / 'elsewhere'}"]) == 0
+
+    assert train.main(["--config", str(cfg), "--fold", "0", "--set", "train.epochs=1", "--overwrite"]) == 0
+    assert not (run / "fold1").exists()  # the old run's other fold went with it
+    assert RunRecord.read(run).config["train"]["epochs"] == 1
+    assert len(pd.read_csv(run / "fold0" / "summary.csv")) == 1
+
+
+def test_predict_refuses_folds_of_two_configs(table_comp, tmp_path, capsys):
+    cfg, _ = table_comp
+    outputs = tmp_path / "outputs"
+    assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
+    assert train.main(["--config", str(cfg), "--fold", "1", "--set", "name=other", "--set", "train.epochs=1"]) == 0
+    capsys.readouterr()
+    # Folds copied between runs by hand are the same mix the refusal at training prevents.
+    shutil.rmtree(outputs / "table" / "fold1")
+    shutil.copytree(outputs / "other" / "fold1", outputs / "table" / "fold1")
+    refused(capsys, predict.main(["--config", str(cfg)]), "fold1/best.pt was trained with another config than",
+            "fold0/best.pt", "train.epochs (2 → 1)")
+    assert not list((tmp_path / "submissions").glob("*.csv"))
+    # The CV train reports pools the folds' oof.csv: those of two runs are refused too.
+    refused(capsys, train.main(["--config", str(cfg), "--fold", "0"]), "fold1/oof.csv comes from another run")
+
+
+def test_folds_regenerated_after_training_are_refused(table_comp, tmp_path, capsys):
+    cfg, root = table_comp
+    assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
+    before = pd.read_csv(root / "folds.csv")
+    assert folds.main(["--config", str(cfg), "--force", "--set", "seed=99"]) == 0
+    assert not pd.read_csv(root / "folds.csv").equals(before)
+    capsys.readouterr()
+    # Scored on the new folds, each model's validation rows would include rows it trained on.
+    refused(capsys, predict.main(["--config", str(cfg)]), "fold0/best.pt was trained on other folds", "folds.csv")
+    refused(capsys, train.main(["--config", str(cfg), "--fold", "0"]), "was trained on other folds", "--overwrite")
