@@ -143,14 +143,17 @@ def train_one_epoch(
         lrs = {group.get("name", str(k)): group["lr"] for k, group in enumerate(opt.optimizer.param_groups)}
         opt.step(model)
         if i + 1 < n_batches and control.stop is not None and control.stop():
-            return {"loss": float(total) / max(count, 1), "samples": count, "lrs": lrs, "batches": i + 1,
-                    "stopped": True, "loss_total": float(total)}
+            return _epoch_result(total, count, lrs, i + 1, stopped=True)
         if control.save is not None and control.save_every_s and time.monotonic() - saved_at >= control.save_every_s \
                 and i + 1 < n_batches:
             control.save(i + 1, float(total), count)
             saved_at = time.monotonic()
-    return {"loss": float(total) / max(count, 1), "samples": count, "lrs": lrs, "batches": n_batches, "stopped": False,
-            "loss_total": float(total)}
+    return _epoch_result(total, count, lrs, n_batches, stopped=False)
+
+
+def _epoch_result(total: torch.Tensor, count: int, lrs: dict, batches: int, stopped: bool) -> dict:
+    return {"loss": float(total) / max(count, 1), "samples": count, "lrs": lrs, "batches": batches,
+            "stopped": stopped, "loss_total": float(total)}
 
 
 @torch.inference_mode()
