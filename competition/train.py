@@ -32,6 +32,7 @@ from competition.tasks import Task, open_competition
 from competition.training.disk_space import check_disk_space
 from competition.training.estimator_fold import fit_estimator_fold
 from competition.training.fold import fit_fold
+from competition.training.warm_start import check_warm_starts
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = F
     if resume:
         check_resumable(cfg, comp, folds)
     df = load_or_create_folds(cfg, comp.train, comp.target)
+    if not resume:
+        check_warm_starts(cfg, comp.classes, df, folds)
     check_not_running(cfg, folds)
     discard = check_new_run(cfg, df, overwrite)  # a run is one config: io/runs.py
     start_run(cfg, df, comp.classes, discard)

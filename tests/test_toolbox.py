@@ -308,3 +308,38 @@ def test_a_bad_pseudo_label_file_is_refused_before_anything_is_written(table_com
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(pseudo) in err and all(c in err for c in culprits), err
     assert not (tmp_path / "outputs" / "bad").exists()
+
+
+# --- warm starts -----------------------------------------------------------------------------
+
+
+def test_a_warm_start_begins_each_fold_from_the_same_fold_of_another_run(image_comp, tmp_path, capsys, caplog):
+    cfg, root = image_comp
+    assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
+    # Progressive resizing: the same backbone at a larger size, starting from run "shapes"; with a
+    # learning rate near zero, each fold ends where the other run's fold did.
+    sets = ["--set", "name=bigger", "--set", "model.init_from=shapes", "--set", "image.size=40", "--set",
+            "train.lr=1e-12", "--set", "train.freeze_epochs=0", "--set", "train.epochs=1"]
+    with caplog.at_level("INFO"):
+        assert train.main(["--config", str(cfg), "--fold", "all", *sets]) == 0
+    assert "fold 1 starts from shapes's best.pt" in caplog.text
+    for k in (0, 1):
+        start = load_checkpoint(tmp_path / "outputs" / "shapes" / f"fold{k}" / "best.pt").model_state_dict
+        warm = load_checkpoint(tmp_path / "outputs" / "bigger" / f"fold{k}" / "best.pt").model_state_dict
+        key = "fc.weight"
+        torch.testing.assert_close(warm[key], start[key], atol=1e-6, rtol=0)
+
+
+def test_a_warm_start_from_a_run_on_other_folds_is_refused(image_comp, tmp_path, capsys):
+    cfg, root = image_comp
+    assert train.main(["--config", str(cfg), "--fold", "0"]) == 0
+    from competition import folds as folds_cli
+
+    assert folds_cli.main(["--config", str(cfg), "--force", "--set", "seed=999"]) == 0  # another split
+    capsys.readouterr()
+    code = train.main(["--config", str(cfg), "--set", "name=warm", "--set", "model.init_from=shapes", "--fold", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "trained on other folds" in err, err
+    assert not (tmp_path / "outputs" / "warm").exists()
+    code = train.main(["--config", str(cfg), "--set", "name=warm", "--set", "model.init_from=nothing", "--fold", "0"])
+    assert code == 2 and "nothing/fold0/best.pt not found" in capsys.readouterr().err

@@ -30,7 +30,7 @@ RUN_FILES = (RUN_FILE, "config.yaml", "cv.json", "oof.csv", "test_probs.csv")
 NOT_TRAINING = (
     "name", "output_dir", "submission_dir", "data.root", "data.test_csv", "data.sample_submission",
     "data.solution", "data.demo", "data.max_classes", "folds", "train.num_workers", "train.cache",
-    "train.compile", "predict",
+    "train.cache_on_device", "train.compile", "train.checkpoint_every_minutes", "tracking", "predict",
 )
 
 

@@ -52,6 +52,7 @@ from competition.tasks import Task
 from competition.training.engine import EpochControl, Optimization, evaluate, train_one_epoch
 from competition.training.stages import EarlyStopping, Stage, plan_stages, train_mode
 from competition.training.toolbox import fold_ema, fold_losses, fold_sampler, stage_optimization
+from competition.training.warm_start import load_warm_start, warm_start_state
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,12 @@ class FoldRun:
         """Model, datasets, loaders, losses, progress and tracker for this fold."""
         cfg, t = self.cfg, self.cfg.train
         random_seed(mix_seed(cfg.seed, self.fold))
-        model, self.data = self.task.fold(cfg, self.comp, self.df, self.fold, self.device, load_pretrained=saved is None)
+        warm = warm_start_state(cfg, self.comp.classes, self.df, self.fold) if saved is None and cfg.model.init_from else None
+        model, self.data = self.task.fold(cfg, self.comp, self.df, self.fold, self.device,
+                                          load_pretrained=saved is None and warm is None)
+        if warm is not None:
+            load_warm_start(model, warm, cfg, self.fold)
+            log.info("fold %d starts from %s's best.pt (epoch %d)", self.fold, cfg.model.init_from, warm.epoch)
         if saved is not None:  # the raw training weights; the EMA's are what scored
             model.load_state_dict(saved.train_state_dict if saved.train_state_dict is not None else saved.model_state_dict)
         self.model = model.to(self.device)
