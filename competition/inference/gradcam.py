@@ -25,6 +25,7 @@ from competition.core.errors import CompetitionError  # noqa: E402
 from competition.core.metrics import decide  # noqa: E402
 from competition.core.runtime import to_device  # noqa: E402
 from competition.data.competition import Competition, read_csv  # noqa: E402
+from competition.data.images import hw  # noqa: E402
 from competition.io.checkpoints import FoldState  # noqa: E402
 from competition.io.tracking import figure_rgb, read_oof_probs, worst_mistakes  # noqa: E402
 from competition.tasks import Task  # noqa: E402
@@ -68,7 +69,7 @@ def check_explainable(model: nn.Module, name: str, preprocessing: dict) -> tuple
     if not preprocessing:  # the table task's MLP: no image, so no map
         raise CompetitionError(f"Grad-CAM draws maps over images: model {name!r} reads table features, "
                                f"which have no spatial feature map")
-    return target_stage(model, name, int(preprocessing["size"]))
+    return target_stage(model, name, min(hw(preprocessing["size"])))  # the shorter side keeps its cells
 
 
 def grad_cam(model: nn.Module, name: str, x: torch.Tensor, classes: Sequence[int],

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from competition.data.images import hw
+
 
 def _count(n: int) -> str:
     for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -13,7 +15,8 @@ def _count(n: int) -> str:
 
 def _input_size(preprocessing: dict, in_features: int | None) -> str:
     if preprocessing:
-        return f"3×{preprocessing['size']}×{preprocessing['size']}"
+        height, width = hw(preprocessing["size"])
+        return f"3×{height}×{width}"
     return f"{in_features} features"
 
 

@@ -29,7 +29,8 @@ from competition.io.runs import RunKey, stamp
 from competition.io.tracking import oof_frame, write_summary
 from competition.models.estimators import fit_on_fold
 from competition.tasks import Task
-from competition.training.fold import FoldResult, check_resume_config
+from competition.training.epoch_files import check_resume_config
+from competition.training.fold import FoldResult
 
 log = logging.getLogger(__name__)
 

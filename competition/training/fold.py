@@ -11,14 +11,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import torch
 from timm.utils import random_seed, unwrap_model
 from torch import nn
 
-from competition.core.config import Config, config_to_dict, flat_config
+from competition.core.config import Config, config_to_dict
 from competition.core.distributed import (
     ShardSampler,
     World,
@@ -29,37 +28,30 @@ from competition.core.distributed import (
     gather_rows,
     mix_seed,
 )
-from competition.core.errors import CompetitionError
 from competition.core.interrupts import Interrupted
 from competition.core.metrics import METRICS
 from competition.core.runtime import amp_dtype_for
 from competition.data.competition import Competition, read_csv
 from competition.data.datasets import build_loader
 from competition.io.checkpoints import (
-    BEST,
     LAST,
     FoldLock,
     FoldState,
     checkpoint_bytes,
-    copy_checkpoint,
     load_checkpoint,
 )
-from competition.io.files import BackgroundWriter, write_bytes, write_csv
+from competition.io.files import BackgroundWriter, write_bytes
 from competition.io.runs import RunKey, stamp
-from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs, write_summary
+from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs
 from competition.models.summary import model_summary
 from competition.tasks import Task
 from competition.training.engine import EpochControl, Optimization, evaluate, train_one_epoch
+from competition.training.epoch_files import check_resume_config, write_epoch
 from competition.training.stages import EarlyStopping, Stage, plan_stages, train_mode
 from competition.training.toolbox import fold_ema, fold_losses, fold_sampler, stage_optimization
 from competition.training.warm_start import load_warm_start, warm_start_state
 
 log = logging.getLogger(__name__)
-
-# Keys a resumed run may change; anything else must match the interrupted run's config.
-RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.epochs", "train.patience", "train.checkpoint_every_minutes",
-                  "predict", "tracking"}
-
 
 @dataclass(frozen=True)
 class FoldResult:
@@ -83,18 +75,6 @@ def fit_fold(cfg: Config, task: Task, comp: Competition, df: pd.DataFrame, fold:
         with FoldLock(cfg.fold_dir(fold)):
             return run.fit(resume)
     return run.fit(resume)
-
-
-def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
-    """A resumed fold must continue under the config it started with (RESUME_MUTABLE aside)."""
-    now, then = flat_config(config_to_dict(cfg)), flat_config(saved)
-    differ = [
-        k for k in sorted(set(now) | set(then))
-        if now.get(k) != then.get(k) and k not in RESUME_MUTABLE and k.split(".")[0] not in RESUME_MUTABLE
-    ]
-    if differ:
-        shown = ", ".join(f"{k} ({then.get(k)!r} → {now.get(k)!r})" for k in differ[:5])
-        raise CompetitionError(f"--resume: {path} was trained with another config: {shown}")
 
 
 class FoldRun:
@@ -263,7 +243,7 @@ class FoldRun:
             oof = stamp(oof_frame(self.data.valid_ids, self.cfg.data.id_column, self.comp.target.answer_frame(self.data.valid_targets),
                                   self.comp.classes, probs), self.run_key) if improved else None
             # Serialised here, written (in this order, each atomically) while the next epoch trains.
-            self.writer.submit(_write_epoch, self.fold_dir, checkpoint_bytes(state), oof, list(self.history))
+            self.writer.submit(write_epoch, self.fold_dir, checkpoint_bytes(state), oof, list(self.history))
         barrier(self.world)
         log.info("fold %d | epoch %d/%d stage %d | train_loss %.4f | val_loss %.4f | %s %.5f%s%s | %.1fs",
                  self.fold, self.epoch, self.stages[-1].end, stage.number, train_loss, val_loss, self.metric.name,
@@ -339,16 +319,3 @@ class FoldRun:
                                  self.comp.target.multi_label, self.data.image_of)
         self.tracker.log_hparams(config_to_dict(self.cfg), self.metric.name, self.stopper.best_metric,
                                  self.stopper.best_epoch)
-
-
-def _write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, history: list[dict]) -> None:
-    """One epoch's files, each atomic, in this order: best.pt and its oof.csv (when the epoch
-    improved), summary.csv, then last.pt (a link to best.pt when they are the same epoch)."""
-    if oof is not None:
-        write_bytes(fold_dir / BEST, checkpoint)
-        write_csv(fold_dir / "oof.csv", oof)
-    write_summary(fold_dir, history)
-    if oof is not None:
-        copy_checkpoint(fold_dir / BEST, fold_dir / LAST)
-    else:
-        write_bytes(fold_dir / LAST, checkpoint)

@@ -1,0 +1,41 @@
+"""What a fold writes at the end of each epoch, and what a resumed fold may change of its config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from competition.core.config import Config, config_to_dict, flat_config
+from competition.core.errors import CompetitionError
+from competition.io.checkpoints import BEST, LAST, copy_checkpoint
+from competition.io.files import write_bytes, write_csv
+from competition.io.tracking import write_summary
+
+# Keys a resumed run may change; anything else must match the interrupted run's config.
+RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.epochs", "train.patience", "train.checkpoint_every_minutes",
+                  "predict", "tracking"}
+
+
+def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
+    """A resumed fold must continue under the config it started with (RESUME_MUTABLE aside)."""
+    now, then = flat_config(config_to_dict(cfg)), flat_config(saved)
+    differ = [
+        k for k in sorted(set(now) | set(then))
+        if now.get(k) != then.get(k) and k not in RESUME_MUTABLE and k.split(".")[0] not in RESUME_MUTABLE
+    ]
+    if differ:
+        shown = ", ".join(f"{k} ({then.get(k)!r} → {now.get(k)!r})" for k in differ[:5])
+        raise CompetitionError(f"--resume: {path} was trained with another config: {shown}")
+
+
+def write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, history: list[dict]) -> None:
+    """One epoch's files, each atomic, in this order: best.pt and its oof.csv (when the epoch
+    improved), summary.csv, then last.pt (a link to best.pt when they are the same epoch)."""
+    if oof is not None:
+        write_bytes(fold_dir / BEST, checkpoint)
+        write_csv(fold_dir / "oof.csv", oof)
+    write_summary(fold_dir, history)
+    if oof is not None:
+        copy_checkpoint(fold_dir / BEST, fold_dir / LAST)
+    else:
+        write_bytes(fold_dir / LAST, checkpoint)
