@@ -12,7 +12,8 @@ from competition.io.files import write_bytes, write_csv
 from competition.io.tracking import write_summary
 
 # Keys a resumed run may change; anything else must match the interrupted run's config.
-RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.epochs", "train.patience", "train.checkpoint_every_minutes",
+RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.cache_on_device", "train.epochs", "train.patience",
+                  "train.checkpoint_every_minutes",
                   "predict", "tracking"}
 
 
