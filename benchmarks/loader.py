@@ -156,6 +156,12 @@ def main() -> None:
         dev_rows = epoch_times(loader, args.epochs, sampler.set_epoch)
         dev_cpu = epoch_times(loader, args.epochs, sampler.set_epoch, augment)
         del loader
+        # 4b. The same uint8 rows streamed from the cache file by one thread (train.cache_on_device:
+        #     stream, the fallback when the rows do not fit on the GPU), against worker processes.
+        cfg_stream = config_from_dict({**raw, "train": {**raw["train"], "device_augment": "on", "cache_on_device": "stream"}})
+        loader, sampler, _, _ = kit_loader(cfg_stream, comp, df, prep, args.workers, args.batch_size)
+        streamed = epoch_times(loader, args.epochs, sampler.set_epoch)
+        del loader
         # 5. Plain: the same rows, PIL + torchvision RandomResizedCrop + flip, persistent workers.
         rows = df[df.fold != 0]
         labels = [comp.classes.index(v) for v in rows["label"]]
@@ -181,6 +187,8 @@ def main() -> None:
         ("kit, device path: uint8 rows from the warm cache in worker processes (crop, flip, normalise left to the GPU)", n / dev_rows[0],
          rate(dev_rows[1:])),
         ("kit, device path with its crop/flip/normalise run on this CPU", n / dev_cpu[0], rate(dev_cpu[1:])),
+        ("kit, device path: the same rows streamed from the cache file by one thread (train.cache_on_device: stream)",
+         n / streamed[0], rate(streamed[1:])),
     ]
     lines = [
         f"Machine: {machine_name()}. Command: `python benchmarks/loader.py --size {args.size} --workers {args.workers} "
