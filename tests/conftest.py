@@ -130,6 +130,27 @@ def fold_state(config: dict, classes: list, **weights) -> FoldState:
     )
 
 
+def refused(capsys, code: int, *culprits: str, quiet_stdout: bool = False) -> str:
+    """Exit 2, stderr exactly one `error: …` line without a traceback, naming every culprit."""
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err, captured.err
+    for culprit in culprits:
+        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
+    if quiet_stdout:
+        assert captured.out == ""
+    return lines[0]
+
+
+def epochs_saved(fold_dir: Path) -> int:
+    """Epochs completed according to last.pt (0 before the first one lands)."""
+    try:
+        return int(torch.load(fold_dir / "last.pt", weights_only=True)["epoch"])
+    except (FileNotFoundError, RuntimeError, EOFError, KeyError):
+        return 0
+
+
 @pytest.fixture
 def image_comp(tmp_path: Path) -> tuple[Path, Path]:
     """(config path, data root) of a tiny image competition; cwd is tmp_path."""

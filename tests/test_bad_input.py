@@ -4,6 +4,7 @@ Odd but valid images (RGBA, palette GIF, CMYK JPEG, 16-bit PNG, EXIF-rotated JPE
 """
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import image_config, make_image_competition, write_yaml
+from conftest import refused as refused_once
 from PIL import Image
 
 from competition import folds, predict, train
 from competition.data.images import check_images_decode, load_image
+
+# These commands print nothing on stdout when they refuse.
+refused = functools.partial(refused_once, quiet_stdout=True)
 
 CLIS = {"train": train.main, "predict": predict.main, "folds": folds.main}
 
@@ -27,17 +32,6 @@ def run(cli: str, cfg: Path | str, *extra: str) -> int:
     return CLIS[cli](args)
 
 
-def refused(capsys, code: int, *culprits: str) -> str:
-    """Exit 2, stderr exactly one `error: …` line without a traceback, naming every culprit."""
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.err
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
-    assert captured.out == ""
-    return lines[0]
 
 
 def nothing_written(tmp_path: Path, root: Path) -> None:

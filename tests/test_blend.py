@@ -6,20 +6,11 @@ import json
 
 import numpy as np
 import pandas as pd
+from conftest import refused
 
 from competition import blend, board, folds, predict, train
 from competition.core.metrics import METRICS
 from competition.experiments.blending import column_ranks, combine, cross_fit, greedy_weights
-
-
-def refused(capsys, code: int, *culprits: str) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err, captured.err
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
-    return lines[0]
 
 
 def trained_and_predicted(cfg, name: str, *sets: str) -> None:

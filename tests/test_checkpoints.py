@@ -17,7 +17,7 @@ from competition.core.config import config_to_dict
 from competition.core.errors import CompetitionError
 from competition.io.checkpoints import BEST, FORMAT, LAST, FoldLock, check_compatible, load_checkpoint, save_checkpoint
 from competition.io.files import torch_save
-from tests.conftest import fold_state
+from tests.conftest import fold_state, refused
 
 CLASSES = ["circle", "cross", "square"]
 
@@ -40,14 +40,6 @@ def kit_state(cfg_path: Path, classes: list | None = None, model: str | None = N
     return fold_state(cfg, classes or CLASSES).to_dict()
 
 
-def refused(capsys, code: int, *culprits: str) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err, captured.err
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
-    return lines[0]
 
 
 def no_submission(tmp_path: Path) -> None:

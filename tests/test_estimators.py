@@ -7,20 +7,11 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import refused
 
 from competition import blend, package, predict, train
 from competition.config import load_config
 from competition.models.estimators import ESTIMATORS, make_estimator
-
-
-def refused(capsys, code: int, *culprits: str) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err, captured.err
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
-    return lines[0]
 
 
 def test_each_scikit_learn_model_trains_predicts_and_blends_with_the_mlp(table_comp, tmp_path, capsys):

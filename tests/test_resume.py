@@ -13,7 +13,7 @@ import torch
 
 from competition import train
 from competition.io.checkpoints import load_checkpoint
-from tests.conftest import image_config, write_yaml
+from tests.conftest import epochs_saved, image_config, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,12 +26,6 @@ def _config(tmp_path, root, out):
     return write_yaml(tmp_path / f"{out}.yaml", cfg)
 
 
-def _epochs_saved(fold_dir: Path) -> int:
-    """Epochs completed according to last.pt (0 before the first one lands)."""
-    try:
-        return int(torch.load(fold_dir / "last.pt", weights_only=True)["epoch"])
-    except (FileNotFoundError, RuntimeError, EOFError):
-        return 0
 
 
 def test_checkpoint_round_trip_is_weights_only(image_comp, tmp_path):
@@ -63,11 +57,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(image_comp, tmp_path):
     deadline = time.time() + 120
     # Kill inside stage 2 (epochs 3-5), where the optimizer, schedule and early-stopping
     # state of an unfinished stage must all come back.
-    while _epochs_saved(fold_dir) < 3 and proc.poll() is None and time.time() < deadline:
+    while epochs_saved(fold_dir) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_after = _epochs_saved(fold_dir)
+    killed_after = epochs_saved(fold_dir)
     assert proc.returncode == -signal.SIGKILL
     assert 3 <= killed_after < 5, "the run must be killed part-way through stage 2"
     assert not load_checkpoint(fold_dir / "last.pt").finished

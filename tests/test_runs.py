@@ -6,19 +6,10 @@ import shutil
 
 import pandas as pd
 import torch
+from conftest import refused
 
 from competition import folds, predict, train
 from competition.io.runs import RunRecord
-
-
-def refused(capsys, code: int, *culprits: str) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err, captured.err
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
-    return lines[0]
 
 
 def test_a_fold_under_another_config_is_refused_naming_the_keys_until_overwrite(table_comp, tmp_path, capsys):

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import image_config, table_config, write_yaml
+from conftest import epochs_saved, image_config, table_config, write_yaml
 from torch import nn
 
 from competition import predict, train
@@ -49,11 +49,6 @@ def test_every_tool_at_once_trains_predicts_and_scores_the_ema(image_comp, tmp_p
     assert predict.main(["--config", str(cfg), "--folds", "0", "--output", str(tmp_path / "sub.csv")]) == 0
 
 
-def _epochs_saved(fold_dir: Path) -> int:
-    try:
-        return int(torch.load(fold_dir / "last.pt", weights_only=True)["epoch"])
-    except (FileNotFoundError, RuntimeError, EOFError):
-        return 0
 
 
 def test_kill_and_resume_is_bit_identical_with_mixup_ema_accumulation_and_a_balanced_sampler(image_comp, tmp_path):
@@ -72,11 +67,11 @@ def test_kill_and_resume_is_bit_identical_with_mixup_ema_accumulation_and_a_bala
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while _epochs_saved(fold_dir) < 3 and proc.poll() is None and time.time() < deadline:
+    while epochs_saved(fold_dir) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 3 <= _epochs_saved(fold_dir) < 5, "the run must be killed part-way through stage 2"
+    assert 3 <= epochs_saved(fold_dir) < 5, "the run must be killed part-way through stage 2"
     assert train.main(["--config", str(configs["run"]), "--fold", "0", "--resume"]) == 0
     got = load_checkpoint(fold_dir / "best.pt")
     assert (got.epoch, got.metric) == (ref.epoch, ref.metric)

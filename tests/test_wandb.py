@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import image_config, no_network_reason, write_yaml
+from conftest import epochs_saved, image_config, no_network_reason, write_yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb.proto import wandb_internal_pb2
 
@@ -91,11 +91,6 @@ def _own_service_env() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "PYTHONPATH": str(REPO)}
 
 
-def _epochs_saved(fold_dir: Path) -> int:
-    try:
-        return int(torch.load(fold_dir / "last.pt", weights_only=True)["epoch"])
-    except (FileNotFoundError, RuntimeError, EOFError):
-        return 0
 
 
 def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path):
@@ -107,11 +102,11 @@ def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "competition.train", "--config", str(cfg), "--fold", "0"],
                             env=_own_service_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while _epochs_saved(fold_dir) < 1 and proc.poll() is None and time.time() < deadline:
+    while epochs_saved(fold_dir) < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_after = _epochs_saved(fold_dir)
+    killed_after = epochs_saved(fold_dir)
     assert proc.returncode == -signal.SIGKILL and 1 <= killed_after < 3, "killed part-way through the fold"
     first_id = json.loads((fold_dir / "wandb.json").read_text())["id"]
 
