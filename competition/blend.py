@@ -15,17 +15,16 @@ from competition.config import add_config_arguments, load_config
 from competition.core.config import Config
 from competition.core.errors import CompetitionError, run_cli
 from competition.core.metrics import METRICS
-from competition.data.competition import Competition, read_solution
+from competition.data.competition import Competition
 from competition.experiments.blending import METHODS, check_method, combine, cross_fit, fit_weights
 from competition.experiments.inputs import BlendInputs, aligned, check_blendable, read_run
 from competition.inference.submission import (
     Layout,
+    build_submission,
+    checked_solution,
     leaderboard_score,
-    make_submission,
-    render,
     submission_layout,
     submission_path,
-    validate_submission,
 )
 from competition.inference.validation import OutOfFold, as_submitted
 from competition.io.files import write_csv, write_json
@@ -108,9 +107,7 @@ def _main(argv: Sequence[str] | None) -> int:
     check_method(args.method, metric)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, metric=metric.name))  # the runs' metric
     layout = submission_layout(comp.sample, cfg.data.id_column, comp.target, metric.name, cfg.predict.output)
-    solution = read_solution(cfg, comp.root, comp.target)
-    if solution is not None:
-        comp.target.encode(solution, comp.root / cfg.data.solution)  # every answer known, before anything is written
+    solution, _ = checked_solution(cfg, comp)
     data = aligned(cfg, comp, runs)
 
     weights = fit_weights(args.method, metric, data.y, data.oof)
@@ -118,9 +115,7 @@ def _main(argv: Sequence[str] | None) -> int:
     scores = {r.name: _score(cfg, comp, data, p, layout) for r, p in zip(runs, data.oof, strict=True)}
     fitted = _score(cfg, comp, data, combine(data.oof, weights, args.method), layout)
     estimate = _score(cfg, comp, data, honest, layout)
-    matrix = render(layout, combine(data.test, weights, args.method), comp.target, fitted["thresholds"])
-    sub = make_submission(comp.sample, comp.test[cfg.data.id_column].tolist(), matrix, layout, comp.target)
-    validate_submission(sub, comp.sample, cfg.data.id_column, comp.sample_path.name)
+    sub = build_submission(comp, layout, combine(data.test, weights, args.method), fitted["thresholds"])
 
     out = Path(args.output) if args.output else submission_path(cfg.submission_dir, name, estimate["cv"])
     write_csv(out, sub)

@@ -8,27 +8,23 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
 from competition.config import add_config_arguments, load_config
 from competition.core.config import Config
 from competition.core.distributed import device_for, init_world
 from competition.core.errors import CompetitionError, run_cli
 from competition.core.metrics import METRICS
 from competition.core.runtime import keep_freed_memory
-from competition.data.competition import Competition, read_solution
 from competition.data.folds import parse_folds
 from competition.inference.ensemble import cv_report, load_fold_models, predict_rows, trained_folds
 from competition.inference.predictions import keep_predictions
 from competition.inference.report import write_report
 from competition.inference.submission import (
     Layout,
+    build_submission,
+    checked_solution,
     leaderboard_score,
-    make_submission,
-    render,
     submission_layout,
     submission_path,
-    validate_submission,
 )
 from competition.inference.validation import as_submitted, predict_out_of_fold
 from competition.io.files import write_csv, write_json
@@ -49,16 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the submission only: no CV as submitted (no pass over the train rows, no "
                         "folds.csv needed, no cv.json written); thresholds come from the last full predict's cv.json")
     return parser
-
-
-def _solution(cfg: Config, comp: Competition) -> tuple[pd.DataFrame | None, Path | None]:
-    """The local answers, checked (every label known) before anything is written."""
-    solution = read_solution(cfg, comp.root, comp.target)
-    if solution is None:
-        return None, None
-    path = comp.root / cfg.data.solution
-    comp.target.encode(solution, path)
-    return solution, path
 
 
 def stored_thresholds(cfg: Config) -> dict:
@@ -101,7 +87,7 @@ def _main(argv: Sequence[str] | None) -> int:
     device = device_for(init_world())
     loaded = load_fold_models(cfg, task, comp, checkpoints, device)
     log.info("predicting with folds %s on %s", ", ".join(str(f) for f, _ in checkpoints), device)
-    solution, solution_path = _solution(cfg, comp)
+    solution, solution_path = checked_solution(cfg, comp)
     task.prepare(cfg, comp, train=not args.no_cv)
     used = [f for f, _ in checkpoints]
 
@@ -109,9 +95,7 @@ def _main(argv: Sequence[str] | None) -> int:
     oof = None if args.no_cv else predict_out_of_fold(cfg, task, comp, loaded, device, tta)
     submitted = stored_thresholds(cfg) if args.no_cv else as_submitted(cfg, comp, oof, layout)
     probs = predict_rows(cfg, task, comp, loaded, device, tta)
-    matrix = render(layout, probs, comp.target, submitted["thresholds"])
-    sub = make_submission(comp.sample, comp.test[d.id_column].tolist(), matrix, layout, comp.target)
-    validate_submission(sub, comp.sample, d.id_column, comp.sample_path.name)
+    sub = build_submission(comp, layout, probs, submitted["thresholds"])
     keep_predictions(cfg, comp, loaded, probs, oof)  # test_probs.csv, oof.csv: what a blend combines
 
     out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name,

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import PROBABILITY_METRICS, Metric, decide
-from competition.data.competition import read_csv
+from competition.data.competition import Competition, read_csv, read_solution
 from competition.data.targets import Target
 
 OUTPUTS = ("auto", "labels", "probabilities")  # config key predict.output
@@ -158,3 +159,23 @@ def leaderboard_score(written: Path, layout: Layout, solution: pd.DataFrame, tar
     keep = keys.isin(row_of.keys()).to_numpy()
     y = target.encode(solution[keep].reset_index(drop=True), "solution")
     return metric(y, held[np.array([row_of[k] for k in keys[keep]], dtype=np.int64)])
+
+
+def checked_solution(cfg: Config, comp: Competition) -> tuple[pd.DataFrame | None, Path | None]:
+    """The local answers (`data.solution`) and their path, every label checked known before
+    anything is written; (None, None) without them."""
+    solution = read_solution(cfg, comp.root, comp.target)
+    if solution is None:
+        return None, None
+    path = comp.root / cfg.data.solution
+    comp.target.encode(solution, path)
+    return solution, path
+
+
+def build_submission(comp: Competition, layout: Layout, probs: np.ndarray, thresholds) -> pd.DataFrame:
+    """Test probabilities (test.csv order) → the submission frame, rendered in `layout` at
+    `thresholds` and checked against the sample; nothing is written."""
+    matrix = render(layout, probs, comp.target, thresholds)
+    sub = make_submission(comp.sample, comp.test[layout.id_column].tolist(), matrix, layout, comp.target)
+    validate_submission(sub, comp.sample, layout.id_column, comp.sample_path.name)
+    return sub
