@@ -71,12 +71,14 @@ def binary_auc(shared: Path, work: Path, n_splits: int) -> str:
     began = time.time()
     _cli(train, [*argv, "--fold", "all"])
     trained = time.time()
+    cv_file = work / "outputs" / "hymenoptera_auc" / "cv.json"  # each predict rewrites it: read it after each
     _cli(predict, [*argv, "--output", str(work / "probs.csv")])
     predicted = time.time()
+    report = json.loads(cv_file.read_text())
     _cli(predict, [*argv, "--set", "predict.tta=[]", "--output", str(work / "no_tta.csv")])
-    plain = json.loads((work / "outputs" / "hymenoptera_auc" / "cv.json").read_text())
+    plain = json.loads(cv_file.read_text())
     _cli(predict, [*argv, "--set", "predict.output=labels", "--output", str(work / "labels.csv")])
-    report = json.loads((work / "outputs" / "hymenoptera_auc" / "cv.json").read_text())
+    labels = json.loads(cv_file.read_text())
     truth = val.set_index("id")["target"]
 
     def auc_of(path: Path) -> float:
@@ -106,7 +108,7 @@ def binary_auc(shared: Path, work: Path, n_splits: int) -> str:
         f"| kit: the same folds without TTA (`predict.tta: []`) | {kit_plain:.4f} | {plain['cv']:.4f} / "
         f"{plain['as_submitted']['cv']:.4f} | {folds(plain)} | — |",
         f"| kit: the same folds' file as hard labels (`predict.output: labels`; the kit's only layout before) | "
-        f"{kit_labels:.4f} | — | — | — |",
+        f"{kit_labels:.4f} | {labels['cv']:.4f} / {labels['as_submitted']['cv']:.4f} | {folds(labels)} | — |",
         f"| logistic regression on frozen features of the same pretrained backbone (256 px, C by 5-fold CV) | "
         f"{logreg:.4f} | — | — | features {feat_s:.0f} |",
     ])

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +152,20 @@ def epochs_saved(fold_dir: Path) -> int:
         return int(torch.load(fold_dir / "last.pt", weights_only=True)["epoch"])
     except (FileNotFoundError, RuntimeError, EOFError, KeyError):
         return 0
+
+
+def kill_training(cfg: Path, fold_dir: Path, epochs: int, env: dict | None = None) -> tuple[int, int]:
+    """Train fold 0 of `cfg` in a subprocess and SIGKILL it (no cleanup runs) once `epochs` epochs
+    are saved; (exit code, epochs saved when it died)."""
+    env = env or {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "competition.train", "--config", str(cfg), "--fold", "0"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while epochs_saved(fold_dir) < epochs and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.returncode, epochs_saved(fold_dir)
 
 
 @pytest.fixture

@@ -45,6 +45,15 @@ def _wait_for(fold_dir: Path, epochs: int, proc: subprocess.Popen) -> None:
     raise AssertionError("the run ended or stalled before it could be interrupted")
 
 
+def _interrupt_training(cfg: Path, fold_dir: Path, sig: signal.Signals) -> tuple[int, str]:
+    """Start training fold 0, send `sig` once two epochs are saved; (exit code, last stderr line)."""
+    proc = _start(cfg)
+    _wait_for(fold_dir, 2, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, _last_line(err)
+
+
 def _last_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert "Traceback" not in stderr, stderr
@@ -68,12 +77,8 @@ def test_ctrl_c_mid_epoch_saves_the_step_and_resume_ends_bit_identical(image_com
     ref = _uninterrupted(tmp_path, root, 1e-6)  # a mid-epoch last.pt after every step
     cfg = _config(tmp_path, root, "run", 1e-6)
     fold_dir = tmp_path / "run" / "shapes" / "fold0"
-    proc = _start(cfg)
-    _wait_for(fold_dir, 2, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    line = _last_line(err)
-    assert proc.returncode == 130, err
+    code, line = _interrupt_training(cfg, fold_dir, signal.SIGINT)
+    assert code == 130, line
     assert line.startswith("interrupted (SIGINT): fold 0 stopped after ") and "batches of epoch" in line, line
     command = line.split("continue with: ")[1]
     assert command.startswith("python -m competition.train") and command.endswith("--resume")
@@ -90,12 +95,8 @@ def test_sigterm_without_mid_epoch_checkpoints_resumes_from_the_last_epoch(image
     ref = _uninterrupted(tmp_path, root, 0)
     cfg = _config(tmp_path, root, "run", 0)
     fold_dir = tmp_path / "run" / "shapes" / "fold0"
-    proc = _start(cfg)
-    _wait_for(fold_dir, 2, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    line = _last_line(err)
-    assert proc.returncode == 143, err
+    code, line = _interrupt_training(cfg, fold_dir, signal.SIGTERM)
+    assert code == 143, line
     assert line.startswith("interrupted (SIGTERM): fold 0 stopped"), line
     saved = load_checkpoint(fold_dir / "last.pt")
     assert saved.batches_done == 0 and saved.epoch >= 2  # the last epoch boundary, whole

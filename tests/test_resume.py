@@ -1,19 +1,15 @@
 """Exact resume: a run killed with SIGKILL and resumed ends bit-identical to one never interrupted."""
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from conftest import image_config, kill_training, write_yaml
 
 from competition import train
 from competition.io.checkpoints import load_checkpoint
-from tests.conftest import epochs_saved, image_config, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,18 +47,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(image_comp, tmp_path):
 
     interrupted = _config(tmp_path, root, "run")
     fold_dir = tmp_path / "run" / "shapes" / "fold0"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "competition.train", "--config", str(interrupted), "--fold", "0"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
     # Kill inside stage 2 (epochs 3-5), where the optimizer, schedule and early-stopping
     # state of an unfinished stage must all come back.
-    while epochs_saved(fold_dir) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_after = epochs_saved(fold_dir)
-    assert proc.returncode == -signal.SIGKILL
+    code, killed_after = kill_training(interrupted, fold_dir, 3)
+    assert code == -signal.SIGKILL
     assert 3 <= killed_after < 5, "the run must be killed part-way through stage 2"
     assert not load_checkpoint(fold_dir / "last.pt").finished
 

@@ -2,11 +2,7 @@
 class weights, focal), drop path and layer decay — each through the CLI, each refusing nonsense."""
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +10,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import epochs_saved, image_config, table_config, write_yaml
+from conftest import image_config, kill_training, table_config, write_yaml
 from torch import nn
 
 from competition import predict, train
@@ -63,15 +59,8 @@ def test_kill_and_resume_is_bit_identical_with_mixup_ema_accumulation_and_a_bala
     ref = load_checkpoint(tmp_path / "ref" / "shapes" / "fold0" / "best.pt")
 
     fold_dir = tmp_path / "run" / "shapes" / "fold0"
-    proc = subprocess.Popen([sys.executable, "-m", "competition.train", "--config", str(configs["run"]), "--fold", "0"],
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while epochs_saved(fold_dir) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 3 <= epochs_saved(fold_dir) < 5, "the run must be killed part-way through stage 2"
+    code, killed_after = kill_training(configs["run"], fold_dir, 3)
+    assert code == -signal.SIGKILL and 3 <= killed_after < 5, "the run must be killed part-way through stage 2"
     assert train.main(["--config", str(configs["run"]), "--fold", "0", "--resume"]) == 0
     got = load_checkpoint(fold_dir / "best.pt")
     assert (got.epoch, got.metric) == (ref.epoch, ref.metric)

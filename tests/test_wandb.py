@@ -9,12 +9,11 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import epochs_saved, image_config, no_network_reason, write_yaml
+from conftest import image_config, kill_training, no_network_reason, write_yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb.proto import wandb_internal_pb2
 
@@ -99,15 +98,8 @@ def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path):
     cfg = write_yaml(tmp_path / "run.yaml", image_config(tmp_path, root, train={"epochs": 2, "freeze_epochs": 1},
                                                          tracking={"wandb": "offline"}))
     fold_dir = tmp_path / "outputs" / "shapes" / "fold0"
-    proc = subprocess.Popen([sys.executable, "-m", "competition.train", "--config", str(cfg), "--fold", "0"],
-                            env=_own_service_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while epochs_saved(fold_dir) < 1 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_after = epochs_saved(fold_dir)
-    assert proc.returncode == -signal.SIGKILL and 1 <= killed_after < 3, "killed part-way through the fold"
+    code, killed_after = kill_training(cfg, fold_dir, 1, env=_own_service_env())
+    assert code == -signal.SIGKILL and 1 <= killed_after < 3, "killed part-way through the fold"
     first_id = json.loads((fold_dir / "wandb.json").read_text())["id"]
 
     assert train.main(["--config", str(cfg), "--fold", "0", "--resume"]) == 0

@@ -53,6 +53,7 @@ from competition.training.warm_start import load_warm_start, warm_start_state
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class FoldResult:
     fold: int
