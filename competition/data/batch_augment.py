@@ -88,10 +88,13 @@ def sample_theta(seeds: torch.Tensor, augment: Sequence[str], size: tuple[int, i
         # albumentations' forward map in pixels about the centre: [[1, shx],[shy, 1]] · R · s, then + t
         m00, m01 = s * (c - shx * si), s * (si + shx * c)
         m10, m11 = s * (shy * c - si), s * (shy * si + c)
-        forward = torch.stack([torch.stack([m00, m01, tx], -1), torch.stack([m10, m11, ty], -1),
-                               eye[:, 2]], 1)
-        to_px = torch.diag(torch.tensor([w / 2, h / 2, 1.0], dtype=torch.float64, device=seeds.device))
-        affine = torch.linalg.inv(to_px) @ torch.linalg.inv(forward) @ to_px  # output → input, normalised
+        # Its inverse in closed form (torch.linalg.inv would wait for the GPU to check for errors),
+        # then in grid_sample's coordinates: D⁻¹ · forward⁻¹ · D with D = diag(w/2, h/2, 1).
+        det = m00 * m11 - m01 * m10
+        i00, i01, i10, i11 = m11 / det, -m01 / det, -m10 / det, m00 / det
+        itx, ity = -(i00 * tx + i01 * ty), -(i10 * tx + i11 * ty)
+        affine = torch.stack([torch.stack([i00, i01 * h / w, itx * 2 / w], -1),
+                              torch.stack([i10 * w / h, i11, ity * 2 / h], -1), eye[:, 2]], 1)
     flip = eye.clone()
     if "hflip" in augment:
         flip[:, 0, 0] = torch.where(u[:, 11] < FLIP_P, -1.0, 1.0)

@@ -71,7 +71,8 @@ class CachedImages:
     def __len__(self) -> int:
         return self.n if self.rows is None else len(self.rows)
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def __getitem__(self, i: int | np.ndarray) -> np.ndarray:
+        """One row, or (an array of positions) a copy of those rows."""
         return self.array[i if self.rows is None else self.rows[i]]
 
     def __getstate__(self) -> dict:

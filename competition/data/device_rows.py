@@ -26,9 +26,16 @@ class DeviceRows(torch.utils.data.Dataset):
         targets = [t for _, t in parts]
         self.targets = None if targets[0] is None else torch.from_numpy(np.concatenate(targets)).to(device)
         self.starts = np.cumsum([0] + [len(c) for c, _ in parts])
-        self.images = None if streaming else torch.cat(
-            [torch.from_numpy(np.array(c.array[c.rows if c.rows is not None else slice(None)]))
-             for c, _ in parts]).to(device)
+        self.images = None if streaming else self._upload()
+
+    def _upload(self, chunk: int = 4096) -> torch.Tensor:
+        """Every part's rows in one device tensor, copied in chunks: no host copy of the whole set."""
+        images = torch.empty((len(self), *self.parts[0][0].array.shape[1:]), dtype=torch.uint8, device=self.device)
+        for (cache, _), start in zip(self.parts, self.starts, strict=False):
+            for a in range(0, len(cache), chunk):
+                rows = np.arange(a, min(a + chunk, len(cache)))
+                images[start + a:start + a + len(rows)] = torch.from_numpy(cache[rows])
+        return images
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -40,8 +47,7 @@ class DeviceRows(torch.utils.data.Dataset):
         for k, (cache, _) in enumerate(self.parts):
             mine = np.flatnonzero(part == k)
             if len(mine):
-                local = rows[mine] - self.starts[k]
-                out[mine] = cache.array[cache.rows[local] if cache.rows is not None else local]
+                out[mine] = cache[rows[mine] - self.starts[k]]
         return torch.from_numpy(out)
 
     def __getitem__(self, key):
@@ -80,11 +86,11 @@ class DeviceBatches:
             else:
                 yield np.asarray(chunk), None
 
-    def _emit(self, x: torch.Tensor, rows: np.ndarray, seeds: np.ndarray | None):
+    def _emit(self, x: torch.Tensor, index: torch.Tensor, seeds: np.ndarray | None):
+        """The batch as the loop takes it; `index`: its rows, already on the device."""
         ds = self.dataset
         if ds.targets is None:
             return x
-        index = torch.from_numpy(rows).to(ds.device, non_blocking=True)
         if seeds is None:
             return x, ds.targets[index]
         return x, ds.targets[index], torch.from_numpy(seeds).to(ds.device, non_blocking=True)
@@ -96,7 +102,7 @@ class DeviceBatches:
             return
         for rows, seeds in self._batches():
             index = torch.from_numpy(rows).to(ds.device, non_blocking=True)
-            yield self._emit(ds.images[index], rows, seeds)
+            yield self._emit(ds.images[index], index, seeds)
 
     def _stream(self):
         """One thread gathers the next batches from the cache into pinned memory (two ahead) while
@@ -131,7 +137,7 @@ class DeviceBatches:
                 if isinstance(item, BaseException):
                     raise item
                 x, rows, seeds = item
-                yield self._emit(x.to(ds.device, non_blocking=True), rows, seeds)
+                yield self._emit(x.to(ds.device, non_blocking=True), torch.from_numpy(rows).to(ds.device), seeds)
         finally:  # also when the consumer stops early (an interrupt): the thread ends, not waits
             stopped.set()
             thread.join()
