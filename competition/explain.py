@@ -17,6 +17,7 @@ from competition.data.folds import parse_folds
 from competition.inference.ensemble import load_fold_models, trained_folds
 from competition.inference.gradcam import explain_fold, panels_rgb
 from competition.io.files import atomic_path
+from competition.io.runs import submission_thresholds
 from competition.io.tracking import log_images
 from competition.tasks import open_competition
 
@@ -51,8 +52,10 @@ def _main(argv: Sequence[str] | None) -> int:
     task, comp = open_competition(cfg)
     device = device_for(init_world())
     loaded = load_fold_models(cfg, task, comp, trained_folds(cfg, folds, explicit=args.fold != "all"), device)
+    thresholds = submission_thresholds(cfg.run_dir)  # F1 metrics: a mistake is one in the submission
     # Every fold's maps first, then the files: a refusal (a model without a 2-D map) writes nothing.
-    panels = {fold: explain_fold(cfg, task, comp, model, state, device, args.n) for fold, model, state in loaded}
+    panels = {fold: explain_fold(cfg, task, comp, model, state, device, args.n, thresholds)
+              for fold, model, state in loaded}
     for fold, _, state in loaded:
         out, grids = cfg.fold_dir(fold) / "explain", {p.kind: panels_rgb(p) for p in panels[fold]}
         for kind in KINDS:

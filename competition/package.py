@@ -22,6 +22,7 @@ from competition.inference.ensemble import trained_folds
 from competition.io.checkpoints import BEST, check_compatible, copy_checkpoint, load_checkpoint
 from competition.io.disk import DiskFull
 from competition.io.files import atomic_dir, write_text, write_yaml
+from competition.io.runs import CV_FILE
 from competition.models.estimators import is_estimator
 from competition.predict import stored_thresholds
 
@@ -204,8 +205,8 @@ def _write_package(out: Path, cfg: Config, checkpoints: list[tuple[int, Path]], 
             copy_checkpoint(best, fold_dir / BEST)
             if (cfg.fold_dir(fold) / OOF).is_file():  # predict's CV report; without it, no CV
                 shutil.copyfile(cfg.fold_dir(fold) / OOF, fold_dir / OOF)
-        if (cfg.run_dir / "cv.json").is_file():  # the thresholds predict --no-cv decides at
-            shutil.copyfile(cfg.run_dir / "cv.json", tmp / RUNS / cfg.name / "cv.json")
+        if (cfg.run_dir / CV_FILE).is_file():  # the thresholds predict --no-cv decides at
+            shutil.copyfile(cfg.run_dir / CV_FILE, tmp / RUNS / cfg.name / CV_FILE)
         if hook is not None:
             (tmp / hook[1]).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(hook[0], tmp / hook[1])

@@ -3,7 +3,6 @@ scored as submitted on the out-of-fold rows and, where answers are known, read b
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from competition.inference.submission import (
 )
 from competition.inference.validation import as_submitted, predict_out_of_fold
 from competition.io.files import write_csv, write_json
+from competition.io.runs import CV_FILE, submission_thresholds
 from competition.tasks import open_competition
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 def stored_thresholds(cfg: Config) -> dict:
     """For --no-cv: the thresholds of the last full predict (cv.json), where the metric needs them."""
     metric = METRICS[cfg.train.metric]
-    path = cfg.run_dir / "cv.json"
-    stored = json.loads(path.read_text()).get("as_submitted") if path.is_file() else None
-    if metric.thresholded and not (stored and stored.get("thresholds")):
+    thresholds = submission_thresholds(cfg.run_dir) if metric.thresholded else None
+    if metric.thresholded and not thresholds:
         raise CompetitionError(f"--no-cv: train.metric {metric.name} decides at thresholds fit on the out-of-fold rows, "
-                               f"and {path} holds none: run predict once without --no-cv")
-    return {"thresholds": stored.get("thresholds") if metric.thresholded else None, "folds": {}, "cv": None}
+                               f"and {cfg.run_dir / CV_FILE} holds none: run predict once without --no-cv")
+    return {"thresholds": thresholds, "folds": {}, "cv": None}
 
 
 def _report(report: dict, submitted: dict, tta: list[str], used: list[int], out: Path, rows: int,
@@ -101,7 +100,7 @@ def _main(argv: Sequence[str] | None) -> int:
     out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name,
                                                                  submitted["cv"] if not args.no_cv else report["cv"])
     if not args.no_cv:
-        write_json(cfg.run_dir / "cv.json", {**report, "as_submitted": submitted, "layout": layout.kind,
+        write_json(cfg.run_dir / CV_FILE, {**report, "as_submitted": submitted, "layout": layout.kind,
                                              "submission": str(out), "tta": list(tta)})
     write_csv(out, sub)
     lb = None

@@ -6,15 +6,21 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
+import pytest
 import timm
 import torch
-from conftest import table_config, write_yaml
+from conftest import refused, table_config, write_yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from competition import explain, train
-from competition.inference.gradcam import grad_cam, target_stage
+from competition.config import load_config
+from competition.core.errors import CompetitionError
+from competition.inference.gradcam import grad_cam, pick_rows, target_stage
+from competition.inference.report import pooled_oof
+from competition.tasks import open_competition
 
 
 class RedDetector(nn.Module):
@@ -92,3 +98,32 @@ def test_models_without_a_spatial_map_are_refused_in_one_line(image_comp, table_
     assert explain.main(["--config", str(table), "--fold", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: Grad-CAM draws maps over images: model 'mlp' reads table features, which have no spatial feature map"
+
+
+def test_mistakes_are_those_of_the_submission_thresholds():
+    # Binary F1 decides at a threshold fit on the out-of-fold rows: at 0.3, a positive scored 0.4 is
+    # right in the file, so Grad-CAM must not show it as a mistake (as 0.5 would).
+    y = np.array([1, 0, 1, 0])
+    probs = np.array([[0.6, 0.4], [0.9, 0.1], [0.1, 0.9], [0.8, 0.2]])
+    at_half = pick_rows(y, probs, ["no", "yes"], False, 4, 0)
+    at_file = pick_rows(y, probs, ["no", "yes"], False, 4, 0, thresholds=[0.3])
+    assert list(at_half["mistakes"][0]) == [0]
+    assert list(at_file["mistakes"][0]) == [] and 0 in at_file["correct"][0]
+
+
+def test_an_oof_row_train_csv_no_longer_holds_is_refused(image_comp, capsys):
+    cfg, root = image_comp
+    assert train.main(["--config", str(cfg), "--fold", "0", "--set", "train.epochs=1"]) == 0
+    oof_path = cfg.parent / "outputs" / "shapes" / "fold0" / "oof.csv"
+    train_csv = pd.read_csv(root / "train.csv")
+    gone = str(pd.read_csv(oof_path)["id"].iloc[0])
+    train_csv[train_csv["id"].astype(str) != gone].to_csv(root / "train.csv", index=False)
+    capsys.readouterr()
+    line = refused(capsys, explain.main(["--config", str(cfg), "--fold", "0", "--set", "train.epochs=1"]),
+                   str(oof_path), repr(gone), "train.csv changed since training")
+    assert line.endswith("retrain the fold")
+    # The report's mistakes read the same rows: refused alike, never another row's picture.
+    config = load_config(str(cfg), ["train.epochs=1"])
+    _, comp = open_competition(config)
+    with pytest.raises(CompetitionError, match="train.csv changed since training"):
+        pooled_oof(config, comp, [0])

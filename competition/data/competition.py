@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from competition.core.config import Config
@@ -32,6 +33,17 @@ class Competition:
     def classes(self) -> list:
         """Original label values; index = model output index."""
         return self.target.classes
+
+
+def train_rows(comp: Competition, ids: pd.Series, id_column: str, where: Path) -> np.ndarray:
+    """The train.csv row of each id (a file of out-of-fold predictions names its rows by id); an id
+    train.csv no longer holds is refused in one line naming `where`."""
+    rows = pd.Index(comp.train[id_column].astype(str)).get_indexer(ids.astype(str))
+    if (rows < 0).any():
+        missing = ids.iloc[int(np.flatnonzero(rows < 0)[0])]
+        raise CompetitionError(f"{where}: id {missing!r} is not in {comp.train_path}: train.csv changed since "
+                               f"training; retrain the fold")
+    return rows
 
 
 def read_csv(path: Path, what: str = "") -> pd.DataFrame:

@@ -14,7 +14,7 @@ from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.data.competition import read_csv
 from competition.data.targets import Target
-from competition.io.runs import BLENDS, RunRecord, file_key, fold_states
+from competition.io.runs import BLENDS, CV_FILE, RunRecord, file_key, fold_states
 from competition.io.tracking import read_oof_probs
 from competition.models.estimators import ESTIMATORS
 
@@ -94,7 +94,7 @@ def run_row(run_dir: Path) -> Row | None:
             return None
         config, classes, folds_hash = states[0][1].config, states[0][1].classes, states[0][1].folds_hash
     per_fold, pooled, mixed = _best_epoch_scores(run_dir, config, classes)
-    cv_from, cv_file = "best epochs", run_dir / "cv.json"
+    cv_from, cv_file = "best epochs", run_dir / CV_FILE
     submission = "-"
     newest = max((p.stat().st_mtime for p in run_dir.glob("fold*/best.pt")), default=0.0)
     if cv_file.is_file():

@@ -15,7 +15,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -24,7 +23,7 @@ from competition.core.config import Config  # noqa: E402
 from competition.core.errors import CompetitionError  # noqa: E402
 from competition.core.metrics import decide  # noqa: E402
 from competition.core.runtime import to_device  # noqa: E402
-from competition.data.competition import Competition, read_csv  # noqa: E402
+from competition.data.competition import Competition, read_csv, train_rows  # noqa: E402
 from competition.data.images import hw  # noqa: E402
 from competition.io.checkpoints import FoldState  # noqa: E402
 from competition.io.tracking import figure_rgb, read_oof_probs, worst_mistakes  # noqa: E402
@@ -100,11 +99,13 @@ class Panels:
     titles: list[str]
 
 
-def pick_rows(y: np.ndarray, probs: np.ndarray, classes: Sequence, multi_label: bool, n: int, seed: int) -> dict:
+def pick_rows(y: np.ndarray, probs: np.ndarray, classes: Sequence, multi_label: bool, n: int, seed: int,
+              thresholds=None) -> dict:
     """{"mistakes": (rows, class to explain, caption), "correct": …}: the n most confident mistakes
     and n right answers drawn at random (seeded), each explained for the class the model chose
-    (multi-label: its worst class on a mistake, its surest on a right answer)."""
-    preds = decide(probs, multi_label)
+    (multi-label: its worst class on a mistake, its surest on a right answer). Rows are decided
+    at `thresholds` (the submission's, where the metric fits them), so a mistake here is one in the file."""
+    preds = decide(probs, multi_label, thresholds)
     wrong, true, pred, sure = worst_mistakes(y, probs, preds, classes, multi_label, n)
     right = np.flatnonzero((preds == y).all(1) if multi_label else preds == y)
     right = np.sort(np.random.default_rng(seed).permutation(right)[:n])
@@ -126,23 +127,19 @@ def pick_rows(y: np.ndarray, probs: np.ndarray, classes: Sequence, multi_label: 
 
 
 def explain_fold(cfg: Config, task: Task, comp: Competition, model: nn.Module, state: FoldState, device: torch.device,
-                 n: int) -> list[Panels]:
+                 n: int, thresholds=None) -> list[Panels]:
     """Grad-CAM panels of a fold's validation rows, chosen from its oof.csv (the best epoch's
-    predictions, which are best.pt's)."""
+    predictions, which are best.pt's), decided at `thresholds`."""
     stage = check_explainable(model, cfg.model.name, state.preprocessing)
     path = cfg.fold_dir(state.fold) / "oof.csv"
     if not path.is_file():
         raise CompetitionError(f"{path} not found: the fold's validation predictions pick the rows to explain; retrain it")
     oof = read_csv(path, "out-of-fold file")
     y, probs = comp.target.encode(oof, path), read_oof_probs(oof, comp.classes)
-    ids = pd.Index(comp.train[cfg.data.id_column].astype(str))
-    rows_of = ids.get_indexer(oof[cfg.data.id_column].astype(str))
-    if (rows_of < 0).any():
-        missing = oof[cfg.data.id_column].iloc[int(np.flatnonzero(rows_of < 0)[0])]
-        raise CompetitionError(f"{path}: id {missing!r} is not in {comp.train_path}: train.csv changed since training; retrain the fold")
+    rows_of = train_rows(comp, oof[cfg.data.id_column], cfg.data.id_column, path)
     out = []
     for kind, (picked, explain, titles) in pick_rows(y, probs, comp.classes, comp.target.multi_label, n,
-                                                      cfg.seed + state.fold).items():
+                                                      cfg.seed + state.fold, thresholds).items():
         if len(picked):
             images, x = _inputs(cfg, task, comp, state, device, rows_of[picked])
             out.append(Panels(kind, images, grad_cam(model, cfg.model.name, x, explain, stage), stage[0],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,10 +24,11 @@ from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
 from competition.core.config import Config, config_to_dict  # noqa: E402
 from competition.core.errors import CompetitionError  # noqa: E402
 from competition.core.metrics import decide  # noqa: E402
-from competition.data.competition import Competition, read_csv  # noqa: E402
+from competition.data.competition import Competition, read_csv, train_rows  # noqa: E402
 from competition.data.images import image_paths, load_image  # noqa: E402
 from competition.inference.gradcam import explain_fold, panels_rgb  # noqa: E402
 from competition.io.files import write_text  # noqa: E402
+from competition.io.runs import CV_FILE, stored_cv  # noqa: E402
 from competition.io.tracking import (  # noqa: E402
     confusion_figure,
     figure_rgb,
@@ -70,7 +70,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def cv_section(cfg: Config, cv: dict, loaded: list, lb: float | None) -> str:
     if not cv:
-        return f'<p class="muted">{html.escape(str(cfg.run_dir / "cv.json"))} not found: run predict without --no-cv.</p>'
+        return f'<p class="muted">{html.escape(str(cfg.run_dir / CV_FILE))} not found: run predict without --no-cv.</p>'
     submitted = cv.get("as_submitted") or {}
     best_epoch = {str(f): state.best_epoch for f, _, state in loaded}
     rows = [[f"fold {f}", best_epoch.get(f, "—"), score, submitted.get("folds", {}).get(f, "—")]
@@ -112,14 +112,13 @@ def curves_figure(cfg: Config, folds: list[int], metric: str) -> np.ndarray | No
 def pooled_oof(cfg: Config, comp: Competition, folds: list[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """(answers, probabilities, train.csv rows) of the best epochs, every listed fold's oof.csv together."""
     ys, ps, rows = [], [], []
-    index = pd.Index(comp.train[cfg.data.id_column].astype(str))
     for f in folds:
         path = cfg.fold_dir(f) / "oof.csv"
         if path.is_file():
             oof = read_csv(path, "out-of-fold file")
             ys.append(comp.target.encode(oof, path))
             ps.append(read_oof_probs(oof, comp.classes))
-            rows += index.get_indexer(oof[cfg.data.id_column].astype(str)).tolist()
+            rows += train_rows(comp, oof[cfg.data.id_column], cfg.data.id_column, path).tolist()
     if not ys:
         raise CompetitionError(f"no oof.csv in {cfg.run_dir}/fold*: nothing to report on")
     return np.concatenate(ys), np.concatenate(ps), rows
@@ -151,11 +150,12 @@ def mistakes_section(cfg: Config, comp: Competition, y, probs, preds, rows: list
             f"(true class, predicted class and its probability).</p>{_img(figure_rgb(fig), 'mistakes')}")
 
 
-def gradcam_section(cfg: Config, task: Task, comp: Competition, loaded: list, device: torch.device, n: int) -> str:
+def gradcam_section(cfg: Config, task: Task, comp: Competition, loaded: list, device: torch.device, n: int,
+                    thresholds) -> str:
     out = ["<h2>Grad-CAM</h2>"]
     for fold, model, state in loaded:
         try:
-            panels = explain_fold(cfg, task, comp, model, state, device, n)
+            panels = explain_fold(cfg, task, comp, model, state, device, n, thresholds)
         except CompetitionError as exc:  # a model without a 2-D map: say why, once, and move on
             return out[0] + f'<p class="muted">{html.escape(str(exc))}</p>'
         out.append(f"<h3>fold {fold}</h3>" + "".join(_img(panels_rgb(p), f"fold {fold} {p.kind}") for p in panels))
@@ -166,7 +166,7 @@ def write_report(cfg: Config, task: Task, comp: Competition, loaded: list, devic
                  lb: float | None = None, n_explain: int = 8) -> Path:
     """Render the report of the loaded folds into outputs/<name>/report.html (atomically)."""
     folds = [f for f, _, _ in loaded]
-    cv = json.loads((cfg.run_dir / "cv.json").read_text()) if (cfg.run_dir / "cv.json").is_file() else {}
+    cv = stored_cv(cfg.run_dir)
     thresholds = (cv.get("as_submitted") or {}).get("thresholds")
     y, probs, rows = pooled_oof(cfg, comp, folds)
     preds = decide(probs, comp.target.multi_label, thresholds)
@@ -182,7 +182,7 @@ def write_report(cfg: Config, task: Task, comp: Competition, loaded: list, devic
         f"train on it (best epochs){', at the submission thresholds' if thresholds is not None else ''}.</p>",
         classes_section(comp, y, preds),
         mistakes_section(cfg, comp, y, probs, preds, rows),
-        gradcam_section(cfg, task, comp, loaded, device, n_explain),
+        gradcam_section(cfg, task, comp, loaded, device, n_explain, thresholds),
         "<h2>Config</h2><pre>" + html.escape(yaml.safe_dump(config_to_dict(cfg), sort_keys=False)) + "</pre>",
     ]
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(cfg.name)} report'

@@ -22,7 +22,8 @@ RUN_FORMAT = 1
 BLENDS = "blends"  # outputs/blends/<blend name>/blend.json: no run may take this name
 HASH_COLUMNS = ("config_hash", "folds_hash")  # stamped on every row of oof.csv and test_probs.csv
 # What a run's folder holds besides its fold<K>/ folders: discarded with it by `train --overwrite`.
-RUN_FILES = (RUN_FILE, "config.yaml", "cv.json", "oof.csv", "test_probs.csv")
+CV_FILE = "cv.json"  # outputs/<name>/cv.json: the CV report of the last full predict (its thresholds too)
+RUN_FILES = (RUN_FILE, "config.yaml", CV_FILE, "oof.csv", "test_probs.csv")
 
 # Keys that say where files are, how fast the work runs or what the submission looks like, not what
 # is trained: a run keeps its identity when they change. `folds.*` only matter through folds.csv,
@@ -32,6 +33,17 @@ NOT_TRAINING = (
     "data.solution", "data.demo", "data.max_classes", "folds", "train.num_workers", "train.cache",
     "train.cache_on_device", "train.compile", "train.checkpoint_every_minutes", "tracking", "predict",
 )
+
+
+def stored_cv(run_dir: Path) -> dict:
+    """The run's cv.json as the last full predict wrote it, or {} before the first one."""
+    path = Path(run_dir) / CV_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def submission_thresholds(run_dir: Path) -> list | None:
+    """The thresholds the last full predict decided the submission at (F1 metrics), or None."""
+    return (stored_cv(run_dir).get("as_submitted") or {}).get("thresholds")
 
 
 def training_config(config: dict) -> dict:
