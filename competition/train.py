@@ -27,7 +27,7 @@ from competition.io.files import write_yaml
 from competition.io.runs import check_new_run, start_run
 from competition.io.wandb_runs import check_wandb
 from competition.models.build import check_model
-from competition.models.estimators import is_estimator
+from competition.models.estimators import check_estimator, is_estimator
 from competition.tasks import Task, open_competition
 from competition.training.disk_space import check_disk_space
 from competition.training.estimator_fold import fit_estimator_fold
@@ -73,6 +73,8 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = F
     check_wandb(cfg)
     check_disk_space(cfg, task, comp, folds, model)  # before the decode cache, the first thing written
     task.prepare(cfg, comp)
+    if is_estimator(cfg):
+        check_estimator(cfg, comp)
     read_pseudo_labels(cfg, comp)  # a bad pseudo-label file fails before anything is written
     if resume:
         check_resumable(cfg, comp, folds)

@@ -11,6 +11,8 @@ from conftest import refused
 
 from competition import blend, package, predict, train
 from competition.config import load_config
+from competition.data.competition import load_competition
+from competition.data.features import TabularPreprocessor, feature_columns
 from competition.models.estimators import ESTIMATORS, make_estimator
 
 
@@ -66,6 +68,30 @@ def test_model_params_reach_the_estimator_and_bad_ones_stop_before_anything_is_w
     refused(capsys, train.main([*base, "--set", "model.params.max_iters=5"]), "model.params", "'max_iters'", "max_iter")
     refused(capsys, train.main([*base, "--set", "model.params.learning_rate=-1"]), "model.params", "learning_rate")
     refused(capsys, train.main(["--config", str(cfg), "--set", "model.params.max_depth=2"]), "model.params", "'mlp'")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_params_sized_to_the_table_are_checked_against_its_features(table_comp, tmp_path, capsys):
+    # One monotonic constraint per feature the preprocessor makes: right for this table, so the
+    # check (a fit on a few real rows) passes it; a list one short is refused before any write.
+    cfg, _ = table_comp
+    config = load_config(str(cfg), [])
+    comp = load_competition(config)
+    n = TabularPreprocessor.fit(comp.train, feature_columns(config, comp.train)).n_features
+    base = ["--config", str(cfg), "--set", "model.name=random_forest", "--set", "model.params.n_estimators=5",
+            "--fold", "0"]
+    short = [0] * (n - 1)
+    refused(capsys, train.main([*base, "--set", f"model.params.monotonic_cst={short}"]), "model.params",
+            "monotonic_cst")
+    assert not (tmp_path / "outputs").exists()
+    assert train.main([*base, "--set", f"model.params.monotonic_cst={[1] + [0] * (n - 1)}"]) == 0
+
+
+def test_pseudo_labels_are_refused_for_models_that_fit_one_label_per_row(table_comp, tmp_path, capsys):
+    cfg, root = table_comp
+    refused(capsys, train.main(["--config", str(cfg), "--set", "model.name=hist_gbm",
+                                "--set", f"data.pseudo_labels={root / 'sample_submission.csv'}"]),
+            "data.pseudo_labels", "hist_gbm", "mlp")
     assert not (tmp_path / "outputs").exists()
 
 

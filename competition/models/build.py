@@ -10,7 +10,7 @@ from torch import nn
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
-from competition.models.estimators import ESTIMATORS, EstimatorModule, check_estimator, is_estimator, make_estimator
+from competition.models.estimators import ESTIMATORS, EstimatorModule, make_estimator
 from competition.models.mlp import TABULAR_MODELS, TabularMLP
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,7 @@ def check_model(cfg: Config, num_classes: int, load_pretrained: bool = True) -> 
     """Build the model once now (with its pretrained weights), so that an unknown model name or
     missing or broken weights fail before a run writes anything. Returns it, for sizing its
     checkpoints (a table's MLP with one input feature: its real width comes with the folds)."""
-    model = build_model(cfg, num_classes, in_features=1, load_pretrained=load_pretrained)
-    if is_estimator(cfg):
-        check_estimator(cfg, num_classes)
-    return model
+    return build_model(cfg, num_classes, in_features=1, load_pretrained=load_pretrained)
 
 
 def preprocessing(model: nn.Module, size: int | list[int]) -> dict:

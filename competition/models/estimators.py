@@ -20,7 +20,7 @@ from competition.core.config import Config
 from competition.core.distributed import mix_seed
 from competition.core.errors import CompetitionError
 from competition.data.competition import Competition
-from competition.data.features import TabularPreprocessor, load_feature_hook
+from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
 from competition.data.folds import folds_path, read_folds
 from competition.io.checkpoints import FoldState
 from competition.io.runs import folds_digest
@@ -78,6 +78,9 @@ def check_model_params(cfg: Config) -> None:
     if cfg.data.target_format == "multi_label":
         raise CompetitionError(f"config key model.name: {cfg.model.name} takes one label per row; a multi_label "
                                f"target trains with mlp")
+    if cfg.data.pseudo_labels:
+        raise CompetitionError(f"config key data.pseudo_labels: {cfg.model.name} fits one label per row, not the soft "
+                               f"targets of pseudo-labels; they train with mlp")
     cls = ESTIMATORS[cfg.model.name][0]()
     unknown = sorted(set(cfg.model.params) - set(cls().get_params()))
     if unknown:
@@ -92,15 +95,17 @@ def make_estimator(cfg: Config, fold: int):
     return make()(**params)
 
 
-def check_estimator(cfg: Config, num_classes: int) -> None:
-    """scikit-learn checks parameter values when it fits: a fit on a few rows names a bad value
-    now, before a run writes anything."""
-    check_model_params(cfg)
-    y = np.arange(num_classes * 4) % num_classes
-    x = np.random.default_rng(0).normal(size=(len(y), 2)) + y[:, None]
+def check_estimator(cfg: Config, comp: Competition, per_class: int = 20) -> None:
+    """scikit-learn checks parameter values, and how they fit the table (one monotonic constraint
+    per feature, categorical feature indices), when it fits: a fit on a few real rows of each class,
+    through the preprocessor, names a bad value now, before a run writes anything."""
+    y = comp.target.encode(comp.train)
+    rows = np.concatenate([np.flatnonzero(y == k)[:per_class] for k in range(len(comp.classes))])
+    sample = comp.train.iloc[rows]
+    pre = TabularPreprocessor.fit(sample, feature_columns(cfg, comp.train), load_feature_hook(cfg))
     est = make_estimator(cfg, 0)
     try:
-        est.fit(x, y)
+        est.fit(pre.transform(sample), y[rows])
     except (ValueError, TypeError) as exc:
         raise CompetitionError(f"config key model.params: {type(est).__name__} refuses them: "
                                f"{str(exc).strip().splitlines()[0][:300]}") from None
