@@ -30,7 +30,9 @@ def init_world() -> World:
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return World()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # NCCL for the CUDA tensors (gradients, buffers); gloo beside it for the few CPU tensors
+        # the ranks agree on (all_mean, any_rank), which NCCL alone refuses.
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
