@@ -22,6 +22,7 @@ class RunPredictions:
     """One run's kept predictions, rows in the order of the first run's OOF file and of test.csv."""
 
     name: str
+    folder: Path  # where the run was read from (under output_dir, or the path it was named by)
     record: RunRecord
     oof: pd.DataFrame
     test: pd.DataFrame
@@ -59,7 +60,7 @@ def read_run(cfg: Config, name: str) -> RunPredictions:
         if key != record.key:
             raise CompetitionError(f"{path} comes from another training of {record.name} ({key or 'no run stamp'}; the "
                                    f"run is {record.key}): predict the run again")
-    return RunPredictions(folder.name, record, frames[OOF], frames[TEST_PROBS])
+    return RunPredictions(folder.name, folder, record, frames[OOF], frames[TEST_PROBS])
 
 
 def _same(runs: list[RunPredictions], what: str, value, why: str) -> None:
@@ -89,7 +90,7 @@ def check_blendable(cfg: Config, comp: Competition, runs: list[RunPredictions]) 
     for run in runs:
         present = sorted(int(f) for f in run.oof["fold"].unique())
         if present != list(range(n_splits)):
-            raise CompetitionError(f"{run_dir(cfg, run.name) / OOF} holds folds {present} of {n_splits}: predict every "
+            raise CompetitionError(f"{run.folder / OOF} holds folds {present} of {n_splits}: predict every "
                                    f"fold of {run.name} (predict --folds all)")
 
 
@@ -121,7 +122,6 @@ def aligned(cfg: Config, comp: Competition, runs: list[RunPredictions]) -> Blend
     base = runs[0].oof
     oof, test = [], []
     for run in runs:
-        folder = run_dir(cfg, run.name)
-        oof.append(read_oof_probs(_align(run.oof, base[idc], idc, str(folder / OOF)), comp.classes))
-        test.append(read_oof_probs(_align(run.test, comp.test[idc], idc, str(folder / TEST_PROBS)), comp.classes))
-    return BlendInputs(comp.target.encode(base, runs[0].name + "/" + OOF), base["fold"].to_numpy(), oof, test)
+        oof.append(read_oof_probs(_align(run.oof, base[idc], idc, str(run.folder / OOF)), comp.classes))
+        test.append(read_oof_probs(_align(run.test, comp.test[idc], idc, str(run.folder / TEST_PROBS)), comp.classes))
+    return BlendInputs(comp.target.encode(base, runs[0].folder / OOF), base["fold"].to_numpy(), oof, test)

@@ -14,11 +14,9 @@ from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.data.competition import read_csv
 from competition.data.targets import Target
-from competition.io.runs import BLENDS, CV_FILE, RunRecord, file_key, fold_states
+from competition.io.runs import BLEND_FILE, BLENDS, CV_FILE, RunRecord, file_key, fold_states
 from competition.io.tracking import read_oof_probs
 from competition.models.estimators import ESTIMATORS
-
-BLEND_FILE = "blend.json"
 
 
 @dataclass
