@@ -19,7 +19,7 @@ from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.data.batch_augment import BatchAugment, use_device_augment
-from competition.data.cache import cache_bytes_to_build, image_cache
+from competition.data.cache import cache_bytes, cache_bytes_to_build, image_cache
 from competition.data.competition import Competition, load_competition, require_columns
 from competition.data.datasets import CachedRows, ImageDataset, JoinedRows, TabularDataset
 from competition.data.device_rows import DeviceRows, residence
@@ -176,7 +176,7 @@ class ImageTask(Task):
             parts = [(train_df, comp.target.soft(parts[0][1]), cache, train_rows),
                      (comp.test.iloc[pseudo.rows].reset_index(drop=True), pseudo.targets, test_cache, pseudo.rows)]
         if cache is not None and use_device_augment(cfg, device, cached=True):
-            nbytes = cache.array[:1].nbytes * (sum(len(r) for *_, r in parts) + len(valid_rows))
+            nbytes = cache_bytes(sum(len(r) for *_, r in parts) + len(valid_rows), cache.size)
             where = residence(cfg.train.cache_on_device, device, nbytes, model_bytes)
             if where == "loader":  # uint8 rows from worker processes, augmented on the device
                 train_ds = joined([CachedRows(c.subset(r), t) for _, t, c, r in parts])
@@ -213,7 +213,7 @@ class ImageTask(Task):
             if cache is not None and rows is not None:
                 cache = cache.subset(rows)
             if cache is not None and use_device_augment(cfg, device, cached=True):
-                where = residence(cfg.train.cache_on_device, device, cache.array[:1].nbytes * len(cache))
+                where = residence(cfg.train.cache_on_device, device, cache_bytes(len(cache), cache.size))
                 # uint8 rows to the device, resized there
                 ds = CachedRows(cache) if where == "loader" else DeviceRows([(cache, None)], device, where == "stream")
             else:
@@ -257,11 +257,13 @@ class TabularTask(Task):
         train_df, valid_df = split(df, fold)
         pre = TabularPreprocessor.fit(train_df, feature_columns(cfg, comp.train), load_feature_hook(cfg))
         train_targets, valid_targets = comp.target.encode(train_df), comp.target.encode(valid_df)
-        train_ds = TabularDataset(train_df, pre, train_targets)
         pseudo = read_pseudo_labels(cfg, comp)
-        if pseudo is not None:  # fit on the fold's own rows only; the test rows are transformed
-            train_targets = np.concatenate([comp.target.soft(train_targets), pseudo.targets])
-            train_ds = JoinedRows([TabularDataset(train_df, pre, comp.target.soft(comp.target.encode(train_df))),
+        if pseudo is None:
+            train_ds = TabularDataset(train_df, pre, train_targets)
+        else:  # fit on the fold's own rows only; the test rows are transformed
+            soft = comp.target.soft(train_targets)
+            train_targets = np.concatenate([soft, pseudo.targets])
+            train_ds = JoinedRows([TabularDataset(train_df, pre, soft),
                                    TabularDataset(comp.test.iloc[pseudo.rows], pre, pseudo.targets)])
         data = FoldData(
             train_ds,

@@ -15,21 +15,12 @@ from competition.core.distributed import World, barrier
 from competition.core.metrics import METRICS
 from competition.data.competition import Competition
 from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
-from competition.io.checkpoints import (
-    BEST,
-    LAST,
-    FoldLock,
-    FoldState,
-    copy_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from competition.io.files import write_csv
+from competition.io.checkpoints import LAST, FoldLock, FoldState, checkpoint_bytes, load_checkpoint
 from competition.io.runs import RunKey, stamp
-from competition.io.tracking import oof_frame, write_summary
+from competition.io.tracking import oof_frame
 from competition.models.estimators import fit_on_fold
 from competition.tasks import Task
-from competition.training.epoch_files import check_resume_config
+from competition.training.epoch_files import check_resume_config, write_epoch
 from competition.training.fold import FoldResult
 
 log = logging.getLogger(__name__)
@@ -76,12 +67,8 @@ def _fit(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, resume: bo
         config_hash=key.config, folds_hash=key.folds,
     )
     idc = cfg.data.id_column
-    # The torch loop's order: best.pt, its oof.csv, summary.csv, then last.pt (the same bytes).
-    save_checkpoint(fold_dir / BEST, state)
-    write_csv(fold_dir / "oof.csv", stamp(oof_frame(valid_rows[idc].tolist(), idc, comp.target.answer_frame(y),
-                                                    comp.classes, probs), key))
-    write_summary(fold_dir, [row])
-    copy_checkpoint(fold_dir / BEST, fold_dir / LAST)
+    oof = stamp(oof_frame(valid_rows[idc].tolist(), idc, comp.target.answer_frame(y), comp.classes, probs), key)
+    write_epoch(fold_dir, checkpoint_bytes(state), oof, [row])  # the torch loop's files, in its order
     log.info("fold %d | %s | train_loss %.4f | val_loss %.4f | %s %.5f | %.1fs", fold, cfg.model.name, train_loss,
              loss, metric.name, score, row["seconds"])
     return FoldResult(fold, score, 1)
