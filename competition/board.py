@@ -8,10 +8,8 @@ from pathlib import Path
 
 from competition.config import add_config_arguments, load_config
 from competition.core.errors import run_cli
-from competition.data.competition import read_csv
-from competition.data.folds import folds_path
+from competition.data.folds import folds_path, split_digest
 from competition.experiments.standings import FORMATS, board_rows, render_board
-from competition.io.runs import folds_digest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +27,7 @@ def _main(argv: Sequence[str] | None) -> int:
     cfg = load_config(args.config, args.overrides)
     path = folds_path(cfg)
     # The competition at hand: its folds.csv is the split the others are compared with.
-    reference = folds_digest(read_csv(path, "folds file"), cfg.data.id_column) if path.is_file() else None
+    reference = split_digest(cfg)
     rows = board_rows(Path(cfg.output_dir), reference)
     if not rows:
         print(f"no runs under {cfg.output_dir} yet: python -m competition.train starts one")

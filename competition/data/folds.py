@@ -13,6 +13,7 @@ from competition.core.errors import CompetitionError
 from competition.data.competition import read_csv
 from competition.data.targets import Target
 from competition.io.files import write_csv
+from competition.io.runs import folds_digest
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,24 @@ def read_folds(cfg: Config, train: pd.DataFrame) -> pd.DataFrame:
     check_folds(folds, train, cfg, path)
     fold_of = dict(zip(folds[cfg.data.id_column].astype(str), folds["fold"].astype(int), strict=True))
     return train.assign(fold=[fold_of[i] for i in train[cfg.data.id_column].astype(str)])
+
+
+def split_digest(cfg: Config) -> str | None:
+    """The hash (io.runs.folds_digest) of the config's folds.csv, or None before one is written."""
+    path = folds_path(cfg)
+    return folds_digest(read_csv(path, "folds file"), cfg.data.id_column) if path.is_file() else None
+
+
+def folds_trained_on(cfg: Config, train: pd.DataFrame, models: list[tuple[str, str | None]], why: str) -> pd.DataFrame:
+    """train with its folds.csv folds (read_folds), refused in one line when a model of `models`
+    ((what it is, the folds hash it was trained on)) was trained on another split: `why` it matters."""
+    df = read_folds(cfg, train)
+    split = folds_digest(df, cfg.data.id_column)
+    for name, trained in models:
+        if trained not in (None, split):  # None: a checkpoint from before folds were recorded
+            raise CompetitionError(f"{name} was trained on other folds ({trained}) than {folds_path(cfg)} ({split}): "
+                                   f"{why}; restore that folds.csv or retrain the run")
+    return df
 
 
 def parse_folds(spec: str, n_splits: int, option: str = "--folds") -> list[int]:

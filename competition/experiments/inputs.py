@@ -11,9 +11,9 @@ import pandas as pd
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.data.competition import Competition, read_csv
-from competition.data.folds import folds_path
+from competition.data.folds import folds_path, split_digest
 from competition.inference.predictions import OOF, TEST_PROBS
-from competition.io.runs import RUN_FILE, RunRecord, file_key, folds_digest
+from competition.io.runs import RUN_FILE, RunRecord, file_key
 from competition.io.tracking import read_oof_probs
 
 
@@ -80,12 +80,10 @@ def check_blendable(cfg: Config, comp: Competition, runs: list[RunPredictions]) 
     if list(runs[0].record.classes) != list(comp.classes):
         raise CompetitionError(f"runs predict classes {runs[0].record.classes}, {comp.train_path} has {comp.classes}: "
                                f"blend with the config of the runs' competition")
-    path = folds_path(cfg)
-    if path.is_file():
-        split = folds_digest(read_csv(path, "folds file"), cfg.data.id_column)
-        if split != runs[0].record.folds_hash:
-            raise CompetitionError(f"runs were trained on folds {runs[0].record.folds_hash}, {path} gives {split}: "
-                                   f"blend with the config of the runs' competition")
+    split = split_digest(cfg)
+    if split is not None and split != runs[0].record.folds_hash:
+        raise CompetitionError(f"runs were trained on folds {runs[0].record.folds_hash}, {folds_path(cfg)} gives {split}: "
+                               f"blend with the config of the runs' competition")
     n_splits = runs[0].record.config["folds"]["n_splits"]
     for run in runs:
         present = sorted(int(f) for f in run.oof["fold"].unique())

@@ -9,14 +9,12 @@ import numpy as np
 import torch
 
 from competition.core.config import Config
-from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.data.competition import Competition
-from competition.data.folds import folds_path, read_folds
+from competition.data.folds import folds_trained_on
 from competition.inference.ensemble import predict_rows
 from competition.inference.submission import Layout, render
 from competition.io.checkpoints import BEST
-from competition.io.runs import folds_digest
 from competition.tasks import Task
 
 
@@ -33,13 +31,8 @@ class OutOfFold:
 def predict_out_of_fold(cfg: Config, task: Task, comp: Competition, loaded: list, device: torch.device,
                         tta: list[str]) -> OutOfFold:
     """Each loaded fold's model on its validation rows (from folds.csv), with the TTA views."""
-    df = read_folds(cfg, comp.train)
-    split = folds_digest(df, cfg.data.id_column)
-    for fold, _, state in loaded:
-        if state.folds_hash not in (None, split):
-            raise CompetitionError(f"{cfg.fold_dir(fold) / BEST} was trained on other folds ({state.folds_hash}) than "
-                                   f"{folds_path(cfg)} ({split}): its validation rows would include rows it trained on; "
-                                   f"restore that folds.csv or retrain the run")
+    df = folds_trained_on(cfg, comp.train, [(str(cfg.fold_dir(fold) / BEST), state.folds_hash) for fold, _, state in loaded],
+                          "its validation rows would include rows it trained on")
     rows, folds, probs = [], [], []
     for fold, model, state in loaded:
         mine = np.flatnonzero((df.fold == fold).to_numpy())

@@ -21,9 +21,8 @@ from competition.core.distributed import mix_seed
 from competition.core.errors import CompetitionError
 from competition.data.competition import Competition
 from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
-from competition.data.folds import folds_path, read_folds
+from competition.data.folds import folds_trained_on
 from competition.io.checkpoints import FoldState
-from competition.io.runs import folds_digest
 
 CHECK_ROWS = 256  # the fold's first validation rows, whose trained predictions a refit must reproduce
 CHECK_TOLERANCE = 1e-6
@@ -151,12 +150,8 @@ def fit_on_fold(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int,
 def refit(cfg: Config, comp: Competition, fold_cfg: Config, state: FoldState) -> EstimatorModule:
     """A fold's estimator again, from its checkpoint's recipe and the fold's training rows: the
     local config's feature hook, the folds it was trained on, and its own predictions reproduced."""
-    df = read_folds(cfg, comp.train)
-    split = folds_digest(df, cfg.data.id_column)
     name = f"{fold_cfg.model.name} of fold {state.fold}"
-    if state.folds_hash not in (None, split):
-        raise CompetitionError(f"{name} was trained on other folds ({state.folds_hash}) than {folds_path(cfg)} ({split}), "
-                               f"and is refit from its training rows at predict: restore that folds.csv or retrain the run")
+    df = folds_trained_on(cfg, comp.train, [(name, state.folds_hash)], "it is refit from its training rows at predict")
     pre = TabularPreprocessor(state.preprocessor, load_feature_hook(cfg))
     module, _ = fit_on_fold(fold_cfg, comp, df, state.fold, pre)
     trained = state.model_state_dict.get("check_probs")
