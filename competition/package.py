@@ -190,8 +190,7 @@ def write_package(out: Path, cfg: Config, checkpoints: list[tuple[int, Path]], h
     try:
         return _write_package(out, cfg, checkpoints, hook, data_root)
     except DiskFull as exc:  # its message names a file inside the temporary folder, which is gone
-        raise CompetitionError(f"writing the package {out} failed: {str(exc).split(' writing ')[0]} "
-                               f"({str(exc).rsplit('(', 1)[-1]}; nothing was left there") from None
+        raise CompetitionError(f"writing the package {out} failed: {exc.reason} ({exc.space}); nothing was left there") from None
     except OSError as exc:  # a folder that cannot be written: atomic_dir left nothing
         raise CompetitionError(f"writing the package {out} failed: {exc.strerror or exc}; nothing was left there") from None
 

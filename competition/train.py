@@ -149,7 +149,7 @@ def _main(argv: Sequence[str] | None) -> int:
         exc.message = f"{exc.message}; continue with: {resume_command(argv)}"
         raise
     except DiskFull as exc:  # every finished epoch is in last.pt
-        raise DiskFull(f"{exc}; free some space, then continue with --resume") from None
+        raise DiskFull(f"{exc}; free some space, then continue with --resume", exc.reason, exc.space) from None
     if world.is_main:
         _report(cfg, comp, results)
     if world.distributed:

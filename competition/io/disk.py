@@ -13,7 +13,12 @@ from competition.core.errors import NO_SPACE, CompetitionError
 
 class DiskFull(CompetitionError):
     """A write that failed for space: names the file, the bytes it needed (when known) and the
-    bytes free on its filesystem."""
+    bytes free on its filesystem. `reason` and `space` are the parts without the file, for a
+    caller that names what it was writing in its own words."""
+
+    def __init__(self, message: str, reason: str = "no space left on device", space: str = ""):
+        super().__init__(message)
+        self.reason, self.space = reason, space
 
 
 def human_bytes(n: float) -> str:
@@ -45,7 +50,8 @@ def disk_full(path: str | os.PathLike, needed: int | None, exc: OSError) -> Disk
     free, mount = free_space(path)
     need = f"needs {human_bytes(needed)}, " if needed else ""
     reason = os.strerror(exc.errno).lower() if exc.errno else "no space left on device"
-    return DiskFull(f"{reason} writing {path} ({need}{human_bytes(free)} free on {mount})")
+    space = f"{need}{human_bytes(free)} free on {mount}"
+    return DiskFull(f"{reason} writing {path} ({space})", reason, space)
 
 
 @contextlib.contextmanager
