@@ -46,12 +46,12 @@ def train_rows(comp: Competition, ids: pd.Series, id_column: str, where: Path) -
     return rows
 
 
-def read_csv(path: Path, what: str = "") -> pd.DataFrame:
+def read_csv(path: Path, what: str = "", dtype: dict | None = None) -> pd.DataFrame:
     """Read a CSV, turning a missing, empty or malformed file into one clear line."""
     if not path.is_file():
         raise CompetitionError(f"{what or 'file'} {path} not found")
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype=dtype)
     except pd.errors.EmptyDataError:
         raise CompetitionError(f"{path} is empty: expected a header line and rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:

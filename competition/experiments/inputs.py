@@ -13,7 +13,7 @@ from competition.core.errors import CompetitionError
 from competition.data.competition import Competition, read_csv
 from competition.data.folds import folds_path, split_digest
 from competition.inference.predictions import OOF, TEST_PROBS
-from competition.io.runs import RUN_FILE, RunRecord, file_key
+from competition.io.runs import HASH_TEXT, RUN_FILE, RunRecord, frame_key
 from competition.io.tracking import read_oof_probs
 
 
@@ -55,8 +55,8 @@ def read_run(cfg: Config, name: str) -> RunPredictions:
         if not path.is_file():
             raise CompetitionError(f"{path} not found: predict the run first (python -m competition.predict with its "
                                    f"config and --set name={record.name}); it keeps what a blend combines")
-        frames[file] = read_csv(path, "predictions")
-        key = file_key(path)
+        frames[file] = read_csv(path, "predictions", dtype=HASH_TEXT)
+        key = frame_key(frames[file], path)
         if key != record.key:
             raise CompetitionError(f"{path} comes from another training of {record.name} ({key or 'no run stamp'}; the "
                                    f"run is {record.key}): predict the run again")

@@ -12,10 +12,9 @@ import pandas as pd
 
 from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
-from competition.data.competition import read_csv
 from competition.data.targets import Target
-from competition.io.runs import BLEND_FILE, BLENDS, CV_FILE, RunRecord, file_key, fold_states
-from competition.io.tracking import read_oof_probs
+from competition.inference.ensemble import score_best_epochs
+from competition.io.runs import BLEND_FILE, BLENDS, CV_FILE, RunRecord, fold_states
 from competition.models.estimators import ESTIMATORS
 
 
@@ -59,17 +58,9 @@ def _target(config: dict, classes: list) -> Target:
 
 def _best_epoch_scores(run_dir: Path, config: dict, classes: list) -> tuple[dict, float | None, bool]:
     """Per-fold and pooled score of the folds' oof.csv (best epochs), and whether they mix runs."""
-    metric, target = METRICS[config["train"]["metric"]], _target(config, classes)
-    per_fold, ys, ps, keys = {}, [], [], set()
-    for path in sorted(run_dir.glob("fold*/oof.csv")):
-        oof = read_csv(path, "out-of-fold file")
-        keys.add(file_key(path))
-        y, p = target.encode(oof, path), read_oof_probs(oof, classes)
-        per_fold[path.parent.name.removeprefix("fold")] = metric.best(y, p)
-        ys.append(y)
-        ps.append(p)
-    pooled = metric.best(np.concatenate(ys), np.concatenate(ps)) if ys else None
-    return per_fold, pooled, len(keys - {None}) > 1
+    files = {p.parent.name.removeprefix("fold"): p for p in sorted(run_dir.glob("fold*/oof.csv"))}
+    scores = score_best_epochs(files, METRICS[config["train"]["metric"]], _target(config, classes), classes)
+    return scores.folds, scores.pooled, len(set(scores.keys.values()) - {None}) > 1
 
 
 def _training(run_dir: Path) -> tuple[float | None, str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,14 +10,15 @@ import torch
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
-from competition.core.metrics import METRICS
+from competition.core.metrics import METRICS, Metric
 from competition.core.runtime import amp_dtype_for
 from competition.data.competition import Competition, read_csv
 from competition.data.datasets import build_loader
+from competition.data.targets import Target
 from competition.data.transforms import tta_views
 from competition.inference.engine import predict_probs
 from competition.io.checkpoints import BEST, FoldState, check_compatible, load_checkpoint
-from competition.io.runs import check_same_run, file_key
+from competition.io.runs import HASH_TEXT, RunKey, check_same_run, frame_key
 from competition.io.tracking import read_oof_probs
 from competition.tasks import Task
 
@@ -82,30 +84,43 @@ def predict_rows(cfg: Config, task: Task, comp: Competition, loaded: list, devic
     return total / len(loaded)
 
 
-def cv_report(cfg: Config, comp: Competition, folds: list[int]) -> dict:
-    """Per-fold and overall out-of-fold score of the best epochs, from each fold's oof.csv
-    (thresholded metrics at thresholds fit on the same rows, as early stopping saw them)."""
-    metric = METRICS[cfg.train.metric]
-    per_fold, ys, ps, runs = {}, [], [], {}
-    for f in folds:
-        path = cfg.fold_dir(f) / "oof.csv"
-        if not path.is_file():
-            continue
-        oof = read_csv(path, "out-of-fold file")
-        runs[path] = file_key(path)
-        y = comp.target.encode(oof, path)
-        p = read_oof_probs(oof, comp.classes)
-        per_fold[str(f)] = metric.best(y, p)
+@dataclass
+class BestEpochs:
+    """The folds' oof.csv files (each fold's best epoch), read and scored per fold and pooled."""
+
+    folds: dict[str, float]
+    pooled: float | None
+    rows: int
+    keys: dict[Path, RunKey | None]  # the run each file comes from (io.runs.frame_key)
+
+
+def score_best_epochs(files: dict[str, Path], metric: Metric, target: Target, classes: list) -> BestEpochs:
+    """`files`: fold → its oof.csv. Thresholded metrics at thresholds fit on the same rows, as early
+    stopping saw them."""
+    per_fold, ys, ps, keys = {}, [], [], {}
+    for fold, path in files.items():
+        oof = read_csv(path, "out-of-fold file", dtype=HASH_TEXT)
+        keys[path] = frame_key(oof, path)
+        y, p = target.encode(oof, path), read_oof_probs(oof, classes)
+        per_fold[fold] = metric.best(y, p)
         ys.append(y)
         ps.append(p)
-    _check_one_run(runs)
-    overall = metric.best(np.concatenate(ys), np.concatenate(ps)) if ys else float("nan")
+    pooled = metric.best(np.concatenate(ys), np.concatenate(ps)) if ys else None
+    return BestEpochs(per_fold, pooled, int(sum(len(y) for y in ys)), keys)
+
+
+def cv_report(cfg: Config, comp: Competition, folds: list[int]) -> dict:
+    """Per-fold and overall out-of-fold score of the best epochs, from each fold's oof.csv."""
+    metric = METRICS[cfg.train.metric]
+    files = {str(f): cfg.fold_dir(f) / "oof.csv" for f in folds if (cfg.fold_dir(f) / "oof.csv").is_file()}
+    scores = score_best_epochs(files, metric, comp.target, comp.classes)
+    _check_one_run(scores.keys)
     return {
         "metric": metric.name,
         "higher_is_better": metric.higher_is_better,
-        "folds": per_fold,
-        "cv": overall,
-        "oof_rows": int(sum(len(y) for y in ys)),
+        "folds": scores.folds,
+        "cv": scores.pooled if scores.pooled is not None else float("nan"),
+        "oof_rows": scores.rows,
     }
 
 

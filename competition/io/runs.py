@@ -98,13 +98,15 @@ def stamp(frame: pd.DataFrame, key: RunKey) -> pd.DataFrame:
     return frame.assign(config_hash=key.config, folds_hash=key.folds or "")
 
 
-def file_key(path: Path) -> RunKey | None:
-    """The run a file of predictions comes from (None for one written before files were stamped).
-    The hash columns are read as text: a digest such as 1234e5678901 would otherwise read as a number."""
-    header = pd.read_csv(path, nrows=0).columns
-    if not set(HASH_COLUMNS) <= set(header):
+HASH_TEXT = dict.fromkeys(HASH_COLUMNS, str)  # read_csv dtype: a digest such as 1234e5678901 is not a number
+
+
+def frame_key(frame: pd.DataFrame, path: Path) -> RunKey | None:
+    """The run a file of predictions comes from, from its frame read with dtype=HASH_TEXT (None for
+    one written before files were stamped)."""
+    if not set(HASH_COLUMNS) <= set(frame.columns):
         return None
-    pairs = pd.read_csv(path, usecols=list(HASH_COLUMNS), dtype=str, keep_default_na=False).drop_duplicates()
+    pairs = frame[list(HASH_COLUMNS)].fillna("").astype(str).drop_duplicates()
     if len(pairs) != 1:
         raise CompetitionError(f"{path} mixes the rows of {len(pairs)} runs (columns {', '.join(HASH_COLUMNS)})")
     config, folds = pairs.iloc[0]
