@@ -5,11 +5,14 @@ import json
 import shutil
 
 import pandas as pd
+import pytest
 import torch
 from conftest import refused
 
 from competition import folds, predict, train
-from competition.io.runs import RunRecord
+from competition.core.errors import CompetitionError
+from competition.data.competition import read_csv
+from competition.io.runs import HASH_TEXT, RunKey, RunRecord, frame_key, stamp
 
 
 def test_a_fold_under_another_config_is_refused_naming_the_keys_until_overwrite(table_comp, tmp_path, capsys):
@@ -65,3 +68,15 @@ def test_folds_regenerated_after_training_are_refused(table_comp, tmp_path, caps
     # Scored on the new folds, each model's validation rows would include rows it trained on.
     refused(capsys, predict.main(["--config", str(cfg)]), "fold0/best.pt was trained on other folds", "folds.csv")
     refused(capsys, train.main(["--config", str(cfg), "--fold", "0"]), "was trained on other folds", "--overwrite")
+
+
+def test_a_predictions_file_names_its_run_even_when_the_digest_looks_like_a_number(tmp_path):
+    path = tmp_path / "oof.csv"
+    frame = pd.DataFrame({"id": [1, 2], "prob_a": [0.2, 0.7]})
+    stamp(frame, RunKey("1234e5678901", "000000000012")).to_csv(path, index=False)
+    read = read_csv(path, "predictions", dtype=HASH_TEXT)
+    assert frame_key(read, path) == RunKey("1234e5678901", "000000000012")  # not 1.234e+5681 and 12
+    assert frame_key(read.drop(columns=["folds_hash", "config_hash"]), path) is None  # written before stamps
+    mixed = pd.concat([stamp(frame, RunKey("aaaaaaaaaaaa", "f")), stamp(frame, RunKey("bbbbbbbbbbbb", "f"))])
+    with pytest.raises(CompetitionError, match="mixes the rows of 2 runs"):
+        frame_key(mixed, path)
