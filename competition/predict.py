@@ -99,16 +99,16 @@ def _main(argv: Sequence[str] | None) -> int:
 
     out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name,
                                                                  submitted["cv"] if not args.no_cv else report["cv"])
+    cv = {**report, "as_submitted": submitted, "layout": layout.kind, "submission": str(out), "tta": list(tta)}
     if not args.no_cv:
-        write_json(cfg.run_dir / CV_FILE, {**report, "as_submitted": submitted, "layout": layout.kind,
-                                             "submission": str(out), "tta": list(tta)})
+        write_json(cfg.run_dir / CV_FILE, cv)
     write_csv(out, sub)
     lb = None
     if solution is not None:
         lb = leaderboard_score(out, layout, solution, comp.target, METRICS[cfg.train.metric])
     _report(report, submitted, tta, used, out, len(sub), lb, solution_path)
     if not args.no_cv:  # the notebook's --no-cv run keeps its time for the test set
-        print(f"report: {write_report(cfg, task, comp, loaded, device, lb)}")
+        print(f"report: {write_report(cfg, task, comp, loaded, device, cv, lb)}")
     return 0
 
 

@@ -28,7 +28,6 @@ from competition.data.competition import Competition, read_csv, train_rows  # no
 from competition.data.images import image_paths, load_image  # noqa: E402
 from competition.inference.gradcam import explain_fold, panels_rgb  # noqa: E402
 from competition.io.files import write_text  # noqa: E402
-from competition.io.runs import CV_FILE, stored_cv  # noqa: E402
 from competition.io.tracking import (  # noqa: E402
     confusion_figure,
     figure_rgb,
@@ -68,9 +67,7 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def cv_section(cfg: Config, cv: dict, loaded: list, lb: float | None) -> str:
-    if not cv:
-        return f'<p class="muted">{html.escape(str(cfg.run_dir / CV_FILE))} not found: run predict without --no-cv.</p>'
+def cv_section(cv: dict, loaded: list, lb: float | None) -> str:
     submitted = cv.get("as_submitted") or {}
     best_epoch = {str(f): state.best_epoch for f, _, state in loaded}
     rows = [[f"fold {f}", best_epoch.get(f, "—"), score, submitted.get("folds", {}).get(f, "—")]
@@ -162,11 +159,11 @@ def gradcam_section(cfg: Config, task: Task, comp: Competition, loaded: list, de
     return "".join(out)
 
 
-def write_report(cfg: Config, task: Task, comp: Competition, loaded: list, device: torch.device,
+def write_report(cfg: Config, task: Task, comp: Competition, loaded: list, device: torch.device, cv: dict,
                  lb: float | None = None, n_explain: int = 8) -> Path:
-    """Render the report of the loaded folds into outputs/<name>/report.html (atomically)."""
+    """Render the report of the loaded folds into outputs/<name>/report.html (atomically); `cv`:
+    what predict writes to cv.json."""
     folds = [f for f, _, _ in loaded]
-    cv = stored_cv(cfg.run_dir)
     thresholds = (cv.get("as_submitted") or {}).get("thresholds")
     y, probs, rows = pooled_oof(cfg, comp, folds)
     preds = decide(probs, comp.target.multi_label, thresholds)
@@ -176,7 +173,7 @@ def write_report(cfg: Config, task: Task, comp: Competition, loaded: list, devic
         f"<h1>{html.escape(cfg.name)}</h1><p class='muted'>{html.escape(cfg.model.name)} · {html.escape(cfg.task)} · "
         f"{len(comp.train)} train rows, {len(comp.test)} test rows, {len(comp.classes)} classes · folds "
         f"{', '.join(map(str, folds))} · {when}</p>",
-        "<h2>Cross-validation</h2>", cv_section(cfg, cv, loaded, lb),
+        "<h2>Cross-validation</h2>", cv_section(cv, loaded, lb),
         "<h2>Learning curves</h2>", _img(curves, "learning curves") if curves is not None else "<p>No summary.csv.</p>",
         f"<h2>Out-of-fold predictions</h2><p class='muted'>{len(y)} rows, each predicted by the fold that did not "
         f"train on it (best epochs){', at the submission thresholds' if thresholds is not None else ''}.</p>",
