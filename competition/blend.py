@@ -28,10 +28,8 @@ from competition.inference.submission import (
 )
 from competition.inference.validation import OutOfFold, as_submitted
 from competition.io.files import write_csv, write_json
-from competition.io.runs import BLEND_FILE, BLENDS
+from competition.io.runs import BLEND_FILE, BLEND_FORMAT, BLENDS
 from competition.tasks import open_competition
-
-BLEND_FORMAT = 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.data.targets import Target
 from competition.inference.ensemble import score_best_epochs
-from competition.io.runs import BLEND_FILE, BLENDS, CV_FILE, RunRecord, fold_states
+from competition.io.runs import BLEND_FILE, BLEND_FORMAT, BLENDS, CV_FILE, RunRecord, fold_states
 from competition.models.estimators import ESTIMATORS
 
 
@@ -108,6 +108,8 @@ def blend_row(path: Path) -> Row:
     """A blend's row: its cross-fitted estimate (weights fit on the other folds' rows)."""
     try:
         b = json.loads(path.read_text())
+        if b.get("format") != BLEND_FORMAT:
+            raise ValueError(f"format {b.get('format')!r}, this kit reads {BLEND_FORMAT}")
         model = " + ".join(f"{run} {w:.2f}" for run, w in b["weights"].items() if w > 0)
         return Row(f"{BLENDS}/{b['name']}", b["task"], f"{b['method']}: {model}", "-", "-", b["metric"],
                    b["higher_is_better"], b["cross_fit"]["folds"], b["cross_fit"]["cv"], "blend, cross-fit", None,

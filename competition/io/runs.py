@@ -21,6 +21,7 @@ RUN_FILE = "run.json"
 RUN_FORMAT = 1
 BLENDS = "blends"  # outputs/blends/<blend name>/blend.json: no run may take this name
 BLEND_FILE = "blend.json"  # what a blend records, read back by the board
+BLEND_FORMAT = 1
 HASH_COLUMNS = ("config_hash", "folds_hash")  # stamped on every row of oof.csv and test_probs.csv
 # What a run's folder holds besides its fold<K>/ folders: discarded with it by `train --overwrite`.
 CV_FILE = "cv.json"  # outputs/<name>/cv.json: the CV report of the last full predict (its thresholds too)
