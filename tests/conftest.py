@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -154,18 +155,20 @@ def epochs_saved(fold_dir: Path) -> int:
         return 0
 
 
-def kill_training(cfg: Path, fold_dir: Path, epochs: int, env: dict | None = None) -> tuple[int, int]:
+def kill_training(cfg: Path, fold_dir: Path, epochs: int, env: dict | None = None) -> tuple[int, int, str]:
     """Train fold 0 of `cfg` in a subprocess and SIGKILL it (no cleanup runs) once `epochs` epochs
-    are saved; (exit code, epochs saved when it died)."""
+    are saved; (exit code, epochs saved when it died, what it printed to stderr: for a failure message)."""
     env = env or {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "competition.train", "--config", str(cfg), "--fold", "0"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while epochs_saved(fold_dir) < epochs and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return proc.returncode, epochs_saved(fold_dir)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "competition.train", "--config", str(cfg), "--fold", "0"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 120
+        while epochs_saved(fold_dir) < epochs and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        err.seek(0)
+        return proc.returncode, epochs_saved(fold_dir), err.read()[-2000:]
 
 
 @pytest.fixture

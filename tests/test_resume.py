@@ -49,8 +49,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(image_comp, tmp_path):
     fold_dir = tmp_path / "run" / "shapes" / "fold0"
     # Kill inside stage 2 (epochs 3-5), where the optimizer, schedule and early-stopping
     # state of an unfinished stage must all come back.
-    code, killed_after = kill_training(interrupted, fold_dir, 3)
-    assert code == -signal.SIGKILL
+    code, killed_after, err = kill_training(interrupted, fold_dir, 3)
+    assert code == -signal.SIGKILL, f"exit {code} before the kill\n{err}"
     assert 3 <= killed_after < 5, "the run must be killed part-way through stage 2"
     assert not load_checkpoint(fold_dir / "last.pt").finished
 

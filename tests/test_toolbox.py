@@ -59,8 +59,9 @@ def test_kill_and_resume_is_bit_identical_with_mixup_ema_accumulation_and_a_bala
     ref = load_checkpoint(tmp_path / "ref" / "shapes" / "fold0" / "best.pt")
 
     fold_dir = tmp_path / "run" / "shapes" / "fold0"
-    code, killed_after = kill_training(configs["run"], fold_dir, 3)
-    assert code == -signal.SIGKILL and 3 <= killed_after < 5, "the run must be killed part-way through stage 2"
+    code, killed_after, err = kill_training(configs["run"], fold_dir, 3)
+    assert code == -signal.SIGKILL and 3 <= killed_after < 5, f"not killed in stage 2: exit {code} after " \
+                                                               f"{killed_after} epochs\n{err}"
     assert train.main(["--config", str(configs["run"]), "--fold", "0", "--resume"]) == 0
     got = load_checkpoint(fold_dir / "best.pt")
     assert (got.epoch, got.metric) == (ref.epoch, ref.metric)

@@ -98,8 +98,9 @@ def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path):
     cfg = write_yaml(tmp_path / "run.yaml", image_config(tmp_path, root, train={"epochs": 2, "freeze_epochs": 1},
                                                          tracking={"wandb": "offline"}))
     fold_dir = tmp_path / "outputs" / "shapes" / "fold0"
-    code, killed_after = kill_training(cfg, fold_dir, 1, env=_own_service_env())
-    assert code == -signal.SIGKILL and 1 <= killed_after < 3, "killed part-way through the fold"
+    code, killed_after, err = kill_training(cfg, fold_dir, 1, env=_own_service_env())
+    assert code == -signal.SIGKILL and 1 <= killed_after < 3, f"not killed part-way: exit {code} after " \
+                                                               f"{killed_after} epochs\n{err}"
     first_id = json.loads((fold_dir / "wandb.json").read_text())["id"]
 
     assert train.main(["--config", str(cfg), "--fold", "0", "--resume"]) == 0
