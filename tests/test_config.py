@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
+import yaml
 
-from competition.config import load_config, shipped_configs
+from competition.config import ConfigLoader, load_config, shipped_configs
+from competition.core.config import Config, TrainConfig, build_config, config_to_dict, flat_config
 from competition.core.errors import CompetitionError
+from competition.training.stages import plan_stages
 
 
 def test_shipped_configs_load_and_default_is_digits():
@@ -91,3 +95,39 @@ def test_on_off_and_yes_no_stay_words_not_booleans(tmp_path):
     (tmp_path / "c.yaml").write_text("name: off\ntrain: {device_augment: off, compile: true}\n")
     cfg = load_config(str(tmp_path / "c.yaml"))
     assert (cfg.name, cfg.train.device_augment, cfg.train.compile) == ("off", "off", True)
+
+
+def readme_config_block() -> str:
+    """The YAML block of the README's "## Config" section."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Config\n", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def nested_keys(mapping: dict, prefix: str = "") -> set[str]:
+    """Every key of a nested mapping as section.key; a section that holds a plain mapping
+    (model.params) counts as one key."""
+    out = set()
+    for key, value in mapping.items():
+        sub = isinstance(value, dict) and f"{prefix}{key}" != "model.params"
+        out |= nested_keys(value, f"{prefix}{key}.") if sub else {f"{prefix}{key}"}
+    return out
+
+
+def test_the_readme_config_shows_every_key_with_its_default():
+    """A key left out of a user's file gets the schema's default: the README must show that value
+    (it once showed the digits demo's, so `epochs: 1` surprised with three epochs)."""
+    shown = yaml.load(readme_config_block(), Loader=ConfigLoader)
+    defaults = config_to_dict(Config())
+    missing, unknown = nested_keys(defaults) - nested_keys(shown), nested_keys(shown) - nested_keys(defaults)
+    assert (missing, unknown) == (set(), set()), "keys the README leaves out, keys the schema lacks"
+    built = flat_config(config_to_dict(build_config(shown)))
+    wrong = {k: (v, flat_config(defaults)[k]) for k, v in built.items() if v != flat_config(defaults)[k]}
+    assert wrong == {}, f"README value, schema default: {wrong}"
+
+
+def test_epochs_count_stage_two_after_the_freeze_epochs():
+    """As the README says: `epochs: 1` with the default two freeze epochs trains three epochs."""
+    t = dataclasses.replace(TrainConfig(), epochs=1)
+    assert [(s.number, s.first + 1, s.end) for s in plan_stages(t, two_stages=True)] == [(1, 1, 2), (2, 3, 3)]
+    assert [(s.number, s.first + 1, s.end) for s in plan_stages(t, two_stages=False)] == [(2, 1, 3)]

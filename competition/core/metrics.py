@@ -165,3 +165,6 @@ METRICS: dict[str, Metric] = {
 # Metrics scored on probabilities: for these a one-column binary sample gets the positive class's
 # probability, not a label (AUC on hard labels throws most of the score away).
 PROBABILITY_METRICS = frozenset({"log_loss", "roc_auc", "mean_roc_auc"})
+
+# Metrics with no upper bound; every other one scores in [0, 1] (the report draws those on [0, 1]).
+UNBOUNDED_METRICS = frozenset({"log_loss"})

@@ -26,7 +26,15 @@ from competition.core.runtime import to_device  # noqa: E402
 from competition.data.competition import Competition, read_csv, train_rows  # noqa: E402
 from competition.data.images import hw  # noqa: E402
 from competition.io.checkpoints import FoldState  # noqa: E402
-from competition.io.tracking import figure_rgb, read_oof_probs, worst_mistakes  # noqa: E402
+from competition.io.tracking import (  # noqa: E402
+    CAPTION_PT,
+    figure_rgb,
+    labels_text,
+    probability_text,
+    read_oof_probs,
+    worst_mistakes,
+    wrap_caption,
+)
 from competition.tasks import Task  # noqa: E402
 
 # The map must have this many cells a side to point at a part of the image: at 32 px a ResNet's
@@ -102,28 +110,19 @@ class Panels:
 def pick_rows(y: np.ndarray, probs: np.ndarray, classes: Sequence, multi_label: bool, n: int, seed: int,
               thresholds=None) -> dict:
     """{"mistakes": (rows, class to explain, caption), "correct": …}: the n most confident mistakes
-    and n right answers drawn at random (seeded), each explained for the class the model chose
-    (multi-label: its worst class on a mistake, its surest on a right answer). Rows are decided
-    at `thresholds` (the submission's, where the metric fits them), so a mistake here is one in the file."""
+    and n right answers drawn at random (seeded), each explained for the class whose probability
+    its caption gives: the predicted class; multi-label, the class furthest from its answer on a
+    mistake and the surest on a right answer. Rows are decided at `thresholds` (the submission's,
+    where the metric fits them), so a mistake here is one in the file."""
     preds = decide(probs, multi_label, thresholds)
-    wrong, true, pred, sure = worst_mistakes(y, probs, preds, classes, multi_label, n)
+    wrong, explain_wrong, wrong_captions = worst_mistakes(y, probs, preds, classes, multi_label, n)
     right = np.flatnonzero((preds == y).all(1) if multi_label else preds == y)
     right = np.sort(np.random.default_rng(seed).permutation(right)[:n])
-    if multi_label:
-        explain_wrong = [int(np.abs(probs[i] - y[i]).argmax()) for i in wrong]
-        explain_right = [int(probs[i].argmax()) for i in right]
-        right_caption = [" ".join(str(c) for c, on in zip(classes, y[i], strict=True) if on) or "(none)" for i in right]
-        sure_right = [float(np.abs(probs[i] - 0.5).mean() * 2) for i in right]
-    else:
-        explain_wrong, explain_right = [int(preds[i]) for i in wrong], [int(preds[i]) for i in right]
-        right_caption, sure_right = [str(classes[y[i]]) for i in right], [float(probs[i, preds[i]]) for i in right]
-    for_class = (lambda k: f"\nmap: {classes[k]}") if multi_label else (lambda k: "")
-    return {
-        "mistakes": (wrong, explain_wrong, [f"true {t}\npred {p} ({c:.2f}){for_class(k)}"
-                                            for t, p, c, k in zip(true, pred, sure, explain_wrong, strict=True)]),
-        "correct": (right, explain_right, [f"{t} ({c:.2f}){for_class(k)}"
-                                           for t, c, k in zip(right_caption, sure_right, explain_right, strict=True)]),
-    }
+    explain_right = [int(probs[i].argmax()) if multi_label else int(preds[i]) for i in right]
+    right_captions = [f"{labels_text(classes, y[i])}\n{probability_text(classes, probs[i], k, True)}" if multi_label
+                      else f"{classes[y[i]]} ({probability_text(classes, probs[i], k, False)})"
+                      for i, k in zip(right, explain_right, strict=True)]
+    return {"mistakes": (wrong, explain_wrong, wrong_captions), "correct": (right, explain_right, right_captions)}
 
 
 def explain_fold(cfg: Config, task: Task, comp: Competition, model: nn.Module, state: FoldState, device: torch.device,
@@ -160,12 +159,14 @@ def _inputs(cfg: Config, task: Task, comp: Competition, state: FoldState, device
     return shown, x
 
 
-def panels_rgb(p: Panels, cols: int = 4) -> np.ndarray:
-    """A grid of (image, image under its map) pairs with captions, as an RGB array."""
+def panels_figure(p: Panels, cols: int = 3, tile: float = 1.6) -> plt.Figure:
+    """A grid of (image, image under its map) pairs, `tile` inches each, captioned above the pair."""
     n = len(p.images)
     cols = min(n, cols)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(3.4 * cols, 2.1 * rows + 0.2), squeeze=False)
+    titles = [wrap_caption(t, 2 * tile) for t in p.titles]
+    lines = max(t.count("\n") + 1 for t in titles)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * tile * cols, (tile + 0.2 * lines) * rows + 0.3), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     color = "crimson" if p.kind == "mistakes" else "darkgreen"
@@ -174,8 +175,14 @@ def panels_rgb(p: Panels, cols: int = 4) -> np.ndarray:
         left.imshow(p.images[k])
         right.imshow(p.images[k])
         right.imshow(p.cams[k], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        left.set_title(p.titles[k], fontsize=7, color=color, loc="left")
+        left.set_title(titles[k], fontsize=CAPTION_PT, color=color, loc="left")
     what = "most confident mistakes" if p.kind == "mistakes" else "right answers (a random sample)"
-    fig.suptitle(f"{what}: the image, and Grad-CAM of the chosen class at {p.stage}", fontsize=9, x=0.01, ha="left")
+    fig.suptitle(f"{what}: each image, and its Grad-CAM at {p.stage} for the class whose probability p is given",
+                 fontsize=CAPTION_PT, x=0.01, ha="left")
     fig.tight_layout()
-    return figure_rgb(fig)
+    return fig
+
+
+def panels_rgb(p: Panels) -> np.ndarray:
+    """panels_figure as an RGB array."""
+    return figure_rgb(panels_figure(p))

@@ -23,7 +23,7 @@ from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
 
 from competition.core.config import Config, config_to_dict  # noqa: E402
 from competition.core.errors import CompetitionError  # noqa: E402
-from competition.core.metrics import decide  # noqa: E402
+from competition.core.metrics import UNBOUNDED_METRICS, decide  # noqa: E402
 from competition.data.competition import Competition, read_csv, train_rows  # noqa: E402
 from competition.data.images import image_paths, load_image  # noqa: E402
 from competition.inference.gradcam import explain_fold, panels_rgb  # noqa: E402
@@ -82,28 +82,43 @@ def cv_section(cv: dict, loaded: list, lb: float | None) -> str:
     return out + f'<p class="muted">Submission {shown}; TTA views: plain{"".join(", " + t for t in cv.get("tta", []))}.</p>'
 
 
-def curves_figure(cfg: Config, folds: list[int], metric: str) -> np.ndarray | None:
-    """Train and validation loss, and the validation metric, per epoch of each fold (summary.csv)."""
-    histories = {f: pd.read_csv(p) for f in folds if (p := cfg.fold_dir(f) / "summary.csv").is_file()}
+def read_histories(cfg: Config, folds: list[int]) -> dict[int, pd.DataFrame]:
+    """Each listed fold's summary.csv (one row per epoch), for the folds that have one."""
+    return {f: pd.read_csv(p) for f in folds if (p := cfg.fold_dir(f) / "summary.csv").is_file()}
+
+
+def curves_figure(histories: dict[int, pd.DataFrame], metric: str) -> plt.Figure | None:
+    """Train and validation loss, and the validation metric, per epoch of each fold. Every epoch is
+    a marker, so a one-epoch run shows its points (a line through one point draws nothing); epochs
+    run from 1 to the last; a metric scored in [0, 1] is drawn on [0, 1], losses from 0."""
     if not histories:
         return None
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
     for k, (fold, h) in enumerate(histories.items()):
         color = plt.cm.tab10(k % 10)
-        loss_ax.plot(h["epoch"], h["train_loss"], "--", color=color, label=f"fold {fold} train")
-        loss_ax.plot(h["epoch"], h["val_loss"], "-", color=color, label=f"fold {fold} validation")
+        loss_ax.plot(h["epoch"], h["train_loss"], "--o", color=color, markersize=3, label=f"fold {fold} train")
+        loss_ax.plot(h["epoch"], h["val_loss"], "-s", color=color, markersize=3, label=f"fold {fold} validation")
         metric_ax.plot(h["epoch"], h["metric"], "-o", color=color, markersize=3, label=f"fold {fold}")
         for e in h["epoch"][h["stage"].diff().fillna(0) > 0]:  # the backbone starts learning here
             metric_ax.axvline(e - 0.5, color="#bbb", linestyle=":")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (dashed: training)")
     two_stages = any((h["stage"].diff().fillna(0) > 0).any() for h in histories.values())
     metric_ax.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}" + (" (dotted: stage 2 begins)" if two_stages else ""))
+    last = max(int(h["epoch"].max()) for h in histories.values())
     for ax in (loss_ax, metric_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    losses = [v for h in histories.values() for v in (*h["train_loss"], *h["val_loss"]) if np.isfinite(v)]
+    loss_ax.set_ylim(0, 1.08 * max(losses) if losses and max(losses) > 0 else 1)
+    scores = [v for h in histories.values() for v in h["metric"] if np.isfinite(v)]
+    if metric not in UNBOUNDED_METRICS:
+        metric_ax.set_ylim(-0.02, 1.02)
+    elif scores:
+        metric_ax.set_ylim(0, 1.08 * max(scores) if max(scores) > 0 else 1)
     loss_ax.legend(fontsize=7, ncol=2)
     metric_ax.legend(fontsize=7)
     fig.tight_layout()
-    return figure_rgb(fig)
+    return fig
 
 
 def pooled_oof(cfg: Config, comp: Competition, folds: list[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -137,14 +152,17 @@ def classes_section(comp: Competition, y: np.ndarray, preds: np.ndarray) -> str:
 def mistakes_section(cfg: Config, comp: Competition, y, probs, preds, rows: list[int], limit: int = 12) -> str:
     if cfg.task != "image":
         return ""
-    wrong, true, pred, sure = worst_mistakes(y, probs, preds, comp.classes, comp.target.multi_label, limit)
+    multi = comp.target.multi_label
+    wrong, _, captions = worst_mistakes(y, probs, preds, comp.classes, multi, limit)
     if not len(wrong):
         return "<h2>Mistakes</h2><p>No out-of-fold row is wrong.</p>"
     paths = image_paths(comp.train, comp.root, cfg.data.image_column)
     images = [load_image(paths[rows[i]], 256) for i in wrong]  # a large JPEG may decode at reduced scale
-    fig = mistakes_figure(images, true, pred, sure)
+    fig = mistakes_figure(images, captions)
+    shown = ("true labels, predicted labels, and the probability of the class furthest from its answer"
+             if multi else "true class, predicted class and its probability")
     return (f"<h2>Mistakes</h2><p>The {len(wrong)} most confident wrong out-of-fold predictions "
-            f"(true class, predicted class and its probability).</p>{_img(figure_rgb(fig), 'mistakes')}")
+            f"({shown}).</p>{_img(figure_rgb(fig), 'mistakes')}")
 
 
 def gradcam_section(cfg: Config, task: Task, comp: Competition, loaded: list, device: torch.device, n: int,
@@ -167,14 +185,14 @@ def write_report(cfg: Config, task: Task, comp: Competition, loaded: list, devic
     thresholds = (cv.get("as_submitted") or {}).get("thresholds")
     y, probs, rows = pooled_oof(cfg, comp, folds)
     preds = decide(probs, comp.target.multi_label, thresholds)
-    curves = curves_figure(cfg, folds, cfg.train.metric)
+    curves = curves_figure(read_histories(cfg, folds), cfg.train.metric)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         f"<h1>{html.escape(cfg.name)}</h1><p class='muted'>{html.escape(cfg.model.name)} · {html.escape(cfg.task)} · "
         f"{len(comp.train)} train rows, {len(comp.test)} test rows, {len(comp.classes)} classes · folds "
         f"{', '.join(map(str, folds))} · {when}</p>",
         "<h2>Cross-validation</h2>", cv_section(cv, loaded, lb),
-        "<h2>Learning curves</h2>", _img(curves, "learning curves") if curves is not None else "<p>No summary.csv.</p>",
+        "<h2>Learning curves</h2>", _img(figure_rgb(curves), "learning curves") if curves is not None else "<p>No summary.csv.</p>",
         f"<h2>Out-of-fold predictions</h2><p class='muted'>{len(y)} rows, each predicted by the fold that did not "
         f"train on it (best epochs){', at the submission thresholds' if thresholds is not None else ''}.</p>",
         classes_section(comp, y, preds),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,16 +23,27 @@ from competition.io.files import write_csv  # noqa: E402
 PROB_PREFIX = "prob_"
 
 
+def _tick_font(cell_inches: float) -> float:
+    """A tick label's font size (points) that fits one class's share of an axis: at most 9 pt."""
+    return min(9.0, 0.6 * 72 * cell_inches)
+
+
 def confusion_figure(targets: np.ndarray, preds: np.ndarray, classes: Sequence) -> plt.Figure:
-    """Counts of true (rows) × predicted (columns) classes."""
+    """Counts of true (rows) × predicted (columns) classes; the class names shrink to their row's
+    height, and the columns' stand upright when they would not fit side by side."""
     k = len(classes)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (np.asarray(targets, dtype=np.int64), np.asarray(preds, dtype=np.int64)), 1)
-    size = min(2.0 + 0.45 * k, 14.0)
-    fig, ax = plt.subplots(figsize=(size, size))
+    size = min(2.0 + 0.45 * k, 14.0)  # the matrix; the names get room of their own
+    names = [str(c) for c in classes]
+    font = _tick_font(0.7 * size / k)
+    longest = max(map(len, names)) * 0.6 * font / 72  # inches, roughly
+    room = min(max(longest - 0.5, 0.0), 4.0)
+    fig, ax = plt.subplots(figsize=(size + room, size + room))
     ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(k), [str(c) for c in classes], rotation=90 if k > 8 else 0)
-    ax.set_yticks(range(k), [str(c) for c in classes])
+    wide = longest > 0.7 * size / k  # the longest name is wider than a column
+    ax.set_xticks(range(k), names, rotation=90 if wide else 0, fontsize=font)
+    ax.set_yticks(range(k), names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if k <= 30:
@@ -45,32 +57,48 @@ def confusion_figure(targets: np.ndarray, preds: np.ndarray, classes: Sequence) 
 
 
 def per_class_f1_figure(targets: np.ndarray, decisions: np.ndarray, classes: Sequence) -> plt.Figure:
-    """Multi-label: F1 of each class (its 0/1 column) at the 0.5 threshold, with its support."""
+    """Multi-label: F1 of each class (its 0/1 column) at these decisions, with its support. One
+    horizontal bar per class, the figure as tall as the classes need: their names never overlap."""
     hits = (targets * decisions).sum(0)
     f1 = np.where(targets.sum(0) + decisions.sum(0) > 0,
                   2 * hits / np.maximum(targets.sum(0) + decisions.sum(0), 1), 1.0)
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(min(2.0 + 0.4 * k, 14.0), 3.5))
-    ax.bar(range(k), f1, color="steelblue")
-    ax.set_xticks(range(k), [f"{c} ({int(n)})" for c, n in zip(classes, targets.sum(0), strict=True)],
-                  rotation=90 if k > 8 else 0)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("F1 (support)")
+    fig, ax = plt.subplots(figsize=(6.0, max(2.0, 0.9 + 0.24 * k)))
+    ax.barh(range(k), f1, color="steelblue")
+    ax.set_yticks(range(k), [f"{c} ({int(n)})" for c, n in zip(classes, targets.sum(0), strict=True)], fontsize=8)
+    ax.invert_yaxis()  # the first class on top, as in the table beside it
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1")
+    ax.set_ylabel("class (support)")
     fig.tight_layout()
     return fig
 
 
-def mistakes_figure(images: Sequence[np.ndarray], true: Sequence, pred: Sequence, confidence: Sequence[float]) -> plt.Figure:
-    """A grid of misclassified images titled with their true and predicted labels (and how sure it was)."""
+# Captions under which a grid's images stay readable where they are shown: report.html is at most
+# 1,070 px wide (100 px an inch), so a grid of at most 10.5 inches is never scaled down there.
+CAPTION_PT = 9.0
+
+
+def wrap_caption(text: str, inches: float, points: float = CAPTION_PT) -> str:
+    """`text` with each line wrapped to `inches` at a font of `points` (multi-label rows can list
+    many long class names, which would run into the next image's caption)."""
+    width = max(8, int(inches * 72 / (0.6 * points)))  # characters: a glyph is about 0.6 em wide
+    return "\n".join(textwrap.fill(line, width, break_long_words=False) or line for line in text.split("\n"))
+
+
+def mistakes_figure(images: Sequence[np.ndarray], captions: Sequence[str], tile: float = 1.7) -> plt.Figure:
+    """A grid of misclassified images, each titled with its caption (worst_mistakes), `tile` inches a side."""
     n = len(images)
     cols = min(n, 6)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
+    captions = [wrap_caption(c, tile) for c in captions]
+    lines = max(c.count("\n") + 1 for c in captions)
+    fig, axes = plt.subplots(rows, cols, figsize=(tile * cols, (tile + 0.2 * lines) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, t, p, c in zip(axes.flat, images, true, pred, confidence, strict=False):
+    for ax, img, caption in zip(axes.flat, images, captions, strict=False):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-        ax.set_title(f"true {t}\npred {p} ({c:.2f})", fontsize=8, color="crimson")
+        ax.set_title(caption, fontsize=CAPTION_PT, color="crimson")
     fig.tight_layout()
     return fig
 
@@ -153,9 +181,9 @@ class FoldTracker:
             self._figure("val/per_class_f1", per_class_f1_figure(targets, preds, classes), epoch)
         else:
             self._figure("val/confusion_matrix", confusion_figure(targets, preds, classes), epoch)
-        wrong, true, pred, sure = worst_mistakes(targets, probs, preds, classes, multi_label, max_images)
+        wrong, _, captions = worst_mistakes(targets, probs, preds, classes, multi_label, max_images)
         if image_of is not None and len(wrong):
-            self._figure("val/misclassified", mistakes_figure([image_of(int(i)) for i in wrong], true, pred, sure), epoch)
+            self._figure("val/misclassified", mistakes_figure([image_of(int(i)) for i in wrong], captions), epoch)
         self.writer.flush()
 
     @_events
@@ -176,23 +204,37 @@ class FoldTracker:
             self.wandb.close()
 
 
+def labels_text(classes: Sequence, on: np.ndarray) -> str:
+    """A multi-label row's classes, space-separated; "(none)" for a row without any."""
+    return " ".join(str(c) for c, yes in zip(classes, on, strict=True) if yes) or "(none)"
+
+
+def probability_text(classes: Sequence, probs: np.ndarray, k: int, multi_label: bool) -> str:
+    """The probability a caption shows: of the row's one predicted class (`p=0.87`), or, on a
+    multi-label row, of the named class (`p(water)=0.91`), the label that shows which one it is."""
+    return f"p({classes[k]})={probs[k]:.2f}" if multi_label else f"p={probs[k]:.2f}"
+
+
 def worst_mistakes(targets: np.ndarray, probs: np.ndarray, preds: np.ndarray, classes: Sequence, multi_label: bool,
-                   limit: int) -> tuple[np.ndarray, list[str], list[str], list[float]]:
-    """(rows, true labels, predicted labels, confidence) of the most confident mistakes, worst first."""
+                   limit: int) -> tuple[np.ndarray, list[int], list[str]]:
+    """(rows, the class each caption's probability is of, captions) of the most confident mistakes,
+    worst first. The class: single-label, the predicted one; multi-label, the one whose probability
+    is furthest from its answer (a water row at p(water)=0.04, or p(water)=0.91 on a row without)."""
     if multi_label:
         # Most wrong first: the summed distance of the probabilities from the answers.
         wrong = np.flatnonzero((preds != targets).any(1))
         wrong = wrong[np.argsort(-np.abs(probs[wrong] - targets[wrong]).sum(1), kind="stable")][:limit]
-        true = [" ".join(str(c) for c, on in zip(classes, targets[i], strict=True) if on) or "(none)" for i in wrong]
-        pred = [" ".join(str(c) for c, on in zip(classes, preds[i], strict=True) if on) or "(none)" for i in wrong]
-        sure = [float(np.abs(probs[i] - 0.5).mean() * 2) for i in wrong]  # 1: every class decided at 0 or 1
+        focus = [int(np.abs(probs[i] - targets[i]).argmax()) for i in wrong]
+        captions = [f"true {labels_text(classes, targets[i])}\npred {labels_text(classes, preds[i])}\n"
+                    f"{probability_text(classes, probs[i], k, True)}" for i, k in zip(wrong, focus, strict=True)]
     else:
         wrong = np.flatnonzero(preds != targets)
         # The most confident mistakes first: those are the ones worth a look.
         wrong = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:limit]
-        true, pred = [str(classes[targets[i]]) for i in wrong], [str(classes[preds[i]]) for i in wrong]
-        sure = [float(probs[i, preds[i]]) for i in wrong]
-    return wrong, true, pred, sure
+        focus = [int(preds[i]) for i in wrong]
+        captions = [f"true {classes[targets[i]]}\npred {classes[k]} ({probability_text(classes, probs[i], k, False)})"
+                    for i, k in zip(wrong, focus, strict=True)]
+    return wrong, focus, captions
 
 
 def write_summary(fold_dir: Path, history: list[dict]) -> None:
