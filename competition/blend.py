@@ -21,12 +21,14 @@ from competition.experiments.inputs import BlendInputs, aligned, check_blendable
 from competition.inference.submission import (
     Layout,
     build_submission,
+    check_destination,
     checked_solution,
     leaderboard_score,
     submission_layout,
     submission_path,
 )
 from competition.inference.validation import OutOfFold, as_submitted
+from competition.io.disk import check_writable
 from competition.io.files import write_csv, write_json
 from competition.io.runs import BLEND_FILE, BLEND_FORMAT, BLENDS
 from competition.tasks import open_competition
@@ -97,6 +99,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if len(args.runs) < 2 or len(set(args.runs)) != len(args.runs):
         raise CompetitionError(f"blend {' '.join(args.runs)}: name two runs or more, each once")
     name = blend_name(args.name, args.runs)
+    check_destination(args.output, cfg.submission_dir)
+    check_writable(Path(cfg.output_dir) / BLENDS, "blends folder", "blend records blend.json there: copy the runs "
+                   "into an output_dir you can write")
     _, comp = open_competition(cfg)
     runs = [read_run(cfg, r) for r in args.runs]
     check_blendable(cfg, comp, runs)
