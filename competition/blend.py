@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from competition.config import add_config_arguments, load_config
+from competition.config import add_config_arguments, check_run_name, load_config
 from competition.core.config import Config
 from competition.core.errors import CompetitionError, run_cli
 from competition.core.metrics import METRICS
@@ -50,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def blend_name(requested: str | None, runs: Sequence[str]) -> str:
+    """--name, else the runs' names joined by +; checked as a run's name is (outputs/blends/<name>)."""
     name = requested or "+".join(Path(r).name for r in runs)
-    if Path(name).name != name or name in (".", ".."):
-        raise CompetitionError(f"--name {name!r}: a blend's name is one folder name, without '/'")
+    check_run_name(name, "--name", f"output_dir/{BLENDS}")
     return name
 
 

@@ -171,8 +171,6 @@ def check_new_run(cfg: Config, folds: pd.DataFrame, overwrite: bool, split: Path
     (`folds`, read from the file `split`): folds of another config (or of other folds) already there
     are refused in one line, unless `overwrite` says to discard them (the return value: True when
     something is to be discarded)."""
-    if cfg.name == BLENDS:
-        raise CompetitionError(f"config key name: {BLENDS!r} is where blends are kept ({cfg.output_dir}/{BLENDS}): pick another name")
     key, config = RunKey.of(cfg, folds), config_to_dict(cfg)
     record = RunRecord.read(cfg.run_dir)
     others = [(cfg.run_dir / RUN_FILE, record.config, record.key)] if record else [
