@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from competition.config import add_config_arguments, load_config
+from competition.config import add_config_arguments, check_run_name, load_config
 from competition.core.config import Config
 from competition.core.errors import CompetitionError, run_cli
 from competition.core.metrics import METRICS
@@ -21,12 +21,14 @@ from competition.experiments.inputs import BlendInputs, aligned, check_blendable
 from competition.inference.submission import (
     Layout,
     build_submission,
+    check_destination,
     checked_solution,
     leaderboard_score,
     submission_layout,
     submission_path,
 )
 from competition.inference.validation import OutOfFold, as_submitted
+from competition.io.disk import check_writable
 from competition.io.files import write_csv, write_json
 from competition.io.runs import BLEND_FILE, BLEND_FORMAT, BLENDS
 from competition.tasks import open_competition
@@ -48,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def blend_name(requested: str | None, runs: Sequence[str]) -> str:
+    """--name, else the runs' names joined by +; checked as a run's name is (outputs/blends/<name>)."""
     name = requested or "+".join(Path(r).name for r in runs)
-    if Path(name).name != name or name in (".", ".."):
-        raise CompetitionError(f"--name {name!r}: a blend's name is one folder name, without '/'")
+    check_run_name(name, "--name", f"output_dir/{BLENDS}")
     return name
 
 
@@ -97,6 +99,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if len(args.runs) < 2 or len(set(args.runs)) != len(args.runs):
         raise CompetitionError(f"blend {' '.join(args.runs)}: name two runs or more, each once")
     name = blend_name(args.name, args.runs)
+    check_destination(args.output, cfg.submission_dir)
+    check_writable(Path(cfg.output_dir) / BLENDS, "blends folder", "blend records blend.json there: copy the runs "
+                   "into an output_dir you can write")
     _, comp = open_competition(cfg)
     runs = [read_run(cfg, r) for r in args.runs]
     check_blendable(cfg, comp, runs)

@@ -15,12 +15,13 @@ from competition.core.config import Config, build_config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import BINARY, METRICS, MULTI, SINGLE
 from competition.data.batch_augment import DEVICE_AUGMENT_MODES
-from competition.data.cache import CACHE_MODES
+from competition.data.cache import CACHE_DIR, CACHE_MODES
 from competition.data.device_rows import CACHE_ON_DEVICE
-from competition.data.folds import FOLD_STRATEGIES
+from competition.data.folds import FOLD_STRATEGIES, KEPT_FOLDS
 from competition.data.targets import TARGET_FORMATS
 from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
 from competition.inference.submission import OUTPUTS
+from competition.io.runs import BLENDS
 from competition.io.wandb_runs import WANDB_MODES
 from competition.models.estimators import check_model_params
 from competition.tasks import TASKS
@@ -56,11 +57,15 @@ def shipped_configs() -> list[str]:
 
 def _read_yaml(source: str) -> tuple[dict, str, Path]:
     """(mapping, where it came from, the folder its relative paths resolve against)."""
-    if source in shipped_configs() and not Path(source).exists():
+    # A shipped name unless a file by that name is here (a folder by that name is no config).
+    if source in shipped_configs() and not Path(source).is_file():
         path = shipped_dir() / f"{source}.yaml"
         where = f"shipped config '{source}'"
     else:
         path = Path(source)
+        if path.is_dir():
+            raise CompetitionError(f"config {source} is a folder, not a YAML file: give a YAML file or one of the "
+                                   f"shipped configs ({', '.join(shipped_configs())})")
         if not path.is_file():
             raise CompetitionError(
                 f"config {source} not found: give a YAML file or one of the shipped configs "
@@ -101,6 +106,25 @@ def _apply_override(data: dict, override: str) -> str:
     return dotted
 
 
+# The kit's own folders under output_dir, which no run may take the name of.
+KIT_FOLDERS = {BLENDS: "blend records", CACHE_DIR: "the decode cache", KEPT_FOLDS: "the folds.csv of read-only data folders"}
+NAME_BYTES = 200  # a file name holds 255 bytes, and a submission's adds its time and score to the run's
+
+
+def check_run_name(name: str, key: str, folder: str = "output_dir") -> None:
+    """A run's name (a blend's: `folder` outputs/blends) becomes a folder under `folder` and the start
+    of its submissions' file names: one plain path component; and a run's, none of the kit's own
+    folders under output_dir (case aside, for the filesystems that ignore it)."""
+    if (not name or name.startswith(".") or name != name.strip() or "/" in name or "\\" in name
+            or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode()) > NAME_BYTES):
+        raise CompetitionError(f"{key}: {name!r} is not one folder name under {folder}: give a name without '/' or "
+                               f"'\\', a leading '.', spaces at its ends or control characters, of at most "
+                               f"{NAME_BYTES} bytes")
+    if folder == "output_dir" and name.lower() in KIT_FOLDERS:
+        raise CompetitionError(f"{key}: {name!r} is the kit's own folder under output_dir ({name.lower()}/ holds "
+                               f"{KIT_FOLDERS[name.lower()]}): pick another name")
+
+
 def _choice(key: str, value: str, options: typing.Iterable[str]) -> None:
     options = list(options)
     if value not in options:
@@ -109,6 +133,9 @@ def _choice(key: str, value: str, options: typing.Iterable[str]) -> None:
 
 def validate(cfg: Config) -> None:
     """Every choice against its table, every number in its range, every key that needs another."""
+    check_run_name(cfg.name, "config key name")
+    if cfg.model.init_from is not None:
+        check_run_name(cfg.model.init_from, "config key model.init_from")
     _choice("task", cfg.task, TASKS)
     _choice("data.target_format", cfg.data.target_format, TARGET_FORMATS)
     _choice("predict.output", cfg.predict.output, OUTPUTS)

@@ -1,4 +1,5 @@
-"""`python -m competition.folds [--force]`: write data.root/folds.csv and report the rows per fold."""
+"""`python -m competition.folds [--force]`: write data.root/folds.csv (a read-only data folder's under
+output_dir/folds/) and report the rows per fold."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,8 @@ from competition.tasks import open_competition
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m competition.folds", description="Write data.root/folds.csv.")
+    parser = argparse.ArgumentParser(prog="python -m competition.folds", description="Write data.root/folds.csv (for a read-only data folder, "
+                                     "output_dir/folds/<its name>/folds.csv).")
     add_config_arguments(parser)
     parser.add_argument("--force", action="store_true", help="overwrite an existing folds.csv")
     return parser

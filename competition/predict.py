@@ -20,12 +20,14 @@ from competition.inference.report import write_report
 from competition.inference.submission import (
     Layout,
     build_submission,
+    check_destination,
     checked_solution,
     leaderboard_score,
     submission_layout,
     submission_path,
 )
 from competition.inference.validation import as_submitted, predict_out_of_fold
+from competition.io.disk import check_writable
 from competition.io.files import write_csv, write_json
 from competition.io.runs import CV_FILE, submission_thresholds
 from competition.tasks import open_competition
@@ -79,6 +81,9 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     folds = parse_folds(args.folds, cfg.folds.n_splits)
+    check_destination(args.output, cfg.submission_dir)
+    check_writable(cfg.run_dir, "run folder", "predict writes cv.json, oof.csv and test_probs.csv there: "
+                   "copy the run into an output_dir you can write")
     task, comp = open_competition(cfg)
     d = cfg.data
     layout: Layout = submission_layout(comp.sample, d.id_column, comp.target, cfg.train.metric, cfg.predict.output)
@@ -95,14 +100,14 @@ def _main(argv: Sequence[str] | None) -> int:
     submitted = stored_thresholds(cfg) if args.no_cv else as_submitted(cfg, comp, oof, layout)
     probs = predict_rows(cfg, task, comp, loaded, device, tta)
     sub = build_submission(comp, layout, probs, submitted["thresholds"])
-    keep_predictions(cfg, comp, loaded, probs, oof)  # test_probs.csv, oof.csv: what a blend combines
 
     out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name,
                                                                  submitted["cv"] if not args.no_cv else report["cv"])
+    write_csv(out, sub)  # first: a submission that cannot be written leaves the run's files as they were
+    keep_predictions(cfg, comp, loaded, probs, oof)  # test_probs.csv, oof.csv: what a blend combines
     cv = {**report, "as_submitted": submitted, "layout": layout.kind, "submission": str(out), "tta": list(tta)}
     if not args.no_cv:
         write_json(cfg.run_dir / CV_FILE, cv)
-    write_csv(out, sub)
     lb = None
     if solution is not None:
         lb = leaderboard_score(out, layout, solution, comp.target, METRICS[cfg.train.metric])

@@ -19,7 +19,7 @@ from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.data.batch_augment import BatchAugment, use_device_augment
-from competition.data.cache import cache_bytes, cache_bytes_to_build, image_cache
+from competition.data.cache import CACHE_DIR, cache_bytes, cache_bytes_to_build, image_cache
 from competition.data.competition import Competition, load_competition, require_columns
 from competition.data.datasets import CachedRows, ImageDataset, JoinedRows, TabularDataset
 from competition.data.device_rows import DeviceRows, residence
@@ -124,7 +124,8 @@ class ImageTask(Task):
             if absent:
                 i, f = absent[0]
                 more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
-                raise CompetitionError(f"{path} line {line_of(i)}: image {f} not found{more}")
+                what = "is a folder, not an image file" if f.is_dir() else "not found"
+                raise CompetitionError(f"{path} line {line_of(i)}: image {f} {what}{more}")
 
     def prepare(self, cfg: Config, comp: Competition, train: bool = True) -> None:
         """Decode every train and test image once: broken files fail now, listed. With the decode
@@ -133,7 +134,7 @@ class ImageTask(Task):
         column = cfg.data.image_column
         lists = ([image_paths(comp.train, comp.root, column)] if train else []) + [image_paths(comp.test, comp.root, column)]
         if cfg.train.cache == "off":
-            check_images_decode([p for paths in lists for p in paths], Path(cfg.output_dir) / "cache")
+            check_images_decode([p for paths in lists for p in paths], Path(cfg.output_dir) / CACHE_DIR)
             return
         failures: list[str] = []
         for paths in lists:
@@ -149,7 +150,7 @@ class ImageTask(Task):
         cache writes a few bytes)."""
         if cfg.train.cache == "off":
             return 0
-        column, cache_dir = cfg.data.image_column, Path(cfg.output_dir) / "cache"
+        column, cache_dir = cfg.data.image_column, Path(cfg.output_dir) / CACHE_DIR
         return sum(cache_bytes_to_build(image_paths(frame, comp.root, column), cfg.image.size, cache_dir)
                    for frame in (comp.train, comp.test))
 

@@ -18,11 +18,11 @@ from competition.core.errors import EXIT_USAGE, CompetitionError, run_cli
 from competition.core.interrupts import GracefulStop, Interrupted
 from competition.core.runtime import keep_freed_memory
 from competition.data.competition import Competition
-from competition.data.folds import load_or_create_folds, parse_folds
+from competition.data.folds import folds_path, load_or_create_folds, parse_folds
 from competition.data.pseudo import read_pseudo_labels
 from competition.inference.ensemble import cv_report
 from competition.io.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
-from competition.io.disk import DiskFull
+from competition.io.disk import WRITABLE_OUTPUT, DiskFull, check_writable
 from competition.io.files import write_yaml
 from competition.io.runs import check_new_run, start_run
 from competition.io.wandb_runs import check_wandb
@@ -67,6 +67,7 @@ def check_not_running(cfg: Config, folds: list[int]) -> None:
 
 def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = False) -> tuple[Task, Competition, pd.DataFrame]:
     """Every check comes before the first write: a refused run leaves no config.yaml or checkpoint."""
+    check_writable(cfg.output_dir, "output_dir", WRITABLE_OUTPUT)
     task, comp = open_competition(cfg)
     # A resumed fold takes its weights from last.pt: no pretrained download needed.
     model = check_model(cfg, len(comp.classes), load_pretrained=not resume)
@@ -82,7 +83,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = F
     if not resume:
         check_warm_starts(cfg, comp.classes, df, folds)
     check_not_running(cfg, folds)
-    discard = check_new_run(cfg, df, overwrite)  # a run is one config: io/runs.py
+    discard = check_new_run(cfg, df, overwrite, folds_path(cfg))  # a run is one config: io/runs.py
     start_run(cfg, df, comp.classes, discard)
     write_yaml(cfg.run_dir / "config.yaml", config_to_dict(cfg))
     return task, comp, df

@@ -24,6 +24,7 @@ from competition.io.files import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 CACHE_MODES = ("auto", "off")  # config key train.cache
+CACHE_DIR = "cache"  # output_dir/cache: every decode cache (and the image check's markers), never under data.root
 
 
 def cache_key(paths: list[Path], size: Size) -> str:
@@ -195,4 +196,4 @@ def image_cache(cfg: Config, paths: list[Path], size: Size) -> CachedImages | No
     """The decode cache of `paths` under the run's output folder, or None when train.cache is off."""
     if cfg.train.cache == "off":
         return None
-    return build_cache(paths, size, Path(cfg.output_dir) / "cache")
+    return build_cache(paths, size, Path(cfg.output_dir) / CACHE_DIR)

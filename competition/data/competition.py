@@ -48,6 +48,8 @@ def train_rows(comp: Competition, ids: pd.Series, id_column: str, where: Path) -
 
 def read_csv(path: Path, what: str = "", dtype: dict | None = None) -> pd.DataFrame:
     """Read a CSV, turning a missing, empty or malformed file into one clear line."""
+    if path.is_dir():
+        raise CompetitionError(f"{what or 'file'} {path} is a folder, not a CSV file")
     if not path.is_file():
         raise CompetitionError(f"{what or 'file'} {path} not found")
     try:
@@ -93,6 +95,9 @@ def _data_root(cfg: Config) -> Path:
             build_demo(d.demo, root)
         elif root.is_dir():
             raise CompetitionError(f"{root / d.train_csv} not found (config key data.root; the {d.demo} demo is built only into {own})")
+    if root.exists() and not root.is_dir():
+        raise CompetitionError(f"data root {root} is a file, not a folder (config key data.root): point it at the "
+                               f"competition folder that holds {d.train_csv}")
     if not root.is_dir():
         raise CompetitionError(f"data root {root} not found (config key data.root)")
     return root

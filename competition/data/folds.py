@@ -1,7 +1,9 @@
-"""The fixed k-fold split: written once to <data.root>/folds.csv and reused by every run."""
+"""The fixed k-fold split: written once to <data.root>/folds.csv (or, for a read-only data folder,
+<output_dir>/folds/<its name>/folds.csv) and reused by every run."""
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.data.competition import read_csv
 from competition.data.targets import Target
+from competition.io.disk import cannot_write
 from competition.io.files import write_csv
 from competition.io.runs import folds_digest
 
@@ -19,6 +22,7 @@ log = logging.getLogger(__name__)
 
 FOLD_STRATEGIES = ("stratified", "group", "stratified_group", "kfold", "multilabel_stratified")  # folds.strategy
 FOLDS_FILE = "folds.csv"
+KEPT_FOLDS = "folds"  # output_dir/folds/<data folder's name>/folds.csv: the split of a read-only data folder
 
 
 def make_folds(
@@ -102,7 +106,16 @@ def iterative_stratification(y: np.ndarray, n_splits: int, seed: int) -> np.ndar
 
 
 def folds_path(cfg: Config) -> Path:
-    return Path(cfg.data.root) / FOLDS_FILE
+    """Where the competition's one folds.csv is, or goes: beside train.csv, unless the data folder
+    takes no new file (a Kaggle notebook's /kaggle/input is mounted read-only) and holds none; then
+    under output_dir, one per data folder's name, so every run and blend of it still shares one split.
+    An existing file wins, beside train.csv first."""
+    root = Path(cfg.data.root)
+    beside = root / FOLDS_FILE
+    kept = Path(cfg.output_dir) / KEPT_FOLDS / (Path(os.path.abspath(root)).name or "data") / FOLDS_FILE
+    if beside.is_file() or (not kept.is_file() and cannot_write(root) is None):
+        return beside
+    return kept
 
 
 def check_folds(folds: pd.DataFrame, train: pd.DataFrame, cfg: Config, path: Path) -> None:

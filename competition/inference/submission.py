@@ -30,6 +30,7 @@ from competition.core.errors import CompetitionError
 from competition.core.metrics import PROBABILITY_METRICS, Metric, decide
 from competition.data.competition import Competition, read_csv, read_solution
 from competition.data.targets import Target
+from competition.io.disk import check_writable
 
 OUTPUTS = ("auto", "labels", "probabilities")  # config key predict.output
 
@@ -147,6 +148,20 @@ def submission_path(directory: str | Path, name: str, cv: float | None, now: dt.
     now = now or dt.datetime.now(dt.timezone.utc)
     score = f"-cv{cv:.5f}" if cv is not None and np.isfinite(cv) else ""
     return Path(directory) / f"{name}-{now:%Y%m%d-%H%M%S}{score}.csv"
+
+
+def check_destination(output: str | None, submission_dir: str | Path) -> None:
+    """Before any work, and before a run's own files are rewritten: the submission can be written,
+    to `output` (a file path, not a folder) or into `submission_dir`."""
+    if output is None:
+        check_writable(submission_dir, "submission_dir",
+                       "set submission_dir to a folder you can write (--set submission_dir=PATH), or give --output PATH")
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise CompetitionError(f"--output {output} is a folder: give the submission's file path "
+                               f"(e.g. {path / 'submission.csv'})")
+    check_writable(path.parent, f"--output {output}: the folder", "give a path in a folder you can write")
 
 
 def leaderboard_score(written: Path, layout: Layout, solution: pd.DataFrame, target: Target, metric: Metric) -> float:

@@ -1,10 +1,12 @@
-"""Free space on the filesystem a path lives on, and writes that fail for space as one `error:` line."""
+"""Free space on the filesystem a path lives on, whether a folder takes new files at all, and writes
+that fail for either reason as one `error:` line."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +78,46 @@ def reserve(fd: int, size: int) -> None:
         # A filesystem that cannot preallocate: the memory-mapped writes still work, unguarded.
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise
+
+
+# A folder that takes no new file: a read-only mount (a Kaggle notebook's /kaggle/input), or no permission.
+NO_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM)
+WRITABLE_OUTPUT = "set output_dir to a folder you can write (--set output_dir=PATH)"
+
+
+def cannot_write(folder: str | os.PathLike) -> str | None:
+    """Why no file can be made in `folder` (or, before it exists, in the folder above it where it
+    would be made), in a few words; None when one can. Tried with a nameless temporary file
+    (O_TMPFILE, where the system has it), not read from the permission bits: root ignores those,
+    while a read-only mount refuses root too."""
+    p = Path(os.path.abspath(folder))
+    while not os.path.lexists(p) and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as exc:
+        return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    return None
+
+
+def check_writable(folder: str | os.PathLike, what: str, fix: str) -> None:
+    """Refuse in one line, before anything is written, a `folder` that takes no new file:
+    `<what> <folder> cannot be written (<why>): <fix>`."""
+    reason = cannot_write(folder)
+    if reason is not None:
+        raise CompetitionError(f"{what} {folder} cannot be written ({reason}): {fix}")
+
+
+@contextlib.contextmanager
+def no_write_error(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a write of `path` refused by its folder (read-only, no permission) into one line; the
+    commands check their folders before they start (check_writable), so this is the safety net."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_WRITE:
+            raise
+        raise CompetitionError(f"cannot write {path} ({os.strerror(exc.errno).lower()})") from None

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from competition.core.errors import CompetitionError
-from competition.io.disk import no_space_error
+from competition.io.disk import no_space_error, no_write_error
 
 
 def _mode_for(path: Path) -> int:
@@ -39,24 +39,30 @@ def atomic_path(path: str | os.PathLike, size: int | None = None) -> Iterator[Pa
     never a half-written one. On an exception the temporary file is removed, and so are the
     folders this call created for it (when still empty): a refused write leaves nothing behind.
     A write that fails for space raises DiskFull naming `path`, its `size` (when given) and
-    the bytes free, counted after the temporary file is gone.
+    the bytes free, counted after the temporary file is gone; one that its folder refuses
+    (read-only, no permission), or whose `path` is a folder, a one-line CompetitionError.
     """
     path = Path(path)
     with no_space_error(path, size):
         new_dirs = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # innermost first
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp_path = Path(tmp)
+        tmp_path = None
         try:
+            with no_write_error(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmp_path = Path(tmp)
             # mkstemp makes the file private (0600): give it the mode a plain open() would have.
             os.chmod(tmp_path, _mode_for(path))
             yield tmp_path
             with open(tmp_path, "rb+") as fh:
                 os.fsync(fh.fileno())
+            if path.is_dir():  # os.replace would say IsADirectoryError
+                raise CompetitionError(f"cannot write {path}: it is a folder")
             os.replace(tmp_path, path)
         except BaseException:
-            tmp_path.unlink(missing_ok=True)
+            if tmp_path is not None:
+                tmp_path.unlink(missing_ok=True)
             for d in new_dirs:
                 with contextlib.suppress(OSError):  # not empty: another writer is using it
                     d.rmdir()

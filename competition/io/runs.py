@@ -166,12 +166,11 @@ def free_name(cfg: Config) -> str:
     return f"{cfg.name}-{n}"
 
 
-def check_new_run(cfg: Config, folds: pd.DataFrame, overwrite: bool) -> bool:
-    """Whether this config may train folds into cfg.run_dir. A run is one config on one split:
-    folds of another config (or of other folds) already there are refused in one line, unless
-    `overwrite` says to discard them (the return value: True when something is to be discarded)."""
-    if cfg.name == BLENDS:
-        raise CompetitionError(f"config key name: {BLENDS!r} is where blends are kept ({cfg.output_dir}/{BLENDS}): pick another name")
+def check_new_run(cfg: Config, folds: pd.DataFrame, overwrite: bool, split: Path) -> bool:
+    """Whether this config may train folds into cfg.run_dir. A run is one config on one split
+    (`folds`, read from the file `split`): folds of another config (or of other folds) already there
+    are refused in one line, unless `overwrite` says to discard them (the return value: True when
+    something is to be discarded)."""
     key, config = RunKey.of(cfg, folds), config_to_dict(cfg)
     record = RunRecord.read(cfg.run_dir)
     others = [(cfg.run_dir / RUN_FILE, record.config, record.key)] if record else [
@@ -181,7 +180,7 @@ def check_new_run(cfg: Config, folds: pd.DataFrame, overwrite: bool) -> bool:
             problem = f"was trained with another config ({where}): {differences(old_config, config)}"
         elif old_key.folds is not None and old_key.folds != key.folds:
             problem = (f"was trained on other folds ({where} has folds {old_key.folds}, "
-                       f"{Path(cfg.data.root) / 'folds.csv'} now gives {key.folds})")
+                       f"{split} now gives {key.folds})")
         else:
             continue
         if overwrite:

@@ -2,8 +2,13 @@
 table MLP; and the input preprocessing the model's pretrained config asks for."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import getproxies
 
 import timm
 from torch import nn
@@ -37,6 +42,43 @@ def _table_model(cfg: Config, num_classes: int, in_features: int | None, load_pr
     return TabularMLP(int(in_features), num_classes, list(m.hidden_sizes), m.drop_rate)
 
 
+def hub_unreachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub's server cannot be reached now: no route or no name resolution (a
+    Kaggle notebook with internet off), or no answer within `timeout` seconds. Not asked when the
+    hub is offline already (HF_HUB_OFFLINE) or a proxy is set: the hub's client goes through the
+    proxy, and a direct connection would prove nothing."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode() or getproxies().get("https") or getproxies().get("all"):
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def hub_offline(on: bool) -> Iterator[None]:
+    """huggingface_hub's own offline mode, `on` while its server cannot be reached: weights in the
+    local hub cache still load, and missing ones fail at once, where the client would retry each
+    file five times over a minute and log every attempt. timm's note that it loads from the hub
+    is left out then: the refusal, if one comes, is the only line."""
+    from huggingface_hub import constants
+
+    before, timm_log = constants.HF_HUB_OFFLINE, logging.getLogger("timm")
+    level = timm_log.level
+    constants.HF_HUB_OFFLINE = before or on  # read at each request (constants.is_offline_mode())
+    if on:
+        timm_log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+        timm_log.setLevel(level)
+
+
 def _timm_model(cfg: Config, num_classes: int, in_features: int | None, load_pretrained: bool) -> nn.Module:
     m = cfg.model
     if not timm.is_model(m.name):
@@ -54,8 +96,10 @@ def _timm_model(cfg: Config, num_classes: int, in_features: int | None, load_pre
         # timm loads a `file` ahead of any hub id or url (_builder._resolve_pretrained_source):
         # local weights never reach for the network (tests/test_offline.py trains without one).
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    unreachable = pretrained and not m.pretrained_file and hub_unreachable()
     try:
-        model = timm.create_model(m.name, pretrained=pretrained, **kwargs)
+        with hub_offline(unreachable):
+            model = timm.create_model(m.name, pretrained=pretrained, **kwargs)
         # The competition's head starts afresh, scaled by its fan-in (PyTorch's Linear default):
         # 1. timm keeps the pretrained head when the class counts match (1000 = ImageNet's), and
         # 2. some timm inits scale by fan-out (EfficientNet: ±1/√classes), which for 2 classes
@@ -79,10 +123,11 @@ def _timm_model(cfg: Config, num_classes: int, in_features: int | None, load_pre
             raise CompetitionError(
                 f"pretrained file {m.pretrained_file} does not load into {m.name}: {first[:300]}"
             ) from None
+        why = (": the model hub cannot be reached from here, and its local cache (HF_HOME) lacks them;" if unreachable
+               else f" ({type(exc).__name__}; no network or HF_HUB_OFFLINE=1?):")
         raise CompetitionError(
-            f"pretrained weights for {m.name} could not be had ({type(exc).__name__}; no network or "
-            f"HF_HUB_OFFLINE=1?): download them once, or set model.pretrained_file to a local "
-            f".safetensors/.pth in timm's layout"
+            f"pretrained weights for {m.name} could not be had{why} download them once, or set "
+            f"model.pretrained_file to a local .safetensors/.pth in timm's layout"
         ) from None
 
 

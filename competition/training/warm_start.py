@@ -8,6 +8,7 @@ from torch import nn
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.data.folds import folds_path
 from competition.io.checkpoints import BEST, FoldState, load_checkpoint
 from competition.io.runs import folds_digest
 
@@ -23,7 +24,7 @@ def warm_start_state(cfg: Config, classes: list, df: pd.DataFrame, fold: int) ->
     state = load_checkpoint(path)
     if state.folds_hash != folds_digest(df, cfg.data.id_column):
         raise CompetitionError(
-            f"config key model.init_from: run {source!r} was trained on other folds than {cfg.data.root}/folds.csv "
+            f"config key model.init_from: run {source!r} was trained on other folds than {folds_path(cfg)} "
             f"(its weights have seen rows this fold validates on); warm-start only from a run on the same folds"
         )
     if list(state.classes) != list(classes):
