@@ -129,7 +129,7 @@ def _class_named(value: Any, classes: list[str]) -> str:
         same = [c for c in classes if number_of(c) == float(value)]
         if len(same) == 1:
             return same[0]
-    raise CompetitionError(f"config key data.positive_class: {text!r} is not one of the classes {classes}")
+    raise CompetitionError(f"config key data.positive_class: {plain(value)!r} is not one of the classes {classes}")
 
 
 def _multi_label(cfg: Config, train: pd.DataFrame, path: Path) -> Target:
