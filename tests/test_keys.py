@@ -17,6 +17,7 @@ from competition import blend, folds, predict, train
 from competition.config import config_from_dict
 from competition.core.errors import CompetitionError
 from competition.data.competition import read_csv
+from competition.data.features import typed_as_read
 from competition.data.targets import read_target
 from competition.inference.submission import validate_submission
 from competition.io.checkpoints import FoldState, check_compatible
@@ -126,6 +127,15 @@ def test_text_columns_read_only_an_empty_cell_as_missing(tmp_path):
     assert df["key"].tolist()[:2] == ["NA", "0007"] and pd.isna(df["key"].iloc[2])  # Namibia, not missing
     assert df["label"].tolist() == ["None", "01", "02"]
     assert pd.api.types.is_float_dtype(df["x"]) and df["x"].isna().tolist() == [True, False, True]
+
+
+def test_a_feature_hook_gets_numbers_as_pandas_reads_them(tmp_path):
+    """A hook that averages a 0/1 target, or keeps an id as a feature, works as before ids were text."""
+    path = tmp_path / "t.csv"
+    path.write_text("key,target,group,x\n01000,1,p1,2.5\n01001,0,p2,\n")
+    rows = read_csv(path, "t", ["key", "target", "group"])
+    pd.testing.assert_frame_equal(typed_as_read(rows), pd.read_csv(path))
+    assert rows["key"].tolist() == ["01000", "01001"]  # the kit's own frame keeps the text
 
 
 def _target(tmp_path: Path, values: list, **data):

@@ -88,9 +88,7 @@ class TitanicFeatures:
         )
         # Fellow passengers' fate: the survival rate of the *other* fitted members of the row's
         # ticket and family groups; NaN when none is known.
-        # The kit reads the target as text ('1'); a state fit by an older kit holds the number 1.
-        own = ((rows[TARGET].astype(str) == str(state["positive"])).astype(float).to_numpy() if TARGET in rows
-               else np.zeros(len(rows)))
+        own = (rows[TARGET] == state["positive"]).astype(float).to_numpy() if TARGET in rows else np.zeros(len(rows))
         for kind, keys in (("ticket", ticket), ("family", _family_key(rows))):
             stats = state["groups"][kind]
             total = keys.map(lambda k, s=stats: s.get(str(k), [0.0, 0])[0]).astype(float).to_numpy()
