@@ -188,12 +188,12 @@ def test_class_order_difference_is_named(image_comp, tmp_path):
 
 
 def test_save_and_load_round_trip_plain_data_and_tensors(tmp_path):
-    state = fold_state({"model": {"name": "m"}}, [0, 1], w=torch.arange(4.0))
+    state = fold_state({"model": {"name": "m"}}, ["0", "1"], w=torch.arange(4.0))  # classes are text
     path = tmp_path / "fold0" / "best.pt"
     save_checkpoint(path, state)
     loaded = load_checkpoint(path)
     assert torch.equal(loaded.model_state_dict["w"], torch.arange(4.0))
-    assert loaded.history == [{"epoch": 1}] and loaded.classes == [0, 1]
+    assert loaded.history == [{"epoch": 1}] and loaded.classes == ["0", "1"]
     plain = {k: v for k, v in vars(state).items() if k != "model_state_dict"}
     assert {k: v for k, v in vars(loaded).items() if k != "model_state_dict"} == plain  # every field comes back
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temporary file left beside it

@@ -18,12 +18,20 @@ from conftest import image_config, make_image_competition, no_network_reason, ta
 from competition import package, predict, train
 
 
+def _ids_that_look_like_numbers(root: Path) -> None:
+    """r000, r001, … → 0000, 0001, …: ids a reader of numbers would turn into 0, 1, …"""
+    for name in ("train.csv", "test.csv", "sample_submission.csv", "solution.csv"):
+        lines = (root / name).read_text().splitlines()
+        (root / name).write_text("\n".join([lines[0], *("0" + line[1:] for line in lines[1:])]) + "\n")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    """One tiny image competition, 2 folds (a head-only epoch, then one of every layer), and the
-    submission predict writes for it."""
+    """One tiny image competition (ids 0000, 0001, …), 2 folds (a head-only epoch, then one of every
+    layer), and the submission predict writes for it."""
     tmp = tmp_path_factory.mktemp("trained")
     root = make_image_competition(tmp / "data" / "shapes")
+    _ids_that_look_like_numbers(root)
     cfg = write_yaml(tmp / "shapes.yaml", image_config(tmp, root))
     assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
     reference = tmp / "reference.csv"
@@ -90,7 +98,10 @@ def test_packaged_predict_runs_offline_in_a_fresh_environment(trained, tmp_path)
     where = subprocess.run([str(python), "-c", "import competition; print(competition.__file__)"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).is_relative_to(tmp_path / "venv" / "lib"), where
-    assert pd.read_csv(out).equals(pd.read_csv(trained["reference"]))
+    assert out.read_bytes() == trained["reference"].read_bytes()
+    ids = [line.split(",")[0] for line in out.read_text().splitlines()]
+    assert ids == [line.split(",")[0] for line in (trained["root"] / "sample_submission.csv").read_text().splitlines()]
+    assert ids[1].startswith("00")  # the ids as the sample spells them, not as numbers
     assert _listing(pkg) == before  # nothing written into the (read-only on Kaggle) package
 
 

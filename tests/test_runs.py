@@ -12,7 +12,7 @@ from conftest import refused
 from competition import folds, predict, train
 from competition.core.errors import CompetitionError
 from competition.data.competition import read_csv
-from competition.io.runs import HASH_TEXT, RunKey, RunRecord, frame_key, stamp
+from competition.io.runs import HASH_COLUMNS, RunKey, RunRecord, frame_key, stamp
 
 
 def test_a_fold_under_another_config_is_refused_naming_the_keys_until_overwrite(table_comp, tmp_path, capsys):
@@ -74,7 +74,7 @@ def test_a_predictions_file_names_its_run_even_when_the_digest_looks_like_a_numb
     path = tmp_path / "oof.csv"
     frame = pd.DataFrame({"id": [1, 2], "prob_a": [0.2, 0.7]})
     stamp(frame, RunKey("1234e5678901", "000000000012")).to_csv(path, index=False)
-    read = read_csv(path, "predictions", dtype=HASH_TEXT)
+    read = read_csv(path, "predictions", HASH_COLUMNS)
     assert frame_key(read, path) == RunKey("1234e5678901", "000000000012")  # not 1.234e+5681 and 12
     assert frame_key(read.drop(columns=["folds_hash", "config_hash"]), path) is None  # written before stamps
     mixed = pd.concat([stamp(frame, RunKey("aaaaaaaaaaaa", "f")), stamp(frame, RunKey("bbbbbbbbbbbb", "f"))])

@@ -1,1 +1,1 @@
-"""What every stage shares: the config, the error type, metrics, the runtime and the process world."""
+"""What every stage shares: the config, the error type, ids and labels as text, metrics, the runtime and the process world."""

@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+# pandas' own list of the cells read_csv reads as missing by default ('', 'NA', 'None', 'null', …),
+# kept for every column but the text ones (its public default cannot be set per column).
+from pandas._libs.parsers import STR_NA_VALUES
+
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.keys import text_of
 from competition.data.demos import DEMOS, build_demo
 from competition.data.targets import Target, line_of, read_target
 
@@ -38,22 +44,35 @@ class Competition:
 def train_rows(comp: Competition, ids: pd.Series, id_column: str, where: Path) -> np.ndarray:
     """The train.csv row of each id (a file of out-of-fold predictions names its rows by id); an id
     train.csv no longer holds is refused in one line naming `where`."""
-    rows = pd.Index(comp.train[id_column].astype(str)).get_indexer(ids.astype(str))
+    rows = pd.Index(comp.train[id_column].map(text_of)).get_indexer(ids.map(text_of))
     if (rows < 0).any():
-        missing = ids.iloc[int(np.flatnonzero(rows < 0)[0])]
+        missing = text_of(ids.iloc[int(np.flatnonzero(rows < 0)[0])])
         raise CompetitionError(f"{where}: id {missing!r} is not in {comp.train_path}: train.csv changed since "
                                f"training; retrain the fold")
     return rows
 
 
-def read_csv(path: Path, what: str = "", dtype: dict | None = None) -> pd.DataFrame:
-    """Read a CSV, turning a missing, empty or malformed file into one clear line."""
+def text_columns(cfg: Config) -> list[str]:
+    """The columns of the competition's CSVs, and of every CSV the kit writes, that hold keys: the id,
+    the target's labels (unless it is 0/1 columns), the group and the image path. Read as text."""
+    d = cfg.data
+    columns = [d.id_column, d.group_column, d.image_column if cfg.task == "image" else None,
+               None if d.target_columns else d.target_column]
+    return [c for c in columns if c]
+
+
+def read_csv(path: Path, what: str = "", text: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a CSV, turning a missing, empty or malformed file into one clear line.
+
+    The `text` columns (those of them the file has) keep the text they hold, `01000` and `07`
+    included, and only an empty cell is missing there (`NA` is Namibia's id, `None` a class);
+    every other column is read as pandas reads it (numbers as numbers, `NA` as missing)."""
     if path.is_dir():
         raise CompetitionError(f"{what or 'file'} {path} is a folder, not a CSV file")
     if not path.is_file():
         raise CompetitionError(f"{what or 'file'} {path} not found")
     try:
-        df = pd.read_csv(path, dtype=dtype)
+        df = pd.read_csv(path, **_text_options(path, set(text)))
     except pd.errors.EmptyDataError:
         raise CompetitionError(f"{path} is empty: expected a header line and rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -62,6 +81,16 @@ def read_csv(path: Path, what: str = "", dtype: dict | None = None) -> pd.DataFr
         raise CompetitionError(f"{path} has a header but no rows")
     df.columns = [str(c) for c in df.columns]
     return df
+
+
+def _text_options(path: Path, text: set[str]) -> dict:
+    """read_csv's options that read the file's `text` columns as text, with only '' missing there."""
+    header = pd.read_csv(path, nrows=0).columns if text else []
+    columns = [c for c in header if str(c) in text]
+    if not columns:
+        return {}
+    return {"dtype": dict.fromkeys(columns, str), "keep_default_na": False,
+            "na_values": {c: [""] if c in columns else list(STR_NA_VALUES) for c in header}}
 
 
 def require_columns(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
@@ -74,11 +103,12 @@ def require_columns(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
 
 def check_unique_ids(df: pd.DataFrame, path: Path, id_column: str) -> None:
     _check_no_missing(df, path, id_column, "id")
-    dup = df[id_column].astype(str).duplicated(keep=False)
+    ids = df[id_column].map(text_of)
+    dup = ids.duplicated(keep=False)
     if dup.any():
         rows = df.index[dup]
-        value = df[id_column].iloc[rows[0]]
-        lines = ", ".join(str(line_of(r)) for r in rows[df[id_column].iloc[rows].astype(str) == str(value)][:5])
+        value = ids.iloc[rows[0]]
+        lines = ", ".join(str(line_of(r)) for r in rows[ids.iloc[rows] == value][:5])
         raise CompetitionError(f"{path}: id {value!r} in column '{id_column}' appears more than once (lines {lines})")
 
 
@@ -115,9 +145,10 @@ def load_competition(cfg: Config) -> Competition:
     d = cfg.data
     root = _data_root(cfg)
     train_path, test_path, sample_path = root / d.train_csv, root / d.test_csv, root / d.sample_submission
-    train = read_csv(train_path, "train CSV")
-    test = read_csv(test_path, "test CSV")
-    sample = read_csv(sample_path, "sample submission")
+    text = text_columns(cfg)
+    train = read_csv(train_path, "train CSV", text)
+    test = read_csv(test_path, "test CSV", text)
+    sample = read_csv(sample_path, "sample submission", text)
 
     answers = list(d.target_columns) if d.target_columns else [d.target_column]
     require_columns(train, train_path, [d.id_column, *answers] + ([d.group_column] if d.group_column else []))
@@ -134,7 +165,7 @@ def load_competition(cfg: Config) -> Competition:
         _check_no_missing(train, train_path, d.group_column, "group")
     target = read_target(cfg, train, train_path)
 
-    test_ids, sample_ids = set(test[d.id_column].astype(str)), set(sample[d.id_column].astype(str))
+    test_ids, sample_ids = set(test[d.id_column]), set(sample[d.id_column])
     if test_ids != sample_ids:
         only_test = sorted(test_ids - sample_ids)
         only_sample = sorted(sample_ids - test_ids)
@@ -154,6 +185,6 @@ def read_solution(cfg: Config, root: Path, target: Target) -> pd.DataFrame | Non
     path = root / cfg.data.solution
     if not path.is_file():
         return None
-    df = read_csv(path, "solution")
+    df = read_csv(path, "solution", text_columns(cfg))
     require_columns(df, path, [cfg.data.id_column, *target.answer_columns])
     return df

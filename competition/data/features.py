@@ -26,6 +26,7 @@ import pandas as pd
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.keys import number_of
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,24 @@ def feature_columns(cfg: Config, train: pd.DataFrame) -> list[str]:
         return list(d.feature_columns)
     skip = {d.id_column, d.target_column, d.group_column}
     return [c for c in train.columns if c not in skip]
+
+
+def typed_as_read(rows: pd.DataFrame) -> pd.DataFrame:
+    """A copy of the rows with each text column that holds only numbers typed as pandas' read_csv
+    types it. The kit reads ids and labels as text (`01000`, class `01`); a feature hook and the
+    feature columns get them as numbers, as pandas reads them, so a hook that averages a 0/1 target
+    or keeps an id as a feature works as before (the kit's own columns stay text)."""
+    out = rows.copy()
+    for column in out.columns:
+        series = out[column]
+        if not pd.api.types.is_string_dtype(series.dtype) or series.isna().all():
+            continue
+        if number_of(str(series.dropna().iloc[0])) is None:  # a column of words: no need to parse it all
+            continue
+        numbers = pd.to_numeric(series, errors="coerce")
+        if (numbers.notna() | series.isna()).all():
+            out[column] = numbers
+    return out
 
 
 def check_hook_spec(spec: str) -> tuple[str, str]:
@@ -107,7 +126,7 @@ class FeatureHook:
 
     def fit(self, rows: pd.DataFrame) -> Any:
         try:
-            state = self.impl.fit(rows.copy())
+            state = self.impl.fit(typed_as_read(rows))
         except Exception as exc:
             raise CompetitionError(f"feature hook {self.spec}: fit failed{_where(exc, self.path)}: {type(exc).__name__}: {exc}") from None
         problem = _plain_problem(state, "state")
@@ -120,7 +139,7 @@ class FeatureHook:
 
     def transform(self, rows: pd.DataFrame, state: Any) -> pd.DataFrame:
         try:
-            out = self.impl.transform(rows.copy(), state)
+            out = self.impl.transform(typed_as_read(rows), state)
         except Exception as exc:
             raise CompetitionError(f"feature hook {self.spec}: transform failed{_where(exc, self.path)}: {type(exc).__name__}: {exc}") from None
         if not isinstance(out, pd.DataFrame) or len(out) != len(rows):
@@ -203,7 +222,7 @@ class TabularPreprocessor:
     @staticmethod
     def _inputs(df: pd.DataFrame, state: dict, hook: FeatureHook | None) -> pd.DataFrame:
         if hook is None:
-            return df[state["columns"]].reset_index(drop=True)
+            return typed_as_read(df[state["columns"]].reset_index(drop=True))
         return hook.transform(df, state["hook"]["state"])
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.keys import number_of, text_of
 from competition.data.competition import read_csv
 from competition.data.targets import Target
 from competition.io.disk import cannot_write
@@ -124,16 +125,26 @@ def check_folds(folds: pd.DataFrame, train: pd.DataFrame, cfg: Config, path: Pat
     idc = cfg.data.id_column
     if idc not in folds.columns or "fold" not in folds.columns:
         raise CompetitionError(f"{path} needs columns '{idc}' and 'fold'; {regen}")
-    fold_ids, train_ids = set(folds[idc].astype(str)), set(train[idc].astype(str))
+    fold_ids, train_ids = set(folds[idc].map(text_of)), set(train[idc].map(text_of))
     if fold_ids != train_ids or len(folds) != len(train):
-        missing, extra = len(train_ids - fold_ids), len(fold_ids - train_ids)
+        missing, extra = train_ids - fold_ids, fold_ids - train_ids
         raise CompetitionError(
-            f"{path} does not match {cfg.data.train_csv} ({missing} train ids missing from it, "
-            f"{extra} ids not in train); {regen}"
+            f"{path} does not match {cfg.data.train_csv} ({len(missing)} train ids missing from it, "
+            f"{len(extra)} ids not in train){_as_numbers(missing, extra)}; {regen}"
         )
     n = folds["fold"].nunique()
     if n != cfg.folds.n_splits or set(folds["fold"]) != set(range(n)):
         raise CompetitionError(f"{path} has folds {sorted(set(folds['fold']))}, config folds.n_splits is {cfg.folds.n_splits}; {regen}")
+
+
+def _as_numbers(missing: set[str], extra: set[str]) -> str:
+    """A hint when folds.csv holds train ids as numbers (`1000` for `01000`: kits before ids were
+    read as text wrote them so)."""
+    for text in sorted(missing):
+        number = number_of(text)
+        if number is not None and number.is_integer() and str(int(number)) in extra:
+            return f"; train id {text!r} is {str(int(number))!r} there: written as a number by an older kit"
+    return ""
 
 
 def stratify_by(target: Target, train: pd.DataFrame) -> np.ndarray:
@@ -146,16 +157,16 @@ def load_or_create_folds(cfg: Config, train: pd.DataFrame, target: Target, force
     path = folds_path(cfg)
     idc = cfg.data.id_column
     if path.exists() and not force:
-        folds = read_csv(path, "folds file")
+        folds = read_csv(path, "folds file", [idc])
         check_folds(folds, train, cfg, path)
     else:
         folds = make_folds(train, idc, stratify_by(target, train), cfg.folds.n_splits, cfg.folds.strategy, cfg.seed,
                            cfg.data.group_column)
         write_csv(path, folds)
         log.info("wrote %s (%d folds, strategy %s)", path, cfg.folds.n_splits, cfg.folds.strategy)
-    fold_of = dict(zip(folds[idc].astype(str), folds["fold"].astype(int), strict=True))
+    fold_of = dict(zip(folds[idc].map(text_of), folds["fold"].astype(int), strict=True))
     out = train.copy()
-    out["fold"] = [fold_of[i] for i in train[idc].astype(str)]
+    out["fold"] = [fold_of[i] for i in train[idc].map(text_of)]
     return out
 
 
@@ -165,16 +176,16 @@ def read_folds(cfg: Config, train: pd.DataFrame) -> pd.DataFrame:
     if not path.is_file():
         raise CompetitionError(f"{path} not found: the folds the models were trained on are gone; "
                                f"`python -m competition.train` writes it")
-    folds = read_csv(path, "folds file")
+    folds = read_csv(path, "folds file", [cfg.data.id_column])
     check_folds(folds, train, cfg, path)
-    fold_of = dict(zip(folds[cfg.data.id_column].astype(str), folds["fold"].astype(int), strict=True))
-    return train.assign(fold=[fold_of[i] for i in train[cfg.data.id_column].astype(str)])
+    fold_of = dict(zip(folds[cfg.data.id_column].map(text_of), folds["fold"].astype(int), strict=True))
+    return train.assign(fold=[fold_of[i] for i in train[cfg.data.id_column].map(text_of)])
 
 
 def split_digest(cfg: Config) -> str | None:
     """The hash (io.runs.folds_digest) of the config's folds.csv, or None before one is written."""
     path = folds_path(cfg)
-    return folds_digest(read_csv(path, "folds file"), cfg.data.id_column) if path.is_file() else None
+    return folds_digest(read_csv(path, "folds file", [cfg.data.id_column]), cfg.data.id_column) if path.is_file() else None
 
 
 def folds_trained_on(cfg: Config, train: pd.DataFrame, models: list[tuple[str, str | None]], why: str) -> pd.DataFrame:

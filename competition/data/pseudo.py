@@ -10,7 +10,7 @@ import pandas as pd
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
-from competition.data.competition import Competition, read_csv, require_columns
+from competition.data.competition import Competition, read_csv, require_columns, text_columns
 from competition.data.targets import Target, line_of
 
 
@@ -30,8 +30,9 @@ def _soft_targets(frame: pd.DataFrame, path: Path, target: Target) -> np.ndarray
         probs = frame[names].to_numpy(dtype=np.float64)
     elif target.column in frame.columns:
         values = frame[target.column]
-        if target.kind == "binary" and pd.api.types.is_float_dtype(values):
-            probs = np.stack([1 - values.to_numpy(dtype=np.float64), values.to_numpy(dtype=np.float64)], 1)
+        numbers = pd.to_numeric(values, errors="coerce")  # the column is read as text: labels may be '01'
+        if target.kind == "binary" and not values.isin(names).all() and numbers.notna().all():
+            probs = np.stack([1 - numbers.to_numpy(dtype=np.float64), numbers.to_numpy(dtype=np.float64)], 1)
         elif target.multi_label:
             probs = target.encode(frame, path).astype(np.float64)
         else:
@@ -58,14 +59,14 @@ def read_pseudo_labels(cfg: Config, comp: Competition) -> PseudoLabels | None:
     if not d.pseudo_labels:
         return None
     path = Path(d.pseudo_labels)
-    frame = read_csv(path, "pseudo-label file (data.pseudo_labels)")
+    frame = read_csv(path, "pseudo-label file (data.pseudo_labels)", text_columns(cfg))
     require_columns(frame, path, [d.id_column])
-    ids = frame[d.id_column].astype(str)
-    in_train = ids.isin(set(comp.train[d.id_column].astype(str)))
+    ids = frame[d.id_column]
+    in_train = ids.isin(set(comp.train[d.id_column]))
     if in_train.any():
         raise CompetitionError(f"{path} line {line_of(int(np.flatnonzero(in_train)[0]))}: id {ids[in_train].iloc[0]!r} "
                                f"is a train.csv row; pseudo-labels are for test rows")
-    test_row = {i: r for r, i in enumerate(comp.test[d.id_column].astype(str))}
+    test_row = {i: r for r, i in enumerate(comp.test[d.id_column])}
     unknown = ~ids.isin(test_row.keys())
     if unknown.any():
         raise CompetitionError(f"{path} line {line_of(int(np.flatnonzero(unknown)[0]))}: id {ids[unknown].iloc[0]!r} "

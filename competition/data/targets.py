@@ -13,22 +13,10 @@ import pandas as pd
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.keys import class_order, number_of, plain, text_of
 from competition.core.metrics import BINARY, MULTI, SINGLE
 
 TARGET_FORMATS = ("single", "multi_label")  # config key data.target_format
-
-
-def plain(value: Any) -> Any:
-    """numpy scalar → Python scalar; integral floats → int (labels read as 0.0/1.0)."""
-    value = value.item() if hasattr(value, "item") else value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def class_list(values: list) -> list:
-    """Sorted distinct labels as plain Python values."""
-    return sorted({plain(v) for v in values}, key=lambda v: (str(type(v)), v))
 
 
 def line_of(index: int) -> int:
@@ -41,7 +29,7 @@ class Target:
     """The competition's classes and how its answers are read from a frame."""
 
     format: str  # single | multi_label
-    classes: list  # original label values; index = model output index
+    classes: list  # the labels as train.csv spells them (text); index = model output index
     column: str | None  # the target column (single-label, or multi-label separated in one column)
     columns: list[str] | None = None  # multi-label as one 0/1 column per class
     separator: str = " "
@@ -56,6 +44,11 @@ class Target:
         return MULTI if self.multi_label else BINARY if len(self.classes) == 2 else SINGLE
 
     @property
+    def label_columns(self) -> list[str]:
+        """The answer columns that hold labels, read as text (0/1 class columns hold numbers)."""
+        return [] if self.columns else [self.column]
+
+    @property
     def answer_columns(self) -> list[str]:
         """The columns of train.csv (and of an answers file) that hold the target."""
         return list(self.columns) if self.columns else [self.column]
@@ -66,7 +59,7 @@ class Target:
         if self.columns:
             return frame[self.columns].to_numpy(dtype=np.float32)
         if self.multi_label:
-            index = {str(c): i for i, c in enumerate(self.classes)}
+            index = {text_of(c): i for i, c in enumerate(self.classes)}
             out = np.zeros((len(frame), len(self.classes)), dtype=np.float32)
             for row, labels in enumerate(_label_sets(frame[self.column], self.separator)):
                 for label in labels:
@@ -74,10 +67,10 @@ class Target:
                         raise CompetitionError(f"{path}: label {label!r} is not one of the classes {self.classes}")
                     out[row, index[label]] = 1.0
             return out
-        index = {c: i for i, c in enumerate(self.classes)}
+        index = {text_of(c): i for i, c in enumerate(self.classes)}
         out = np.empty(len(frame), dtype=np.int64)
         for i, v in enumerate(frame[self.column].tolist()):
-            key = plain(v)
+            key = text_of(v)  # labels compare as text: '01' is not the class '1'
             if key not in index:
                 raise CompetitionError(f"{path}: label {key!r} is not one of the classes {self.classes}")
             out[i] = index[key]
@@ -102,7 +95,7 @@ def _label_sets(values: pd.Series, separator: str) -> list[list[str]]:
     """One column of separated labels → a list of labels per row (an empty or missing cell: none)."""
     out = []
     for v in values.tolist():
-        text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(plain(v))
+        text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else text_of(v)
         parts = text.split(separator) if separator.strip() else text.split()
         out.append([t.strip() for t in parts if t.strip()])
     return out
@@ -115,17 +108,28 @@ def read_target(cfg: Config, train: pd.DataFrame, path: Path) -> Target:
         return _multi_label(cfg, train, path)
     values = train[d.target_column]
     _check_whole_numbers(values, path, d.target_column)
-    classes = class_list(values.tolist())
+    classes = class_order(values.tolist())
     _check_class_count(classes, path, d.target_column, d.max_classes)
     _check_not_separated(values, path, d.target_column)
     if len(classes) < 2:
         raise CompetitionError(f"{path}: column '{d.target_column}' has one class ({classes[0]!r}); need at least 2")
     if len(classes) == 2 and d.positive_class is not None:
-        positive = plain(d.positive_class)
-        if positive not in classes:
-            raise CompetitionError(f"config key data.positive_class: {positive!r} is not one of the classes {classes}")
+        positive = _class_named(d.positive_class, classes)
         classes = [c for c in classes if c != positive] + [positive]  # index 1 is the positive class
     return Target("single", classes, d.target_column)
+
+
+def _class_named(value: Any, classes: list[str]) -> str:
+    """The class `data.positive_class` names: by its text, or a YAML number (1) by its value when one
+    class spells that number (`1.0`)."""
+    text = text_of(value)
+    if text in classes:
+        return text
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        same = [c for c in classes if number_of(c) == float(value)]
+        if len(same) == 1:
+            return same[0]
+    raise CompetitionError(f"config key data.positive_class: {plain(value)!r} is not one of the classes {classes}")
 
 
 def _multi_label(cfg: Config, train: pd.DataFrame, path: Path) -> Target:
@@ -136,22 +140,24 @@ def _multi_label(cfg: Config, train: pd.DataFrame, path: Path) -> Target:
             if bad.any():
                 row = train.index[bad][0]
                 raise CompetitionError(f"{path} line {line_of(row)}: column '{column}' holds "
-                                       f"{train[column].iloc[row]!r}; a class column holds 0 or 1")
+                                       f"{plain(train[column].iloc[row])!r}; a class column holds 0 or 1")
         return Target("multi_label", list(d.target_columns), None, list(d.target_columns))
-    classes = class_list([t for labels in _label_sets(train[d.target_column], d.label_separator) for t in labels])
+    classes = class_order([t for labels in _label_sets(train[d.target_column], d.label_separator) for t in labels])
     _check_class_count(classes, path, d.target_column, d.max_classes)
     if len(classes) < 2:
         raise CompetitionError(f"{path}: column '{d.target_column}' names {len(classes)} label(s); need at least 2")
-    return Target("multi_label", [str(c) for c in classes], d.target_column, None, d.label_separator)
+    return Target("multi_label", classes, d.target_column, None, d.label_separator)
 
 
 def _check_whole_numbers(values: pd.Series, path: Path, column: str) -> None:
-    if pd.api.types.is_float_dtype(values):
-        frac = values[(values % 1) != 0]
+    """A column of numbers some of which are fractional is a regression target, not classes."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.notna().all():
+        frac = values[(numbers % 1) != 0]
         if len(frac):
             raise CompetitionError(
-                f"{path} line {line_of(frac.index[0])}: column '{column}' holds {frac.iloc[0]!r}, not a class: "
-                f"the kit classifies, and a target of fractional numbers is a regression"
+                f"{path} line {line_of(frac.index[0])}: column '{column}' holds {text_of(frac.iloc[0])!r}, not a "
+                f"class: the kit classifies, and a target of fractional numbers is a regression"
             )
 
 
@@ -166,7 +172,7 @@ def _check_class_count(classes: list, path: Path, column: str, limit: int) -> No
 def _check_not_separated(values: pd.Series, path: Path, column: str) -> None:
     """A value made of several labels that also appear alone ('cat dog' beside 'cat' and 'dog') is a
     multi-label target read as single-label; a class name with a space ('golden retriever') is not."""
-    texts = values.astype(str)
+    texts = values.map(text_of)
     alone = set(texts)
     for i, text in texts.items():
         parts = text.replace(",", " ").split()

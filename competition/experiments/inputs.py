@@ -10,10 +10,11 @@ import pandas as pd
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
-from competition.data.competition import Competition, read_csv
+from competition.core.keys import text_of
+from competition.data.competition import Competition, read_csv, text_columns
 from competition.data.folds import folds_path, split_digest
 from competition.inference.predictions import OOF, TEST_PROBS
-from competition.io.runs import HASH_TEXT, RUN_FILE, RunRecord, frame_key
+from competition.io.runs import HASH_COLUMNS, RUN_FILE, RunRecord, frame_key
 from competition.io.tracking import read_oof_probs
 
 
@@ -55,7 +56,7 @@ def read_run(cfg: Config, name: str) -> RunPredictions:
         if not path.is_file():
             raise CompetitionError(f"{path} not found: predict the run first (python -m competition.predict with its "
                                    f"config and --set name={record.name}); it keeps what a blend combines")
-        frames[file] = read_csv(path, "predictions", dtype=HASH_TEXT)
+        frames[file] = read_csv(path, "predictions", [*HASH_COLUMNS, *text_columns(cfg)])
         key = frame_key(frames[file], path)
         if key != record.key:
             raise CompetitionError(f"{path} comes from another training of {record.name} ({key or 'no run stamp'}; the "
@@ -94,8 +95,8 @@ def check_blendable(cfg: Config, comp: Competition, runs: list[RunPredictions]) 
 
 def _align(frame: pd.DataFrame, ids: pd.Series, id_column: str, where: str) -> pd.DataFrame:
     """The frame's rows in the order of `ids`; every id must be there."""
-    keyed = frame.assign(_key=frame[id_column].astype(str)).set_index("_key")
-    wanted = ids.astype(str)
+    keyed = frame.assign(_key=frame[id_column].map(text_of)).set_index("_key")
+    wanted = ids.map(text_of)
     missing = wanted[~wanted.isin(keyed.index)]
     if len(missing) or len(keyed) != len(wanted):
         raise CompetitionError(f"{where} has {len(keyed)} rows for {len(wanted)} ids"

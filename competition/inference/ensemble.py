@@ -18,7 +18,7 @@ from competition.data.targets import Target
 from competition.data.transforms import tta_views
 from competition.inference.engine import predict_probs
 from competition.io.checkpoints import BEST, FoldState, check_compatible, load_checkpoint
-from competition.io.runs import HASH_TEXT, RunKey, check_same_run, frame_key
+from competition.io.runs import HASH_COLUMNS, RunKey, check_same_run, frame_key
 from competition.io.tracking import read_oof_probs
 from competition.tasks import Task
 
@@ -99,7 +99,7 @@ def score_best_epochs(files: dict[str, Path], metric: Metric, target: Target, cl
     stopping saw them."""
     per_fold, ys, ps, keys = {}, [], [], {}
     for fold, path in files.items():
-        oof = read_csv(path, "out-of-fold file", dtype=HASH_TEXT)
+        oof = read_csv(path, "out-of-fold file", [*HASH_COLUMNS, *target.label_columns])
         keys[path] = frame_key(oof, path)
         y, p = target.encode(oof, path), read_oof_probs(oof, classes)
         per_fold[fold] = metric.best(y, p)

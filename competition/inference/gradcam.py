@@ -23,7 +23,7 @@ from competition.core.config import Config  # noqa: E402
 from competition.core.errors import CompetitionError  # noqa: E402
 from competition.core.metrics import decide  # noqa: E402
 from competition.core.runtime import to_device  # noqa: E402
-from competition.data.competition import Competition, read_csv, train_rows  # noqa: E402
+from competition.data.competition import Competition, read_csv, text_columns, train_rows  # noqa: E402
 from competition.data.images import hw  # noqa: E402
 from competition.io.checkpoints import FoldState  # noqa: E402
 from competition.io.tracking import (  # noqa: E402
@@ -133,7 +133,7 @@ def explain_fold(cfg: Config, task: Task, comp: Competition, model: nn.Module, s
     path = cfg.fold_dir(state.fold) / "oof.csv"
     if not path.is_file():
         raise CompetitionError(f"{path} not found: the fold's validation predictions pick the rows to explain; retrain it")
-    oof = read_csv(path, "out-of-fold file")
+    oof = read_csv(path, "out-of-fold file", text_columns(cfg))
     y, probs = comp.target.encode(oof, path), read_oof_probs(oof, comp.classes)
     rows_of = train_rows(comp, oof[cfg.data.id_column], cfg.data.id_column, path)
     out = []

@@ -24,7 +24,7 @@ from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
 from competition.core.config import Config, config_to_dict  # noqa: E402
 from competition.core.errors import CompetitionError  # noqa: E402
 from competition.core.metrics import UNBOUNDED_METRICS, decide  # noqa: E402
-from competition.data.competition import Competition, read_csv, train_rows  # noqa: E402
+from competition.data.competition import Competition, read_csv, text_columns, train_rows  # noqa: E402
 from competition.data.images import image_paths, load_image  # noqa: E402
 from competition.inference.gradcam import explain_fold, panels_rgb  # noqa: E402
 from competition.io.files import write_text  # noqa: E402
@@ -127,7 +127,7 @@ def pooled_oof(cfg: Config, comp: Competition, folds: list[int]) -> tuple[np.nda
     for f in folds:
         path = cfg.fold_dir(f) / "oof.csv"
         if path.is_file():
-            oof = read_csv(path, "out-of-fold file")
+            oof = read_csv(path, "out-of-fold file", text_columns(cfg))
             ys.append(comp.target.encode(oof, path))
             ps.append(read_oof_probs(oof, comp.classes))
             rows += train_rows(comp, oof[cfg.data.id_column], cfg.data.id_column, path).tolist()

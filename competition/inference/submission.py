@@ -27,6 +27,7 @@ import pandas as pd
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.keys import text_of
 from competition.core.metrics import PROBABILITY_METRICS, Metric, decide
 from competition.data.competition import Competition, read_csv, read_solution
 from competition.data.targets import Target
@@ -45,11 +46,16 @@ class Layout:
     def holds_probabilities(self) -> bool:
         return self.kind in ("positive_probability", "class_probabilities")
 
+    @property
+    def text_columns(self) -> list[str]:
+        """The file's columns that hold text: the id and, in a labels layout, the labels."""
+        return [self.id_column, *(self.columns if self.kind in ("labels", "separated_labels") else [])]
+
 
 def submission_layout(sample: pd.DataFrame, id_column: str, target: Target, metric: str, output: str) -> Layout:
     """What the submission holds: from the sample's columns, the target, the metric and predict.output."""
     rest = [c for c in sample.columns if c != id_column]
-    names = [str(c) for c in target.classes]
+    names = [text_of(c) for c in target.classes]
     if target.column is not None and rest == [target.column]:
         if target.multi_label:
             if output == "probabilities":
@@ -90,24 +96,24 @@ def make_submission(sample: pd.DataFrame, test_ids: Sequence, matrix: np.ndarray
     """Rows in the sample's id order and its columns, holding `matrix` (test.csv order) as the layout says."""
     if len(test_ids) != len(matrix):
         raise CompetitionError(f"{len(test_ids)} test ids but {len(matrix)} predictions")
-    row_of = {str(i): r for r, i in enumerate(test_ids)}
-    keys = sample[layout.id_column].astype(str).tolist()
+    row_of = {text_of(i): r for r, i in enumerate(test_ids)}
+    keys = sample[layout.id_column].map(text_of).tolist()
     missing = [k for k in keys if k not in row_of]
     if missing:
         raise CompetitionError(f"sample submission has {len(missing)} ids without a prediction (e.g. {missing[0]})")
     m = matrix[np.array([row_of[k] for k in keys], dtype=np.int64)]
     sub = pd.DataFrame({layout.id_column: sample[layout.id_column].to_numpy()})
     if layout.kind in ("class_probabilities", "class_labels"):
-        by_name = {str(c): k for k, c in enumerate(target.classes)}
+        by_name = {text_of(c): k for k, c in enumerate(target.classes)}
         for col in layout.columns:
-            values = m[:, by_name[str(col)]]
+            values = m[:, by_name[text_of(col)]]
             sub[col] = values if layout.kind == "class_probabilities" else values.astype(np.int64)
         return sub[list(sample.columns)]
     column = layout.columns[0]
     if layout.kind == "positive_probability":
         sub[column] = m[:, 1]
     elif layout.kind == "separated_labels":
-        sub[column] = [target.separator.join(str(c) for c, on in zip(target.classes, row, strict=True) if on) for row in m]
+        sub[column] = [target.separator.join(text_of(c) for c, on in zip(target.classes, row, strict=True) if on) for row in m]
     else:
         sub[column] = pd.Series(np.asarray(target.classes, dtype=object)[m.argmax(1)].tolist()).to_numpy()
     return sub[list(sample.columns)]
@@ -116,7 +122,7 @@ def make_submission(sample: pd.DataFrame, test_ids: Sequence, matrix: np.ndarray
 def read_back(layout: Layout, sub: pd.DataFrame, target: Target) -> np.ndarray:
     """The matrix a submission file holds, read as the competition reads it."""
     if layout.kind in ("class_probabilities", "class_labels"):
-        return sub[[str(c) for c in target.classes]].to_numpy(dtype=np.float64)
+        return sub[[text_of(c) for c in target.classes]].to_numpy(dtype=np.float64)
     column = layout.columns[0]
     if layout.kind == "positive_probability":
         p = sub[column].to_numpy(dtype=np.float64)
@@ -127,14 +133,18 @@ def read_back(layout: Layout, sub: pd.DataFrame, target: Target) -> np.ndarray:
 
 
 def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, id_column: str, sample_name: str = "sample_submission.csv") -> None:
-    """Same columns, row count, ids and id order as the sample; no missing values."""
+    """Same columns, row count, ids and id order as the sample; no missing values. Ids compare as
+    text: Kaggle scores `01000`, and a file that says `1000` does not hold that id."""
     if list(sub.columns) != list(sample.columns):
         raise CompetitionError(f"{sample_name} has columns {list(sample.columns)}, the submission {list(sub.columns)}")
     if len(sub) != len(sample):
         raise CompetitionError(f"{sample_name} has {len(sample)} rows, the submission {len(sub)}")
-    got, want = sub[id_column].astype(str).to_numpy(), sample[id_column].astype(str).to_numpy()
+    got, want = sub[id_column].map(text_of).to_numpy(), sample[id_column].map(text_of).to_numpy()
     if set(got) != set(want):
-        raise CompetitionError(f"{sample_name} ids and the submission's ids differ ({len(set(want) - set(got))} missing)")
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        raise CompetitionError(f"{sample_name} ids and the submission's ids differ ({len(missing)} missing"
+                               + (f", e.g. {missing[0]!r}" if missing else "")
+                               + (f"; {len(extra)} not in the sample, e.g. {extra[0]!r}" if extra else "") + ")")
     if (got != want).any():
         row = int(np.flatnonzero(got != want)[0])
         raise CompetitionError(f"submission row {row + 1} has id {got[row]}, {sample_name} has {want[row]} there")
@@ -167,10 +177,10 @@ def check_destination(output: str | None, submission_dir: str | Path) -> None:
 def leaderboard_score(written: Path, layout: Layout, solution: pd.DataFrame, target: Target, metric: Metric) -> float:
     """The competition metric of the file on disk against known answers: read back as written,
     scored on what it holds (hard labels score as hard labels), on the ids the answers cover."""
-    sub = read_csv(Path(written), "submission")
+    sub = read_csv(Path(written), "submission", layout.text_columns)
     held = read_back(layout, sub, target)
-    row_of = {str(i): r for r, i in enumerate(sub[layout.id_column].tolist())}
-    keys = solution[layout.id_column].astype(str)
+    row_of = {text_of(i): r for r, i in enumerate(sub[layout.id_column].tolist())}
+    keys = solution[layout.id_column].map(text_of)
     keep = keys.isin(row_of.keys()).to_numpy()
     y = target.encode(solution[keep].reset_index(drop=True), "solution")
     return metric(y, held[np.array([row_of[k] for k in keys[keep]], dtype=np.int64)])

@@ -21,6 +21,7 @@ import torch
 from competition import __version__
 from competition.core.config import Config, build_config
 from competition.core.errors import CompetitionError
+from competition.core.keys import number_of, text_of
 from competition.io.files import atomic_path, torch_save
 
 BEST, LAST = "best.pt", "last.pt"
@@ -96,7 +97,9 @@ class FoldState:
         if not isinstance(data["config"], dict) or not isinstance(data["classes"], list):
             raise CompetitionError(f"checkpoint {path} is not a kit checkpoint: 'config' must be a mapping, 'classes' a list")
         known = {f.name for f in fields}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        # Classes are text; kits before labels were read as text stored a numeric class as a number.
+        return cls(**{k: v for k, v in data.items() if k in known and k != "classes"},
+                   classes=[text_of(c) for c in data["classes"]])
 
     def restore_config(self, path: Path) -> Config:
         """The config this fold was trained with (keys and types checked)."""
@@ -217,7 +220,15 @@ def check_compatible(state: FoldState, path: Path, cfg: Config, classes: list) -
             detail.append(f"data classes {absent} missing from it")
         if not detail:
             detail.append(f"class order {got} vs {want}")
+        elif _same_numbers(got, want):
+            detail.append("its labels were read as numbers by an older kit (retrain the fold)")
         raise CompetitionError(f"checkpoint {path} does not match train.csv: {'; '.join(detail)}")
+
+
+def _same_numbers(got: list[str], want: list[str]) -> bool:
+    """Two class lists that spell the same numbers differently (`1` and `01`)."""
+    a, b = [number_of(c) for c in got], [number_of(c) for c in want]
+    return None not in a and None not in b and sorted(a) == sorted(b)
 
 
 class FoldLock:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from competition.core.config import Config, build_config, config_to_dict, flat_config
 from competition.core.errors import CompetitionError
+from competition.core.keys import text_of
 from competition.io.checkpoints import BEST, LAST, FoldLock, FoldState, load_checkpoint
 from competition.io.files import write_json
 
@@ -99,12 +100,9 @@ def stamp(frame: pd.DataFrame, key: RunKey) -> pd.DataFrame:
     return frame.assign(config_hash=key.config, folds_hash=key.folds or "")
 
 
-HASH_TEXT = dict.fromkeys(HASH_COLUMNS, str)  # read_csv dtype: a digest such as 1234e5678901 is not a number
-
-
 def frame_key(frame: pd.DataFrame, path: Path) -> RunKey | None:
-    """The run a file of predictions comes from, from its frame read with dtype=HASH_TEXT (None for
-    one written before files were stamped)."""
+    """The run a file of predictions comes from, from its frame read with HASH_COLUMNS as text (a
+    digest such as 1234e5678901 is not a number); None for one written before files were stamped."""
     if not set(HASH_COLUMNS) <= set(frame.columns):
         return None
     pairs = frame[list(HASH_COLUMNS)].fillna("").astype(str).drop_duplicates()
@@ -142,7 +140,10 @@ class RunRecord:
             data = json.loads(path.read_text())
             if data.get("format") != RUN_FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, this kit reads {RUN_FORMAT}")
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            record = cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            # Classes are text; kits before labels were read as text stored a numeric class as a number.
+            record.classes = [text_of(c) for c in record.classes]
+            return record
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CompetitionError(f"{path} is not a run record this kit reads ({exc})") from None
 
