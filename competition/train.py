@@ -24,12 +24,13 @@ from competition.inference.ensemble import cv_report
 from competition.io.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
 from competition.io.disk import DiskFull
 from competition.io.files import write_yaml
-from competition.io.runs import check_new_run, start_run
+from competition.io.runs import check_new_run, forget_unsaved_folds, free_name, start_run
 from competition.io.wandb_runs import check_wandb
 from competition.models.build import check_model
 from competition.models.estimators import check_estimator, is_estimator
 from competition.tasks import Task, open_competition
 from competition.training.disk_space import check_disk_space
+from competition.training.engine import Diverged
 from competition.training.estimator_fold import fit_estimator_fold
 from competition.training.fold import fit_fold
 from competition.training.warm_start import check_warm_starts
@@ -119,6 +120,14 @@ def resume_command(argv: Sequence[str] | None) -> str:
     return shlex.join(["python", "-m", "competition.train", *args, *([] if "--resume" in args else ["--resume"])])
 
 
+def _after_divergence(cfg: Config, folds: list[int], world: World) -> str:
+    """A diverged fold saved nothing from the bad epoch on; a run with no fold saved at all is
+    removed, so it does not look trained. What to do next."""
+    if world.is_main and forget_unsaved_folds(cfg, folds):
+        return f"{cfg.run_dir} was removed (no fold had saved an epoch): train again"
+    return f"train again under another name (--set name={free_name(cfg)}), or replace this run (--overwrite)"
+
+
 def _main(argv: Sequence[str] | None) -> int:
     keep_freed_memory()  # before the big allocations: see core/runtime.py
     args = build_parser().parse_args(argv)
@@ -150,6 +159,8 @@ def _main(argv: Sequence[str] | None) -> int:
         raise
     except DiskFull as exc:  # every finished epoch is in last.pt
         raise DiskFull(f"{exc}; free some space, then continue with --resume", exc.reason, exc.space) from None
+    except Diverged as exc:
+        raise CompetitionError(f"{exc}; {_after_divergence(cfg, folds, world)}") from None
     if world.is_main:
         _report(cfg, comp, results)
     if world.distributed:

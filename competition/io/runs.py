@@ -209,6 +209,29 @@ def start_run(cfg: Config, folds: pd.DataFrame, classes: list, discard: bool) ->
     RunRecord(cfg.name, config_to_dict(cfg), key.config, key.folds, list(classes), now).write(run_dir)
 
 
+def forget_unsaved_folds(cfg: Config, folds: list[int]) -> bool:
+    """After a fold stopped before saving anything (it diverged): the folders of `folds` that hold
+    no checkpoint go (each under its lock; one another process trains stays), and the run's own
+    files with them once no fold folder is left, so that the run does not look trained. Returns
+    whether the run is gone."""
+    for fold in folds:
+        fold_dir = cfg.fold_dir(fold)
+        if not fold_dir.is_dir() or (fold_dir / BEST).exists() or (fold_dir / LAST).exists():
+            continue
+        try:
+            with FoldLock(fold_dir):
+                shutil.rmtree(fold_dir)
+        except CompetitionError:  # held by another training of that fold
+            continue
+    if any(p.is_dir() for p in cfg.run_dir.glob("fold*")):
+        return False
+    for name in RUN_FILES:
+        (cfg.run_dir / name).unlink(missing_ok=True)
+    if cfg.run_dir.is_dir() and not any(cfg.run_dir.iterdir()):
+        cfg.run_dir.rmdir()
+    return True
+
+
 def check_same_run(states: list[tuple[Path, FoldState]]) -> RunKey:
     """Folds to be averaged, scored or blended together must come from one config on one split;
     returns that run's key."""
