@@ -147,6 +147,10 @@ def validate(cfg: Config) -> None:
         raise CompetitionError("config keys train.epochs and train.freeze_epochs are both 0: nothing to train")
     if cfg.folds.strategy in ("group", "stratified_group") and not cfg.data.group_column:
         raise CompetitionError(f"config key data.group_column: folds.strategy {cfg.folds.strategy} needs a group column")
+    if cfg.data.group_column and cfg.folds.strategy not in ("group", "stratified_group"):
+        raise CompetitionError(f"config key folds.strategy: {cfg.folds.strategy} splits rows, not groups, and "
+                               f"data.group_column ({cfg.data.group_column}) asks that no group spans two folds: "
+                               f"use group{'' if cfg.data.target_format == 'multi_label' else ' or stratified_group'}")
     if cfg.data.max_classes < 2:
         raise CompetitionError("config key data.max_classes: must be at least 2")
     _check_target_keys(cfg)
