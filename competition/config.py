@@ -228,6 +228,9 @@ def _check_target_keys(cfg: Config) -> None:
                                "(set data.target_format: multi_label)")
     if d.target_columns is not None and len(d.target_columns) < 2:
         raise CompetitionError("config key data.target_columns: name at least 2 class columns")
+    if d.sample_target_column is not None and d.target_columns is not None:
+        raise CompetitionError("config key data.sample_target_column: with data.target_columns the sample has a column "
+                               "per class, named as the classes")
     if d.positive_class is not None and multi:
         raise CompetitionError("config key data.positive_class: applies to a binary single-label target")
 

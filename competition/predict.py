@@ -21,8 +21,8 @@ from competition.inference.submission import (
     Layout,
     build_submission,
     checked_solution,
+    layout_of,
     leaderboard_score,
-    submission_layout,
     submission_path,
 )
 from competition.inference.validation import as_submitted, predict_out_of_fold
@@ -80,8 +80,7 @@ def _main(argv: Sequence[str] | None) -> int:
     cfg = load_config(args.config, args.overrides)
     folds = parse_folds(args.folds, cfg.folds.n_splits)
     task, comp = open_competition(cfg)
-    d = cfg.data
-    layout: Layout = submission_layout(comp.sample, d.id_column, comp.target, cfg.train.metric, cfg.predict.output)
+    layout: Layout = layout_of(cfg, comp)
     checkpoints = trained_folds(cfg, folds, explicit=args.folds != "all")
     device = device_for(init_world())
     loaded = load_fold_models(cfg, task, comp, checkpoints, device)

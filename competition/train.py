@@ -21,6 +21,7 @@ from competition.data.competition import Competition
 from competition.data.folds import load_or_create_folds, parse_folds
 from competition.data.pseudo import read_pseudo_labels
 from competition.inference.ensemble import cv_report
+from competition.inference.submission import layout_of
 from competition.io.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
 from competition.io.disk import DiskFull
 from competition.io.files import write_yaml
@@ -69,6 +70,7 @@ def check_not_running(cfg: Config, folds: list[int]) -> None:
 def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = False) -> tuple[Task, Competition, pd.DataFrame]:
     """Every check comes before the first write: a refused run leaves no config.yaml or checkpoint."""
     task, comp = open_competition(cfg)
+    layout_of(cfg, comp)  # a sample predict could not fill is refused before the first fold trains
     # A resumed fold takes its weights from last.pt: no pretrained download needed.
     model = check_model(cfg, len(comp.classes), load_pretrained=not resume)
     check_wandb(cfg)

@@ -35,6 +35,7 @@ class DataConfig:
     feature_columns: list[str] | None = None  # tabular: None = every column but id/target/group
     features: str | None = None  # tabular: feature hook `path/to/file.py:ClassName`, fit per fold
     solution: str | None = None  # optional CSV of test answers (id, target): local leaderboard
+    sample_target_column: str | None = None  # the sample submission's target column, where its name is not target_column's
     demo: str | None = None  # build this embedded demo into its own root when train.csv is missing
 
 
