@@ -90,6 +90,11 @@ def test_a_sample_target_column_beside_class_columns_is_refused():
                                "data.target_columns=[a, b]", "data.sample_target_column=tags"])
 
 
+def test_image_patterns_are_for_image_tasks():
+    with pytest.raises(CompetitionError, match="data.image_pattern / data.test_image_pattern: build image paths"):
+        load_config("titanic", ["data.image_pattern=images/{PassengerId}.png"])
+
+
 def test_on_off_and_yes_no_stay_words_not_booleans(tmp_path):
     # YAML 1.1 reads `on` as true: `device_augment: on` must stay the choice "on".
     cfg = load_config("digits", ["train.device_augment=on", "train.amp=false", "name=yes"])
