@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from competition.config import add_config_arguments, load_config
+from competition.config import add_config_arguments, add_run_argument, command_config
 from competition.core.config import Config
 from competition.core.distributed import device_for, init_world
 from competition.core.errors import CompetitionError, run_cli
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Average every fold's best checkpoint (× TTA views) on test.csv and write a submission.",
     )
     add_config_arguments(parser)
+    add_run_argument(parser)
     parser.add_argument("--folds", default="all", help="'all' (default) or fold numbers like 0,2")
     parser.add_argument("--output", default=None, help="submission path (default submissions/<name>-<UTC time>-cv<score>.csv)")
     parser.add_argument("--no-cv", action="store_true",
@@ -77,7 +78,7 @@ def _report(report: dict, submitted: dict, tta: list[str], used: list[int], out:
 def _main(argv: Sequence[str] | None) -> int:
     keep_freed_memory()  # before the big allocations: see core/runtime.py
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = command_config(args)
     folds = parse_folds(args.folds, cfg.folds.n_splits)
     task, comp = open_competition(cfg)
     layout: Layout = layout_of(cfg, comp)

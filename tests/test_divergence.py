@@ -11,7 +11,7 @@ from conftest import refused
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from competition import train
+from competition import predict, train
 from competition.training import estimator_fold, fold
 from competition.training.engine import NonFiniteLoss, Optimization, train_one_epoch
 
@@ -59,6 +59,14 @@ def test_a_fold_diverging_later_keeps_only_its_finished_epochs(table_comp, tmp_p
     assert last["epoch"] == 1 and not last["finished"]  # the diverged epoch was not saved
     assert all(torch.isfinite(v).all() for v in last["model_state_dict"].values() if v.is_floating_point())
     assert (run / "run.json").is_file()
+
+    # A checkpoint of NaN weights (an older kit's, or edited) is refused by predict too, naming its fold.
+    best = torch.load(run / "fold0" / "best.pt", weights_only=True)
+    best["model_state_dict"] = {k: v.fill_(math.nan) if v.is_floating_point() else v for k, v in best["model_state_dict"].items()}
+    torch.save(best, run / "fold0" / "best.pt")
+    refused(capsys, predict.main(["--config", str(cfg), "--folds", "0"]), "fold(s) 0 of", "non-finite probabilities",
+            "validation rows")
+    assert not (tmp_path / "submissions").exists()
 
 
 def test_non_finite_probabilities_of_a_scikit_learn_fold_stop_it(table_comp, tmp_path, capsys, monkeypatch):

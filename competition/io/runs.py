@@ -232,6 +232,20 @@ def forget_unsaved_folds(cfg: Config, folds: list[int]) -> bool:
     return True
 
 
+def own_config_hint(cfg: Config) -> str:
+    """What to do when the config given to predict (explain, package) is not the run's."""
+    return f"give the run's own config: --run {cfg.name} (the config.yaml it was trained with, and any --set)"
+
+
+def check_trained_with(cfg: Config, state: FoldState, path: Path) -> None:
+    """A fold is predicted under the config it was trained with (its training-relevant keys):
+    the metric, the target's format and the rest decide what the submission holds."""
+    given = config_to_dict(cfg)
+    if config_digest(state.config) != config_digest(given):
+        raise CompetitionError(f"{path} was trained with another config than the one given: "
+                               f"{differences(state.config, given)}; {own_config_hint(cfg)}")
+
+
 def check_same_run(states: list[tuple[Path, FoldState]]) -> RunKey:
     """Folds to be averaged, scored or blended together must come from one config on one split;
     returns that run's key."""
