@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from competition import predict, train
 from competition.training import estimator_fold, fold
-from competition.training.engine import NonFiniteLoss, Optimization, train_one_epoch
+from competition.training.engine import PROGRESS_EVERY, LossCheck, NonFiniteLoss, Optimization, train_one_epoch
 
 
 def test_the_first_non_finite_loss_is_named_by_its_batch():
@@ -25,6 +25,16 @@ def test_the_first_non_finite_loss_is_named_by_its_batch():
     with pytest.raises(NonFiniteLoss) as caught:
         train_one_epoch(model, loader, opt, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss())
     assert (caught.value.batch, caught.value.of) == (2, 5) and math.isnan(caught.value.value)
+
+
+def test_read_back_every_25_steps_as_on_a_gpu_the_first_bad_batch_is_still_named():
+    check = LossCheck(torch.device("cpu"), 0, 40)
+    check.every = PROGRESS_EVERY  # what a CUDA device gets: no host-device sync at each step
+    for i in range(PROGRESS_EVERY - 1):
+        check.add(i, torch.tensor(math.inf if i == 3 else (math.nan if i == 7 else 1.0)))  # nothing raised yet
+    with pytest.raises(NonFiniteLoss) as caught:
+        check.add(PROGRESS_EVERY - 1, torch.tensor(1.0))
+    assert (caught.value.batch, caught.value.of, caught.value.value) == (3, 40, math.inf)
 
 
 @pytest.mark.parametrize(("sets", "culprits"), [

@@ -204,7 +204,7 @@ def test_a_sample_whose_target_column_has_another_name_is_refused_until_named(tm
     _refused(capsys, train.main(["--config", str(cfg)]), "sample submission columns ['key', 'Survived']",
              "set data.sample_target_column: Survived")
     assert not (tmp_path / "outputs").exists()  # before the first fold, not after the last
-    out = _run(capsys, cfg, "--set", "data.sample_target_column=Survived")
+    out = _run(capsys, cfg, "--set", "data.sample_target_column=Survived", "--set", "train.epochs=1")
     sub = _submission(tmp_path)
     assert list(sub.columns) == ["key", "Survived"] and set(sub["Survived"]) <= {0, 1}
     truth = answers.set_index("key").loc[sub["key"], "target"].to_numpy()
