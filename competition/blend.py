@@ -23,8 +23,8 @@ from competition.inference.submission import (
     build_submission,
     check_destination,
     checked_solution,
+    layout_of,
     leaderboard_score,
-    submission_layout,
     submission_path,
 )
 from competition.inference.validation import OutOfFold, as_submitted
@@ -108,7 +108,7 @@ def _main(argv: Sequence[str] | None) -> int:
     metric = METRICS[runs[0].metric]
     check_method(args.method, metric)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, metric=metric.name))  # the runs' metric
-    layout = submission_layout(comp.sample, cfg.data.id_column, comp.target, metric.name, cfg.predict.output)
+    layout = layout_of(cfg, comp, metric.name)
     solution, _ = checked_solution(cfg, comp)
     data = aligned(cfg, comp, runs)
 

@@ -174,6 +174,10 @@ def validate(cfg: Config) -> None:
         raise CompetitionError("config keys train.epochs and train.freeze_epochs are both 0: nothing to train")
     if cfg.folds.strategy in ("group", "stratified_group") and not cfg.data.group_column:
         raise CompetitionError(f"config key data.group_column: folds.strategy {cfg.folds.strategy} needs a group column")
+    if cfg.data.group_column and cfg.folds.strategy not in ("group", "stratified_group"):
+        raise CompetitionError(f"config key folds.strategy: {cfg.folds.strategy} splits rows, not groups, and "
+                               f"data.group_column ({cfg.data.group_column}) asks that no group spans two folds: "
+                               f"use group{'' if cfg.data.target_format == 'multi_label' else ' or stratified_group'}")
     if cfg.data.max_classes < 2:
         raise CompetitionError("config key data.max_classes: must be at least 2")
     _check_target_keys(cfg)
@@ -251,6 +255,9 @@ def _check_target_keys(cfg: Config) -> None:
                                "(set data.target_format: multi_label)")
     if d.target_columns is not None and len(d.target_columns) < 2:
         raise CompetitionError("config key data.target_columns: name at least 2 class columns")
+    if d.sample_target_column is not None and d.target_columns is not None:
+        raise CompetitionError("config key data.sample_target_column: with data.target_columns the sample has a column "
+                               "per class, named as the classes")
     if d.positive_class is not None and multi:
         raise CompetitionError("config key data.positive_class: applies to a binary single-label target")
 
@@ -273,6 +280,49 @@ def load_config(source: str | None = None, overrides: typing.Sequence[str] = ())
     for override in overrides:
         if _apply_override(data, override) == "data.features":
             source_dir = Path.cwd()
+    return config_from_dict(data, source_dir)
+
+
+RUN_CONFIG = "config.yaml"  # outputs/<name>/config.yaml: the config a run was trained with (train.py writes it)
+
+
+def add_run_argument(parser) -> None:
+    """`--run NAME|DIR`, beside `--config` / `--set`, for the commands that read a trained run."""
+    parser.add_argument("--run", default=None, metavar="NAME|DIR",
+                        help=f"a trained run, by name under output_dir or by its folder: use the config it was trained "
+                        f"with (its {RUN_CONFIG}; --config then only says where output_dir is), --set on top")
+
+
+def command_config(args) -> Config:
+    """The config of a command that reads a trained run: `--config` and `--set`, or with `--run`
+    the run's own stored config and the `--set`s."""
+    if args.run is None:
+        return load_config(args.config, args.overrides)
+    return run_config(args.run, args.config, args.overrides)
+
+
+def run_config(run: str, source: str | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """The config run `run` was trained with (a name under the output_dir of `source`, or a run's
+    folder), with `overrides` on top. A stored config that names a feature hook is refused: a
+    hook is code, and it runs only from a config (or a --set) the user gives."""
+    path = Path(run)
+    where = Path(load_config(source).output_dir)
+    folder = path if len(path.parts) > 1 and path.is_dir() else where / run
+    stored = folder / RUN_CONFIG
+    if not stored.is_file():
+        names = sorted(p.parent.name for p in where.glob(f"*/{RUN_CONFIG}"))
+        known = f"runs under {where}: {', '.join(names)}" if names else f"no runs under {where} yet"
+        raise CompetitionError(f"--run {run}: {stored} not found (train writes it when the run starts); {known}")
+    data, _, _ = _read_yaml(str(stored))
+    data["name"], data["output_dir"] = folder.name, str(folder.parent)  # the run is where it was found
+    hook = (data.get("data") or {}).get("features")
+    source_dir: Path = folder
+    for override in overrides:
+        if _apply_override(data, override) == "data.features":
+            source_dir, hook = Path.cwd(), None
+    if hook:
+        raise CompetitionError(f"--run {run}: the run was trained with feature hook {hook!r}, which is code, and a "
+                               f"stored config runs none: give the config it was trained with (--config and its --sets)")
     return config_from_dict(data, source_dir)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from competition.config import add_config_arguments, load_config
+from competition.config import add_config_arguments, add_run_argument, command_config
 from competition.core.distributed import device_for, init_world
 from competition.core.errors import CompetitionError, run_cli
 from competition.data.folds import parse_folds
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "right answers: outputs/<name>/fold<K>/explain/{mistakes,correct}.png and TensorBoard.",
     )
     add_config_arguments(parser)
+    add_run_argument(parser)
     parser.add_argument("--fold", default="all", help="fold number, a list like 0,2, or 'all' (default: every trained fold)")
     parser.add_argument("--n", type=int, default=16, help="mistakes, and right answers, to explain per fold (default 16)")
     return parser
@@ -47,7 +48,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.n < 1:
         raise CompetitionError(f"--n {args.n}: explain at least 1 row per fold")
-    cfg = load_config(args.config, args.overrides)
+    cfg = command_config(args)
     folds = parse_folds(args.fold, cfg.folds.n_splits, "--fold")
     task, comp = open_competition(cfg)
     device = device_for(init_world())

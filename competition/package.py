@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import competition
-from competition.config import add_config_arguments, load_config
+from competition.config import add_config_arguments, add_run_argument, command_config
 from competition.core.config import Config, config_to_dict
 from competition.core.errors import CompetitionError, run_cli
 from competition.data.features import check_hook_spec
@@ -22,7 +22,7 @@ from competition.inference.ensemble import trained_folds
 from competition.io.checkpoints import BEST, check_compatible, copy_checkpoint, load_checkpoint
 from competition.io.disk import DiskFull
 from competition.io.files import atomic_dir, write_text, write_yaml
-from competition.io.runs import CV_FILE
+from competition.io.runs import CV_FILE, check_trained_with, own_config_hint
 from competition.models.estimators import is_estimator
 from competition.predict import stored_thresholds
 
@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to upload as a Kaggle dataset, for code competitions that run without internet.",
     )
     add_config_arguments(parser)
+    add_run_argument(parser)
     parser.add_argument("--output", required=True, help="the folder to write (must not exist, or be empty)")
     parser.add_argument("--folds", default="all", help="'all' trained folds (default) or fold numbers like 0,2")
     parser.add_argument("--kaggle-data", default=None,
@@ -149,7 +150,8 @@ def check_folds(cfg: Config, checkpoints: list[tuple[int, Path]]) -> None:
     for _, path in checkpoints:
         state = load_checkpoint(path)
         classes = state.classes if classes is None else classes
-        check_compatible(state, path, cfg, classes)
+        check_compatible(state, path, cfg, classes, own_config_hint(cfg))
+        check_trained_with(cfg, state, path)  # the package's config.yaml is the one given here
 
 
 def hook_file(cfg: Config) -> tuple[Path, Path] | None:
@@ -217,7 +219,7 @@ def _write_package(out: Path, cfg: Config, checkpoints: list[tuple[int, Path]], 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = command_config(args)
     out = Path(args.output)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise CompetitionError(f"--output {out} exists and is not an empty folder: give a new one (nothing was written)")

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from competition.config import add_config_arguments, load_config
+from competition.config import add_config_arguments, add_run_argument, command_config
 from competition.core.config import Config
 from competition.core.distributed import device_for, init_world
 from competition.core.errors import CompetitionError, run_cli
@@ -22,8 +22,8 @@ from competition.inference.submission import (
     build_submission,
     check_destination,
     checked_solution,
+    layout_of,
     leaderboard_score,
-    submission_layout,
     submission_path,
 )
 from competition.inference.validation import as_submitted, predict_out_of_fold
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Average every fold's best checkpoint (× TTA views) on test.csv and write a submission.",
     )
     add_config_arguments(parser)
+    add_run_argument(parser)
     parser.add_argument("--folds", default="all", help="'all' (default) or fold numbers like 0,2")
     parser.add_argument("--output", default=None, help="submission path (default submissions/<name>-<UTC time>-cv<score>.csv)")
     parser.add_argument("--no-cv", action="store_true",
@@ -79,14 +80,13 @@ def _report(report: dict, submitted: dict, tta: list[str], used: list[int], out:
 def _main(argv: Sequence[str] | None) -> int:
     keep_freed_memory()  # before the big allocations: see core/runtime.py
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = command_config(args)
     folds = parse_folds(args.folds, cfg.folds.n_splits)
     check_destination(args.output, cfg.submission_dir)
     check_writable(cfg.run_dir, "run folder", "predict writes cv.json, oof.csv and test_probs.csv there: "
                    "copy the run into an output_dir you can write")
     task, comp = open_competition(cfg)
-    d = cfg.data
-    layout: Layout = submission_layout(comp.sample, d.id_column, comp.target, cfg.train.metric, cfg.predict.output)
+    layout: Layout = layout_of(cfg, comp)
     checkpoints = trained_folds(cfg, folds, explicit=args.folds != "all")
     device = device_for(init_world())
     loaded = load_fold_models(cfg, task, comp, checkpoints, device)

@@ -24,7 +24,14 @@ from competition.data.competition import Competition, load_competition, require_
 from competition.data.datasets import CachedRows, ImageDataset, JoinedRows, TabularDataset
 from competition.data.device_rows import DeviceRows, residence
 from competition.data.features import TabularPreprocessor, check_hook_spec, feature_columns, load_feature_hook
-from competition.data.images import UndecodableImages, check_images_decode, hw, image_paths
+from competition.data.images import (
+    UndecodableImages,
+    build_image_column,
+    check_images_decode,
+    hw,
+    image_paths,
+    pattern_fields,
+)
 from competition.data.pseudo import read_pseudo_labels
 from competition.data.targets import line_of
 from competition.data.transforms import build_eval_transform, build_train_transform, decode_side
@@ -112,10 +119,17 @@ class ImageTask(Task):
             raise CompetitionError("config key data.image_column: an image task needs the image path column")
         if cfg.data.features:
             raise CompetitionError("config key data.features: feature hooks are for tabular tasks")
+        for key, pattern in (("data.image_pattern", cfg.data.image_pattern), ("data.test_image_pattern", cfg.data.test_image_pattern)):
+            if pattern:
+                pattern_fields(pattern, key)
 
     def check_inputs(self, cfg: Config, comp: Competition) -> None:
-        column = cfg.data.image_column
-        for frame, path in ((comp.train, comp.train_path), (comp.test, comp.test_path)):
+        d, column = cfg.data, cfg.data.image_column
+        test_key = "data.test_image_pattern" if d.test_image_pattern else "data.image_pattern"  # its own, or train's
+        for frame, path, key, pattern in ((comp.train, comp.train_path, "data.image_pattern", d.image_pattern),
+                                          (comp.test, comp.test_path, test_key, d.test_image_pattern or d.image_pattern)):
+            if pattern:  # paths from the row's columns, then checked as a path column is
+                build_image_column(frame, path, pattern, key, column)
             require_columns(frame, path, [column])
             if frame[column].isna().any():
                 row = frame.index[frame[column].isna()][0]
@@ -240,6 +254,8 @@ class TabularTask(Task):
                 raise CompetitionError(f"config key {key}: applies to image backbones, not a table's MLP")
         if cfg.data.features:
             check_hook_spec(cfg.data.features)
+        if cfg.data.image_pattern or cfg.data.test_image_pattern:
+            raise CompetitionError("config keys data.image_pattern / data.test_image_pattern: build image paths, for image tasks")
 
     def check_inputs(self, cfg: Config, comp: Competition) -> None:
         features = feature_columns(cfg, comp.train)

@@ -21,15 +21,17 @@ from competition.data.competition import Competition
 from competition.data.folds import folds_path, load_or_create_folds, parse_folds
 from competition.data.pseudo import read_pseudo_labels
 from competition.inference.ensemble import cv_report
+from competition.inference.submission import layout_of
 from competition.io.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
 from competition.io.disk import WRITABLE_OUTPUT, DiskFull, check_writable
 from competition.io.files import write_yaml
-from competition.io.runs import check_new_run, start_run
+from competition.io.runs import check_new_run, forget_unsaved_folds, free_name, start_run
 from competition.io.wandb_runs import check_wandb
 from competition.models.build import check_model
 from competition.models.estimators import check_estimator, is_estimator
 from competition.tasks import Task, open_competition
 from competition.training.disk_space import check_disk_space
+from competition.training.engine import Diverged
 from competition.training.estimator_fold import fit_estimator_fold
 from competition.training.fold import fit_fold
 from competition.training.warm_start import check_warm_starts
@@ -69,6 +71,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = F
     """Every check comes before the first write: a refused run leaves no config.yaml or checkpoint."""
     check_writable(cfg.output_dir, "output_dir", WRITABLE_OUTPUT)
     task, comp = open_competition(cfg)
+    layout_of(cfg, comp)  # a sample predict could not fill is refused before the first fold trains
     # A resumed fold takes its weights from last.pt: no pretrained download needed.
     model = check_model(cfg, len(comp.classes), load_pretrained=not resume)
     check_wandb(cfg)
@@ -120,6 +123,14 @@ def resume_command(argv: Sequence[str] | None) -> str:
     return shlex.join(["python", "-m", "competition.train", *args, *([] if "--resume" in args else ["--resume"])])
 
 
+def _after_divergence(cfg: Config, folds: list[int], world: World) -> str:
+    """A diverged fold saved nothing from the bad epoch on; a run with no fold saved at all is
+    removed, so it does not look trained. What to do next."""
+    if world.is_main and forget_unsaved_folds(cfg, folds):
+        return f"{cfg.run_dir} was removed (no fold had saved an epoch): train again"
+    return f"train again under another name (--set name={free_name(cfg)}), or replace this run (--overwrite)"
+
+
 def _main(argv: Sequence[str] | None) -> int:
     keep_freed_memory()  # before the big allocations: see core/runtime.py
     args = build_parser().parse_args(argv)
@@ -151,6 +162,8 @@ def _main(argv: Sequence[str] | None) -> int:
         raise
     except DiskFull as exc:  # every finished epoch is in last.pt
         raise DiskFull(f"{exc}; free some space, then continue with --resume", exc.reason, exc.space) from None
+    except Diverged as exc:
+        raise CompetitionError(f"{exc}; {_after_divergence(cfg, folds, world)}") from None
     if world.is_main:
         _report(cfg, comp, results)
     if world.distributed:

@@ -88,6 +88,17 @@ def test_group_strategy_needs_group_column():
         load_config("digits", ["folds.strategy=group"])
 
 
+def test_a_sample_target_column_beside_class_columns_is_refused():
+    with pytest.raises(CompetitionError, match="data.sample_target_column: with data.target_columns"):
+        load_config("digits", ["data.target_format=multi_label", "folds.strategy=kfold", "train.metric=f1_samples",
+                               "data.target_columns=[a, b]", "data.sample_target_column=tags"])
+
+
+def test_image_patterns_are_for_image_tasks():
+    with pytest.raises(CompetitionError, match="data.image_pattern / data.test_image_pattern: build image paths"):
+        load_config("titanic", ["data.image_pattern=images/{PassengerId}.png"])
+
+
 def test_on_off_and_yes_no_stay_words_not_booleans(tmp_path):
     # YAML 1.1 reads `on` as true: `device_augment: on` must stay the choice "on".
     cfg = load_config("digits", ["train.device_augment=on", "train.amp=false", "name=yes"])

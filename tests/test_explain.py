@@ -89,6 +89,8 @@ def test_models_without_a_spatial_map_are_refused_in_one_line(image_comp, table_
     assert explain.main(vit) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: Grad-CAM needs a 2-D feature map: model 'test_vit'") and "\n" not in err
+    assert explain.main(["--run", "shapes", "--fold", "0"]) == 2  # the run's own config: test_vit, no --set repeated
+    assert "model 'test_vit'" in capsys.readouterr().err
     assert not (tmp_path / "outputs" / "shapes" / "fold0" / "explain").exists()
 
     table_cfg, table_root = table_comp

@@ -147,6 +147,12 @@ def test_predict_never_runs_a_hook_only_a_checkpoint_names(table_comp, tmp_path,
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "my_features.py:Centred" in err and "data.features" in err
     assert not (tmp_path / "hook-ran").exists() and not (tmp_path / "submissions").exists()
+    # Nor because a run's stored config.yaml names one: --run asks for the config it was trained with.
+    code = predict.main(["--run", "table"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --run table: the run was trained with feature hook") and "\n" not in err
+    assert "my_features.py:Centred" in err and "--config" in err
+    assert not (tmp_path / "hook-ran").exists() and not (tmp_path / "submissions").exists()
 
 
 BROKEN_HOOKS = {

@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import image_config, make_image_competition, refused, write_yaml
 
 from competition import folds as folds_cli
+from competition import train
 from competition.config import load_config
 from competition.core.errors import CompetitionError
 from competition.data.folds import load_or_create_folds, make_folds
@@ -81,3 +83,24 @@ def test_folds_cli_force_regenerates(image_comp, capsys):
     assert folds_cli.main(["--config", str(cfg_path), "--set", "folds.n_splits=3", "--force"]) == 0
     after = pd.read_csv(root / "folds.csv")
     assert before["fold"].nunique() == 2 and after["fold"].nunique() == 3
+
+
+def test_existing_folds_that_split_a_group_are_refused_until_regenerated(tmp_path, capsys):
+    root = make_image_competition(tmp_path / "data" / "shapes", groups=True)  # 3 rows per patient
+    cfg = write_yaml(tmp_path / "shapes.yaml", image_config(tmp_path, root))
+    assert folds_cli.main(["--config", str(cfg)]) == 0  # stratified: patients land in both folds
+    grouped = ["--set", "data.group_column=patient", "--set", "folds.strategy=group"]
+    code = train.main(["--config", str(cfg), *grouped])
+    refused(capsys, code, "folds.csv puts patient 'p", "in folds 0, 1", "more of its 12 groups",
+            "python -m competition.folds --force")
+    assert not (tmp_path / "outputs" / "shapes").exists()
+    assert folds_cli.main(["--config", str(cfg), "--force", *grouped]) == 0
+    df = load_or_create_folds(load_config(str(cfg), grouped[1::2]), pd.read_csv(root / "train.csv"), TARGET)
+    assert (df.groupby("patient")["fold"].nunique() == 1).all()
+
+
+def test_a_group_column_with_a_strategy_that_splits_rows_is_refused(image_comp, capsys):
+    cfg, _ = image_comp
+    code = folds_cli.main(["--config", str(cfg), "--set", "data.group_column=patient"])
+    refused(capsys, code, "folds.strategy: stratified splits rows", "data.group_column (patient)",
+            "use group or stratified_group")

@@ -13,7 +13,10 @@ from conftest import draw, image_config, make_table_competition, table_config, w
 from PIL import Image
 
 from competition import predict, train
+from competition.config import load_config
 from competition.core.metrics import METRICS
+from competition.data.pseudo import read_pseudo_labels
+from competition.tasks import open_competition
 
 
 def _run(capsys, cfg: Path, *extra: str) -> str:
@@ -185,6 +188,48 @@ def test_multi_label_class_columns_get_a_probability_per_class(tmp_path, capsys)
     sub = _submission(tmp_path)
     assert list(sub.columns) == ["id", *SHAPES] and sub[SHAPES].stack().between(0, 1).all()
     assert _cv(tmp_path, "leaves")["layout"] == "class_probabilities" and "local leaderboard mean_roc_auc" in out
+
+
+# --- the sample's layout, checked before the first fold trains ---------------------------------
+
+
+def test_a_sample_whose_target_column_has_another_name_is_refused_until_named(tmp_path, capsys):
+    root = make_table_competition(tmp_path / "data" / "table")
+    sample = pd.read_csv(root / "sample_submission.csv").rename(columns={"target": "Survived"})
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    test = pd.read_csv(root / "test.csv")  # the answers follow from x1 and color (conftest)
+    answers = test[["key"]].assign(target=((test["x1"] + (test["color"] == "red") * 1.5) > 0.5).astype(int))
+    answers.to_csv(root / "solution.csv", index=False)
+    cfg = write_yaml(tmp_path / "t.yaml", table_config(tmp_path, root, data={"solution": "solution.csv"}))
+    _refused(capsys, train.main(["--config", str(cfg)]), "sample submission columns ['key', 'Survived']",
+             "set data.sample_target_column: Survived")
+    assert not (tmp_path / "outputs").exists()  # before the first fold, not after the last
+    out = _run(capsys, cfg, "--set", "data.sample_target_column=Survived", "--set", "train.epochs=1")
+    sub = _submission(tmp_path)
+    assert list(sub.columns) == ["key", "Survived"] and set(sub["Survived"]) <= {0, 1}
+    truth = answers.set_index("key").loc[sub["key"], "target"].to_numpy()
+    assert _leaderboard(out) == pytest.approx((sub["Survived"].to_numpy() == truth).mean(), abs=1e-5)  # read back by name
+
+
+def test_pseudo_labels_read_a_submission_under_the_samples_column_name(table_comp, tmp_path):
+    cfg_path, root = table_comp
+    sample = pd.read_csv(root / "sample_submission.csv").rename(columns={"target": "Survived"})
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    sample.assign(Survived=0.8).to_csv(tmp_path / "pseudo.csv", index=False)  # what predict wrote
+    cfg = load_config(str(cfg_path), ["data.sample_target_column=Survived", f"data.pseudo_labels={tmp_path / 'pseudo.csv'}"])
+    _, comp = open_competition(cfg)
+    assert np.allclose(read_pseudo_labels(cfg, comp).targets[:, 1], 0.8)
+
+
+def test_a_sample_missing_a_class_column_is_refused_before_the_first_fold(tmp_path, capsys):
+    root = _multi_label_images(tmp_path / "data" / "leaves", columns=True)
+    pd.read_csv(root / "sample_submission.csv").drop(columns="square").to_csv(root / "sample_submission.csv", index=False)
+    cfg = write_yaml(tmp_path / "l.yaml", image_config(
+        tmp_path, root, name="leaves", data={"root": str(root), "target_format": "multi_label", "target_columns": SHAPES},
+        folds={"n_splits": 2, "strategy": "kfold"}, train={"metric": "mean_roc_auc"}))
+    _refused(capsys, train.main(["--config", str(cfg)]), "sample submission columns ['id', 'circle', 'cross']",
+             "no column for class 'square'")
+    assert not (tmp_path / "outputs" / "leaves").exists()
 
 
 # --- what is not classification -------------------------------------------------------------

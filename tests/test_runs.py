@@ -80,3 +80,25 @@ def test_a_predictions_file_names_its_run_even_when_the_digest_looks_like_a_numb
     mixed = pd.concat([stamp(frame, RunKey("aaaaaaaaaaaa", "f")), stamp(frame, RunKey("bbbbbbbbbbbb", "f"))])
     with pytest.raises(CompetitionError, match="mixes the rows of 2 runs"):
         frame_key(mixed, path)
+
+
+def test_predict_takes_a_runs_own_config_and_refuses_one_that_disagrees(table_comp, tmp_path, capsys):
+    cfg, _ = table_comp
+    sets = ["--set", "name=ll", "--set", "train.metric=log_loss", "--set", "train.epochs=1"]
+    assert train.main(["--config", str(cfg), *sets]) == 0
+    capsys.readouterr()
+    # The defect: predict without train's --sets scored and wrote the submission in another metric.
+    code = predict.main(["--config", str(cfg), "--set", "name=ll"])
+    refused(capsys, code, "fold0/best.pt was trained with another config than the one given",
+            "train.metric ('log_loss' → 'accuracy')", "train.epochs (1 → 2)", "--run ll")
+    code = predict.main(["--config", str(cfg), "--set", "name=ll", "--set", "model.name=logreg"])
+    refused(capsys, code, "holds model 'mlp', the config says 'logreg'", "--run ll")
+    assert not (tmp_path / "submissions").exists()
+
+    out = tmp_path / "sub.csv"
+    assert predict.main(["--run", "ll", "--set", "predict.batch_size=7", "--output", str(out)]) == 0
+    assert json.loads((tmp_path / "outputs" / "ll" / "cv.json").read_text())["metric"] == "log_loss"
+    assert pd.read_csv(out)["target"].between(0, 1).all()  # log_loss: the positive class's probability
+    assert predict.main(["--run", str(tmp_path / "outputs" / "ll"), "--no-cv", "--output", str(out)]) == 0  # its folder
+    refused(capsys, predict.main(["--run", "nope"]), "--run nope", "outputs/nope/config.yaml not found",
+            "runs under outputs: ll")

@@ -107,6 +107,20 @@ def test_unusable_sample_columns_are_named():
         submission_layout(pd.DataFrame({"id": [1], "label": ["a"]}), "id", THREE, "accuracy", "probabilities")
 
 
+def test_the_samples_own_target_column_name_is_written_and_read_back(tmp_path):
+    sample = pd.DataFrame({"id": [2, 1], "prediction": ["x", "x"]})
+    with pytest.raises(CompetitionError, match="set data.sample_target_column: prediction"):
+        submission_layout(sample, "id", TAGS, "f1_samples", "auto")
+    with pytest.raises(CompetitionError, match="data.sample_target_column: the sample submission has no column 'tags'"):
+        submission_layout(sample, "id", TAGS, "f1_samples", "auto", "tags")
+    layout = submission_layout(sample, "id", TAGS, "f1_samples", "auto", "prediction")
+    probs = np.array([[0.9, 0.1, 0.8], [0.2, 0.7, 0.1]])
+    sub = make_submission(sample, [1, 2], render(layout, probs, TAGS, [0.5] * 3), layout, TAGS)
+    assert list(sub.columns) == ["id", "prediction"] and sub["prediction"].tolist() == ["road", "haze water"]
+    sub.to_csv(tmp_path / "sub.csv", index=False)
+    assert read_back(layout, pd.read_csv(tmp_path / "sub.csv"), TAGS).tolist() == [[0, 1, 0], [1, 0, 1]]
+
+
 def test_validation_catches_count_ids_order_and_missing_values():
     sample = pd.DataFrame({"id": [1, 2, 3], "label": [0, 0, 0]})
     good = sample.assign(label=[1, 0, 1])

@@ -31,10 +31,13 @@ class DataConfig:
     pseudo_labels: str | None = None  # a submission-shaped CSV of test-row probabilities: soft targets in every fold's training rows
     pseudo_threshold: float | None = None  # keep only pseudo-labelled rows at least this sure (max probability)
     image_column: str | None = "image"  # image task: path relative to root, or absolute
+    image_pattern: str | None = None  # image task without a path column: "images/{image_id}.jpg" builds image_column
+    test_image_pattern: str | None = None  # test.csv's, where its images lie elsewhere: "jpeg/test/{image_name}.jpg"
     group_column: str | None = None  # rows sharing a group never land in two folds
     feature_columns: list[str] | None = None  # tabular: None = every column but id/target/group
     features: str | None = None  # tabular: feature hook `path/to/file.py:ClassName`, fit per fold
     solution: str | None = None  # optional CSV of test answers (id, target): local leaderboard
+    sample_target_column: str | None = None  # the sample submission's target column, where its name is not target_column's
     demo: str | None = None  # build this embedded demo into its own root when train.csv is missing
 
 

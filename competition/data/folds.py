@@ -135,6 +135,27 @@ def check_folds(folds: pd.DataFrame, train: pd.DataFrame, cfg: Config, path: Pat
     n = folds["fold"].nunique()
     if n != cfg.folds.n_splits or set(folds["fold"]) != set(range(n)):
         raise CompetitionError(f"{path} has folds {sorted(set(folds['fold']))}, config folds.n_splits is {cfg.folds.n_splits}; {regen}")
+    if cfg.data.group_column:
+        check_groups_whole(folds, train, cfg, path)
+
+
+def check_groups_whole(folds: pd.DataFrame, train: pd.DataFrame, cfg: Config, path: Path) -> None:
+    """Every group of data.group_column in one fold. Checked on the split itself, whoever wrote it
+    (a stratified folds.csv, or one downloaded), since a row validated beside rows of its own group
+    that the model trained on scores too well, without a word."""
+    idc, column = cfg.data.id_column, cfg.data.group_column
+    fold_of = dict(zip(folds[idc].astype(str), folds["fold"].astype(int), strict=True))
+    frame = pd.DataFrame({"group": train[column].astype(str).to_numpy(),
+                          "fold": [fold_of[i] for i in train[idc].astype(str)]})
+    spans = frame.groupby("group", sort=True)["fold"].unique()
+    split = spans[spans.map(len) > 1]
+    if len(split):
+        group, where = split.index[0], sorted(int(f) for f in split.iloc[0])
+        more = f" (and {len(split) - 1} more of its {len(spans)} groups)" if len(split) > 1 else ""
+        raise CompetitionError(
+            f"{path} puts {column} {group!r} in folds {', '.join(map(str, where))}{more}: a fold would validate on "
+            f"groups it trains on; regenerate it with `python -m competition.folds --force` and this command's "
+            f"--config and --set (then retrain every fold)")
 
 
 def _as_numbers(missing: set[str], extra: set[str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import string
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from competition.core.errors import CompetitionError
 from competition.core.runtime import show_progress
+from competition.data.targets import line_of
 from competition.io.files import write_json
 
 Size = int | Sequence[int]  # image.size: one side for a square, or [height, width]
@@ -32,6 +34,42 @@ def size_name(size: Size) -> str:
     """`64px` for a square, `384x512` for height × width: in cache names and log lines."""
     h, w = hw(size)
     return f"{h}px" if h == w else f"{h}x{w}"
+
+
+def pattern_fields(pattern: str, key: str) -> list[tuple[str, str | None]]:
+    """(literal text, column or None) pieces of a data.image_pattern such as
+    `images/{image_id}.jpg`; `{{` and `}}` stand for braces. Column values go in as they are
+    written in the CSV: conversions and format specs (`{id:05d}`) are refused."""
+    try:
+        pieces = list(string.Formatter().parse(pattern))
+    except ValueError as exc:
+        raise CompetitionError(f"config key {key}: {pattern!r} is not a pattern ({exc})") from None
+    for _, field, spec, conversion in pieces:
+        if field is not None and (spec or conversion or not field):
+            raise CompetitionError(f"config key {key}: {pattern!r}: each {{…}} holds a column name and nothing else")
+    if all(field is None for _, field, _, _ in pieces):
+        raise CompetitionError(f"config key {key}: {pattern!r} names no column: write one as {{column}}")
+    return [(text, field) for text, field, _, _ in pieces]
+
+
+def build_image_column(frame: pd.DataFrame, path: Path, pattern: str, key: str, column: str) -> None:
+    """Add `column` to `frame`: each row's image path, `pattern` filled from the row's columns
+    (Kaggle layouts with an id and no path column: `images/{image_id}.jpg`)."""
+    pieces = pattern_fields(pattern, key)
+    if column in frame.columns:
+        raise CompetitionError(f"config key {key}: {path} already has a column '{column}' (data.image_column, where "
+                               f"the built paths go): set data.image_column to another name")
+    values = {}
+    for field in dict.fromkeys(f for _, f in pieces if f is not None):
+        if field not in frame.columns:
+            raise CompetitionError(f"config key {key}: {pattern!r} names column '{field}', which {path} does not have "
+                                   f"(columns: {', '.join(map(str, frame.columns))})")
+        if frame[field].isna().any():
+            row = int(np.flatnonzero(frame[field].isna().to_numpy())[0])
+            raise CompetitionError(f"{path} line {line_of(row)}: missing value in column '{field}' ({key})")
+        values[field] = frame[field].astype(str).tolist()
+    frame[column] = ["".join(text + (values[f][i] if f is not None else "") for text, f in pieces)
+                     for i in range(len(frame))]
 
 
 def image_paths(df: pd.DataFrame, root: Path, column: str) -> list[Path]:

@@ -73,6 +73,8 @@ def read_pseudo_labels(cfg: Config, comp: Competition) -> PseudoLabels | None:
                                f"is not in test.csv")
     if ids.duplicated().any():
         raise CompetitionError(f"{path}: id {ids[ids.duplicated()].iloc[0]!r} appears more than once")
+    if d.sample_target_column in frame.columns and comp.target.column not in frame.columns:
+        frame = frame.rename(columns={d.sample_target_column: comp.target.column})  # a submission's own name
     probs = _soft_targets(frame, path, comp.target)
     keep = np.ones(len(frame), dtype=bool)
     if d.pseudo_threshold is not None:

@@ -18,7 +18,7 @@ from competition.data.targets import Target
 from competition.data.transforms import tta_views
 from competition.inference.engine import predict_probs
 from competition.io.checkpoints import BEST, FoldState, check_compatible, load_checkpoint
-from competition.io.runs import HASH_COLUMNS, RunKey, check_same_run, frame_key
+from competition.io.runs import HASH_COLUMNS, RunKey, check_same_run, check_trained_with, frame_key, own_config_hint
 from competition.io.tracking import read_oof_probs
 from competition.tasks import Task
 
@@ -48,7 +48,8 @@ def load_fold_models(cfg: Config, task: Task, comp: Competition, checkpoints: li
     check_same_run(states)
     loaded = []
     for (fold, path), (_, state) in zip(checkpoints, states, strict=True):
-        check_compatible(state, path, cfg, comp.classes)
+        check_compatible(state, path, cfg, comp.classes, own_config_hint(cfg))
+        check_trained_with(cfg, state, path)
         fold_cfg = state.restore_config(path)
         model = task.rebuild_model(cfg, comp, fold_cfg, state)
         try:
@@ -81,6 +82,12 @@ def predict_rows(cfg: Config, task: Task, comp: Competition, loaded: list, devic
         loader = build_loader(ds, cfg.predict.batch_size, device, num_workers=cfg.train.num_workers, persistent=False)
         total += predict_probs(models, loader, device, views=views, amp_dtype=amp, batch_transform=batch_transform,
                                multi_label=comp.target.multi_label) * len(models)
+    bad = ~np.isfinite(total).all(axis=1)
+    if bad.any():  # training stops a fold that diverges; a checkpoint from elsewhere may still hold one
+        folds = ", ".join(str(f) for f, _, _ in loaded)
+        raise CompetitionError(f"fold(s) {folds} of {cfg.run_dir} predict non-finite probabilities for {int(bad.sum())} "
+                               f"of {len(total)} {'test' if rows is None else 'validation'} rows: a model's weights are "
+                               f"not numbers; retrain it")
     return total / len(loaded)
 
 

@@ -52,30 +52,56 @@ class Layout:
         return [self.id_column, *(self.columns if self.kind in ("labels", "separated_labels") else [])]
 
 
-def submission_layout(sample: pd.DataFrame, id_column: str, target: Target, metric: str, output: str) -> Layout:
-    """What the submission holds: from the sample's columns, the target, the metric and predict.output."""
+def submission_layout(sample: pd.DataFrame, id_column: str, target: Target, metric: str, output: str,
+                      column: str | None = None) -> Layout:
+    """What the submission holds: from the sample's columns, the target, the metric and predict.output.
+    `column` (data.sample_target_column) names the sample's target column where it is not the
+    target's own name in train.csv; the file then uses the sample's name."""
     rest = [c for c in sample.columns if c != id_column]
     names = [text_of(c) for c in target.classes]
-    if target.column is not None and rest == [target.column]:
-        if target.multi_label:
-            if output == "probabilities":
-                raise CompetitionError(f"predict.output probabilities: sample column '{target.column}' holds one value "
-                                       f"per row, not a probability per class of a multi_label target")
-            return Layout("separated_labels", id_column, rest)
-        wants_probs = output == "probabilities" or (output == "auto" and metric in PROBABILITY_METRICS)
-        if wants_probs and target.kind == "binary":
-            return Layout("positive_probability", id_column, rest)
-        if output == "probabilities":
-            raise CompetitionError(f"predict.output probabilities: sample column '{target.column}' holds one value per "
-                                   f"row, and the target has {len(names)} classes (one probability column per class needed)")
-        return Layout("labels", id_column, rest)
+    if column is not None and column not in rest:
+        raise CompetitionError(f"config key data.sample_target_column: the sample submission has no column {column!r} "
+                               f"(columns: {', '.join(map(str, sample.columns))})")
+    column = column or target.column
+    if column is not None and rest == [column]:
+        return _one_column_layout(id_column, column, target, metric, output)
     if sorted(rest) == sorted(names):
         return Layout("class_labels" if output == "labels" else "class_probabilities", id_column, rest)
-    expected = f"'{id_column}' plus '{target.column}', or " if target.column is not None else ""
+    expected = f"'{id_column}' plus '{column}', or " if column is not None else ""
+    hint = (f"; if '{rest[0]}' holds the target, set data.sample_target_column: {rest[0]}"
+            if len(rest) == 1 and target.column is not None else "")
+    missing, extra = [n for n in names if n not in rest], [str(c) for c in rest if str(c) not in names]
+    if len(rest) > 1 and len(missing) < len(names):  # a column per class, nearly
+        hint = "".join([f"; no column for class {', '.join(map(repr, missing[:5]))}" if missing else "",
+                        f"; column {', '.join(map(repr, extra[:5]))} is not a class" if extra else ""])
     raise CompetitionError(
         f"sample submission columns {list(sample.columns)}: expected {expected}'{id_column}' plus one column per "
-        f"class ({', '.join(names)})"
+        f"class ({', '.join(names)}){hint}"
     )
+
+
+def _one_column_layout(id_column: str, column: str, target: Target, metric: str, output: str) -> Layout:
+    """A sample of the id and one target column: labels, separated labels or p(positive)."""
+    if target.multi_label:
+        if output == "probabilities":
+            raise CompetitionError(f"predict.output probabilities: sample column '{column}' holds one value "
+                                   f"per row, not a probability per class of a multi_label target")
+        return Layout("separated_labels", id_column, [column])
+    wants_probs = output == "probabilities" or (output == "auto" and metric in PROBABILITY_METRICS)
+    if wants_probs and target.kind == "binary":
+        return Layout("positive_probability", id_column, [column])
+    if output == "probabilities":
+        raise CompetitionError(f"predict.output probabilities: sample column '{column}' holds one value per "
+                               f"row, and the target has {len(target.classes)} classes (one probability column per "
+                               f"class needed)")
+    return Layout("labels", id_column, [column])
+
+
+def layout_of(cfg: Config, comp: Competition, metric: str | None = None) -> Layout:
+    """The config's layout for the competition's sample (checked: train refuses a sample it could
+    not write before the first fold trains, and predict and blend write it)."""
+    return submission_layout(comp.sample, cfg.data.id_column, comp.target, metric or cfg.train.metric,
+                             cfg.predict.output, cfg.data.sample_target_column)
 
 
 def render(layout: Layout, probs: np.ndarray, target: Target, thresholds: Sequence[float] | None) -> np.ndarray:
@@ -127,6 +153,7 @@ def read_back(layout: Layout, sub: pd.DataFrame, target: Target) -> np.ndarray:
     if layout.kind == "positive_probability":
         p = sub[column].to_numpy(dtype=np.float64)
         return np.stack([1 - p, p], axis=1)
+    sub = sub.rename(columns={column: target.column})  # the sample's name for the target (data.sample_target_column)
     if layout.kind == "separated_labels":
         return target.encode(sub, "submission").astype(np.float64)
     return np.eye(len(target.classes))[target.encode(sub, "submission")]

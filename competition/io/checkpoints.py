@@ -193,15 +193,16 @@ def load_checkpoint(path: str | os.PathLike) -> FoldState:
     return FoldState.from_dict(state, path)
 
 
-def check_compatible(state: FoldState, path: Path, cfg: Config, classes: list) -> None:
+def check_compatible(state: FoldState, path: Path, cfg: Config, classes: list, hint: str = "") -> None:
     """A checkpoint must hold the model, task, feature hook and class list the run expects;
-    say what differs."""
+    say what differs (and `hint`, what to do, where the config given is at fault)."""
     saved = state.config
+    then = f"; {hint}" if hint else ""
     got_model = saved.get("model", {}).get("name")
     if got_model != cfg.model.name:
-        raise CompetitionError(f"checkpoint {path} holds model {got_model!r}, the config says {cfg.model.name!r}")
+        raise CompetitionError(f"checkpoint {path} holds model {got_model!r}, the config says {cfg.model.name!r}{then}")
     if saved.get("task") != cfg.task:
-        raise CompetitionError(f"checkpoint {path} is for task {saved.get('task')!r}, the config says {cfg.task!r}")
+        raise CompetitionError(f"checkpoint {path} is for task {saved.get('task')!r}, the config says {cfg.task!r}{then}")
     # A hook is code: it runs only when the local config names it, never because a checkpoint does.
     hook = saved.get("data", {}).get("features")
     if hook != cfg.data.features:

@@ -33,7 +33,7 @@ RUN_FILES = (RUN_FILE, "config.yaml", CV_FILE, "oof.csv", "test_probs.csv")
 # whose own hash is part of the identity (an existing folds.csv wins over them).
 NOT_TRAINING = (
     "name", "output_dir", "submission_dir", "data.root", "data.test_csv", "data.sample_submission",
-    "data.solution", "data.demo", "data.max_classes", "folds", "train.num_workers", "train.cache",
+    "data.solution", "data.sample_target_column", "data.image_pattern", "data.test_image_pattern", "data.demo", "data.max_classes", "folds", "train.num_workers", "train.cache",
     "train.cache_on_device", "train.compile", "train.checkpoint_every_minutes", "tracking", "predict",
 )
 
@@ -207,6 +207,43 @@ def start_run(cfg: Config, folds: pd.DataFrame, classes: list, discard: bool) ->
         return
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     RunRecord(cfg.name, config_to_dict(cfg), key.config, key.folds, list(classes), now).write(run_dir)
+
+
+def forget_unsaved_folds(cfg: Config, folds: list[int]) -> bool:
+    """After a fold stopped before saving anything (it diverged): the folders of `folds` that hold
+    no checkpoint go (each under its lock; one another process trains stays), and the run's own
+    files with them once no fold folder is left, so that the run does not look trained. Returns
+    whether the run is gone."""
+    for fold in folds:
+        fold_dir = cfg.fold_dir(fold)
+        if not fold_dir.is_dir() or (fold_dir / BEST).exists() or (fold_dir / LAST).exists():
+            continue
+        try:
+            with FoldLock(fold_dir):
+                shutil.rmtree(fold_dir)
+        except CompetitionError:  # held by another training of that fold
+            continue
+    if any(p.is_dir() for p in cfg.run_dir.glob("fold*")):
+        return False
+    for name in RUN_FILES:
+        (cfg.run_dir / name).unlink(missing_ok=True)
+    if cfg.run_dir.is_dir() and not any(cfg.run_dir.iterdir()):
+        cfg.run_dir.rmdir()
+    return True
+
+
+def own_config_hint(cfg: Config) -> str:
+    """What to do when the config given to predict (explain, package) is not the run's."""
+    return f"give the run's own config: --run {cfg.name} (the config.yaml it was trained with, and any --set)"
+
+
+def check_trained_with(cfg: Config, state: FoldState, path: Path) -> None:
+    """A fold is predicted under the config it was trained with (its training-relevant keys):
+    the metric, the target's format and the rest decide what the submission holds."""
+    given = config_to_dict(cfg)
+    if config_digest(state.config) != config_digest(given):
+        raise CompetitionError(f"{path} was trained with another config than the one given: "
+                               f"{differences(state.config, given)}; {own_config_hint(cfg)}")
 
 
 def check_same_run(states: list[tuple[Path, FoldState]]) -> RunKey:

@@ -13,7 +13,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from competition.core.distributed import mix_seed
+from competition.core.errors import CompetitionError
 from competition.core.runtime import autocast, probabilities, show_progress, to_device
+
+
+class Diverged(CompetitionError):
+    """A fold's loss or predictions stopped being finite numbers: the fold stops, and nothing it
+    computed after that is saved (training.fold, training.estimator_fold)."""
+
+
+class NonFiniteLoss(Exception):
+    """train_one_epoch's word to the fold loop: batch `batch` (0-based, of `of`) gave loss `value`."""
+
+    def __init__(self, batch: int, of: int, value: float):
+        super().__init__(f"loss {value} at batch {batch + 1} of {of}")
+        self.batch, self.of, self.value = batch, of, value
 
 
 @dataclass
@@ -84,10 +98,41 @@ class EpochControl:
     save_every_s: float = 0.0
     save: Callable[[int, float, int], None] | None = None  # (batches done, loss total, samples)
 
+    def save_due(self, saved_at: float) -> bool:
+        """Whether a mid-epoch checkpoint is due, the last one having been saved at `saved_at`."""
+        return self.save is not None and bool(self.save_every_s) and time.monotonic() - saved_at >= self.save_every_s
+
 
 # The progress bar reads the loss off the device this often: reading it makes the host wait for
-# the GPU, and reading it every step would stop the host queueing work ahead.
+# the GPU, and reading it every step would stop the host queueing work ahead. On a GPU the check
+# for a non-finite loss waits as long (the device remembers the first bad batch until then).
 PROGRESS_EVERY = 25
+
+
+class LossCheck:
+    """The first batch whose loss is NaN or infinite. Kept on the device and read every `every`
+    steps, before anything is saved and at the end: a GPU is not made to wait each step. Weights
+    updated from the bad batch on are never saved, since the reads come before every save."""
+
+    def __init__(self, device: torch.device, first: int, batches: int):
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.value = torch.zeros((), dtype=torch.float64, device=device)
+        self.every = PROGRESS_EVERY if device.type == "cuda" else 1  # a CPU's read costs nothing
+        self.first, self.n_batches = first, first + batches  # a resumed epoch starts at batch `first`
+
+    def add(self, i: int, loss: torch.Tensor) -> None:
+        """Batch i's loss (its number in the epoch); read back when due."""
+        new = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(new, i, self.first_bad)
+        self.value = torch.where(new, loss.double(), self.value)
+        if (i + 1 - self.first) % self.every == 0:
+            self.check()
+
+    def check(self) -> None:
+        """Raise NonFiniteLoss naming the first bad batch seen so far."""
+        bad = int(self.first_bad)
+        if bad >= 0:
+            raise NonFiniteLoss(bad, self.n_batches, float(self.value))
 
 
 def train_one_epoch(
@@ -103,7 +148,8 @@ def train_one_epoch(
     control: EpochControl | None = None,
     desc: str = "train",
 ) -> dict:
-    """One pass over `loader`; the optimizer steps every `opt.accum_steps` batches.
+    """One pass over `loader`; the optimizer steps every `opt.accum_steps` batches. A NaN or
+    infinite loss raises NonFiniteLoss (LossCheck) before anything more is saved or returned.
 
     Batches are (x, y), or (x, y, seeds) when `batch_transform(x, seeds)` augments on the device;
     `mix(x, y)` (training.mixing.BatchMix) then mixes the batch on the device and softens its targets.
@@ -111,12 +157,11 @@ def train_one_epoch(
     batches done and whether `control.stop()` ended the epoch early.
     """
     control = control or EpochControl()
-    # The running loss stays on the device: reading it every step would make the CPU wait for
-    # the GPU each step instead of queueing the next one.
+    # The running loss stays on the device: reading it each step would make the CPU wait for the GPU.
     total = torch.full((), control.loss_total, dtype=torch.float64, device=device)
     count, lrs, first = control.samples, {}, control.first_batch
     groups = _group_sizes(loader, opt.accum_steps)
-    n_batches, saved_at = len(loader) + first, time.monotonic()
+    n_batches, saved_at, checked = len(loader) + first, time.monotonic(), LossCheck(device, first, len(loader))
     opt.optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, leave=False, initial=first, total=n_batches, disable=not show_progress())
     for i, batch in enumerate(bar, start=first):
@@ -136,6 +181,7 @@ def train_one_epoch(
             opt.backward(loss * share if share != 1 else loss)
         total += loss.detach().double() * len(y)
         count += len(y)
+        checked.add(i, loss.detach())
         if not bar.disable and (i + 1 - first) % PROGRESS_EVERY == 0:
             bar.set_postfix(loss=f"{float(total) / count:.4f}")
         if not last_of_group:
@@ -143,15 +189,16 @@ def train_one_epoch(
         lrs = {group.get("name", str(k)): group["lr"] for k, group in enumerate(opt.optimizer.param_groups)}
         opt.step(model)
         if i + 1 < n_batches and control.stop is not None and control.stop():
-            return _epoch_result(total, count, lrs, i + 1, stopped=True)
-        if control.save is not None and control.save_every_s and time.monotonic() - saved_at >= control.save_every_s \
-                and i + 1 < n_batches:
+            return _epoch_result(total, count, lrs, i + 1, checked, stopped=True)  # the stop saves last.pt
+        if i + 1 < n_batches and control.save_due(saved_at):
+            checked.check()
             control.save(i + 1, float(total), count)
             saved_at = time.monotonic()
-    return _epoch_result(total, count, lrs, n_batches, stopped=False)
+    return _epoch_result(total, count, lrs, n_batches, checked, stopped=False)
 
 
-def _epoch_result(total: torch.Tensor, count: int, lrs: dict, batches: int, stopped: bool) -> dict:
+def _epoch_result(total: torch.Tensor, count: int, lrs: dict, batches: int, checked: LossCheck, stopped: bool) -> dict:
+    checked.check()  # every loss of the epoch so far is a number
     return {"loss": float(total) / max(count, 1), "samples": count, "lrs": lrs, "batches": batches,
             "stopped": stopped, "loss_total": float(total)}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -20,6 +21,7 @@ from competition.io.runs import RunKey, stamp
 from competition.io.tracking import oof_frame
 from competition.models.estimators import fit_on_fold
 from competition.tasks import Task
+from competition.training.engine import Diverged
 from competition.training.epoch_files import check_resume_config, write_epoch
 from competition.training.fold import FoldResult
 
@@ -53,6 +55,11 @@ def _fit(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, resume: bo
     train_rows, valid_rows = df[df.fold != fold], df[df.fold == fold]
     pre = TabularPreprocessor.fit(train_rows, feature_columns(cfg, comp.train), load_feature_hook(cfg))
     module, probs = fit_on_fold(cfg, comp, df, fold, pre)
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():  # scikit-learn's metrics would end in a traceback; nothing of the fold is written
+        raise Diverged(f"fold {fold} diverged: {cfg.model.name} predicts non-finite probabilities for {int(bad.sum())} "
+                       f"of {len(probs)} validation rows (first id {valid_rows[cfg.data.id_column].iloc[int(np.flatnonzero(bad)[0])]!r}); "
+                       f"check model.params")
     y = comp.target.encode(valid_rows)
     score, loss = metric.best(y, probs), log_loss(y, probs)
     train_loss = log_loss(comp.target.encode(train_rows), module.predict(pre.transform(train_rows)))

@@ -11,7 +11,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
+import numpy as np
 import pandas as pd
 import torch
 from timm.utils import random_seed, unwrap_model
@@ -45,7 +47,7 @@ from competition.io.runs import RunKey, stamp
 from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs
 from competition.models.summary import model_summary
 from competition.tasks import Task
-from competition.training.engine import EpochControl, Optimization, evaluate, train_one_epoch
+from competition.training.engine import Diverged, EpochControl, NonFiniteLoss, Optimization, evaluate, train_one_epoch
 from competition.training.epoch_files import check_resume_config, write_epoch
 from competition.training.stages import EarlyStopping, Stage, plan_stages, train_mode
 from competition.training.toolbox import fold_ema, fold_losses, fold_sampler, stage_optimization
@@ -216,9 +218,12 @@ class FoldRun:
             control.save_every_s = t.checkpoint_every_minutes * 60
             control.save = lambda batches, total, samples: self._save_within(stage, e, module, opt, batches, total, samples)
         train_mode(self.model, stage.number, t.freeze_bn)  # DDP and compile wrappers stay in train mode
-        train = train_one_epoch(module, self.train_loader, opt, self.device, loss_fn=self.loss_fn,
-                                amp_dtype=self.amp_dtype, batch_transform=self.data.train_transform, mix=self.mixer,
-                                control=control, desc=f"fold {self.fold} epoch {e + 1}")
+        try:
+            train = train_one_epoch(module, self.train_loader, opt, self.device, loss_fn=self.loss_fn,
+                                    amp_dtype=self.amp_dtype, batch_transform=self.data.train_transform, mix=self.mixer,
+                                    control=control, desc=f"fold {self.fold} epoch {e + 1}")
+        except NonFiniteLoss as exc:
+            self._diverged(f"the training loss is {exc.value} at epoch {e + 1}, batch {exc.batch + 1} of {exc.of}")
         if train["stopped"]:
             self._stop_within(stage, e, module, opt, train)
         scored = self.ema.module if self.ema is not None else self.model  # validation scores the EMA
@@ -228,6 +233,7 @@ class FoldRun:
         probs = gather_rows(result["probs"], len(self.data.valid_ds), self.world)
         val_loss = all_mean(result["loss"], len(result["targets"]), self.world)
         train_loss = all_mean(train["loss"], train["samples"], self.world)
+        self._check_finite(e, probs, val_loss)
         score = self.metric.best(self.data.valid_targets, probs)
         self.epoch = e + 1
         improved = self.stopper.update(self.epoch, score, val_loss)
@@ -251,6 +257,24 @@ class FoldRun:
                  score, " (EMA)" if self.ema is not None else "", " *" if improved else "", row["seconds"])
         self._stop_at_epoch_end()
         return stop
+
+    # 3a. A diverging fold ----------------------------------------------------------------------
+
+    def _diverged(self, what: str) -> NoReturn:
+        """Stop the fold: the epoch in progress is not saved, the files of earlier epochs stay whole."""
+        self.writer.wait()
+        raise Diverged(f"fold {self.fold} diverged: {what}; nothing from that epoch on was saved; lower "
+                       f"train.lr ({self.cfg.train.lr:g}) or set train.clip_grad_norm")
+
+    def _check_finite(self, e: int, probs, val_loss: float) -> None:
+        """Validation predictions and loss must be numbers before they score or are saved."""
+        bad = ~np.isfinite(probs).all(axis=1)
+        if bad.any():
+            first = self.data.valid_ids[int(np.flatnonzero(bad)[0])]
+            self._diverged(f"its validation predictions are {probs[bad][~np.isfinite(probs[bad])][0]} at epoch {e + 1} "
+                           f"for {int(bad.sum())} of {len(probs)} rows (first id {first!r})")
+        if not math.isfinite(val_loss):
+            self._diverged(f"the validation loss is {val_loss} at epoch {e + 1}")
 
     # 3b. Stopping and saving within an epoch ---------------------------------------------------
 
