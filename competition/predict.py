@@ -6,29 +6,16 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from competition.config import add_config_arguments, load_config
-from competition.core.config import Config
-from competition.core.distributed import device_for, init_world
-from competition.core.errors import CompetitionError, run_cli
-from competition.core.metrics import METRICS
-from competition.core.runtime import keep_freed_memory
-from competition.data.folds import parse_folds
-from competition.inference.ensemble import cv_report, load_fold_models, predict_rows, trained_folds
-from competition.inference.predictions import keep_predictions
-from competition.inference.report import write_report
-from competition.inference.submission import (
-    Layout,
-    build_submission,
-    checked_solution,
-    leaderboard_score,
-    submission_layout,
-    submission_path,
-)
-from competition.inference.validation import as_submitted, predict_out_of_fold
-from competition.io.files import write_csv, write_json
-from competition.io.runs import CV_FILE, submission_thresholds
-from competition.tasks import open_competition
+from competition.core.errors import run_cli
+
+if TYPE_CHECKING:
+    from competition.core.config import Config
+    from competition.data.competition import Competition
+    from competition.inference.submission import Layout
+    from competition.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the submission only: no CV as submitted (no pass over the train rows, no "
                         "folds.csv needed, no cv.json written); thresholds come from the last full predict's cv.json")
     return parser
-
-
-def stored_thresholds(cfg: Config) -> dict:
-    """For --no-cv: the thresholds of the last full predict (cv.json), where the metric needs them."""
-    metric = METRICS[cfg.train.metric]
-    thresholds = submission_thresholds(cfg.run_dir) if metric.thresholded else None
-    if metric.thresholded and not thresholds:
-        raise CompetitionError(f"--no-cv: train.metric {metric.name} decides at thresholds fit on the out-of-fold rows, "
-                               f"and {cfg.run_dir / CV_FILE} holds none: run predict once without --no-cv")
-    return {"thresholds": thresholds, "folds": {}, "cv": None}
 
 
 def _report(report: dict, submitted: dict, tta: list[str], used: list[int], out: Path, rows: int,
@@ -75,8 +52,16 @@ def _report(report: dict, submitted: dict, tta: list[str], used: list[int], out:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    keep_freed_memory()  # before the big allocations: see core/runtime.py
     args = build_parser().parse_args(argv)
+    # The work's modules load once the arguments parse: `--help` loads no torch.
+    from competition.core.distributed import device_for, init_world
+    from competition.core.runtime import keep_freed_memory
+    from competition.data.folds import parse_folds
+    from competition.inference.ensemble import load_fold_models, trained_folds
+    from competition.inference.submission import checked_solution, submission_layout
+    from competition.tasks import open_competition
+
+    keep_freed_memory()  # before the big allocations: see core/runtime.py
     cfg = load_config(args.config, args.overrides)
     folds = parse_folds(args.folds, cfg.folds.n_splits)
     task, comp = open_competition(cfg)
@@ -88,8 +73,24 @@ def _main(argv: Sequence[str] | None) -> int:
     log.info("predicting with folds %s on %s", ", ".join(str(f) for f, _ in checkpoints), device)
     solution, solution_path = checked_solution(cfg, comp)
     task.prepare(cfg, comp, train=not args.no_cv)
-    used = [f for f, _ in checkpoints]
+    return _predict(cfg, args, task, comp, layout, loaded, device, (solution, solution_path))
 
+
+def _predict(cfg: Config, args: argparse.Namespace, task: Task, comp: Competition, layout: Layout, loaded: list,
+             device, answers: tuple) -> int:
+    """The CV, the submission, the files a blend reads and the report, from the loaded folds."""
+    from competition.core.metrics import METRICS
+    from competition.inference.best_epochs import cv_report
+    from competition.inference.ensemble import predict_rows
+    from competition.inference.predictions import keep_predictions
+    from competition.inference.report import write_report
+    from competition.inference.submission import build_submission, leaderboard_score, submission_path
+    from competition.inference.validation import as_submitted, predict_out_of_fold
+    from competition.io.files import write_csv, write_json
+    from competition.io.runs import CV_FILE, stored_thresholds
+
+    solution, solution_path = answers
+    used = [f for f, _, _ in loaded]
     report, tta = cv_report(cfg, comp, used), task.tta(cfg)
     oof = None if args.no_cv else predict_out_of_fold(cfg, task, comp, loaded, device, tta)
     submitted = stored_thresholds(cfg) if args.no_cv else as_submitted(cfg, comp, oof, layout)

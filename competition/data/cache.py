@@ -23,8 +23,6 @@ from competition.io.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-CACHE_MODES = ("auto", "off")  # config key train.cache
-
 
 def cache_key(paths: list[Path], size: Size) -> str:
     """Names the image list, each file's size and mtime, and the cache resolution."""

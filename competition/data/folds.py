@@ -17,7 +17,6 @@ from competition.io.runs import folds_digest
 
 log = logging.getLogger(__name__)
 
-FOLD_STRATEGIES = ("stratified", "group", "stratified_group", "kfold", "multilabel_stratified")  # folds.strategy
 FOLDS_FILE = "folds.csv"
 
 

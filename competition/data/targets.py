@@ -15,8 +15,6 @@ from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import BINARY, MULTI, SINGLE
 
-TARGET_FORMATS = ("single", "multi_label")  # config key data.target_format
-
 
 def plain(value: Any) -> Any:
     """numpy scalar → Python scalar; integral floats → int (labels read as 0.0/1.0)."""

@@ -13,8 +13,8 @@ from competition.core.errors import CompetitionError
 from competition.data.competition import Competition, read_csv
 from competition.data.folds import folds_path, split_digest
 from competition.inference.predictions import OOF, TEST_PROBS
+from competition.io.prob_columns import read_oof_probs
 from competition.io.runs import HASH_TEXT, RUN_FILE, RunRecord, frame_key
-from competition.io.tracking import read_oof_probs
 
 
 @dataclass

@@ -26,7 +26,8 @@ from competition.core.runtime import to_device  # noqa: E402
 from competition.data.competition import Competition, read_csv, train_rows  # noqa: E402
 from competition.data.images import hw  # noqa: E402
 from competition.io.checkpoints import FoldState  # noqa: E402
-from competition.io.tracking import figure_rgb, read_oof_probs, worst_mistakes  # noqa: E402
+from competition.io.prob_columns import read_oof_probs  # noqa: E402
+from competition.io.tracking import figure_rgb, worst_mistakes  # noqa: E402
 from competition.tasks import Task  # noqa: E402
 
 # The map must have this many cells a side to point at a part of the image: at 32 px a ResNet's

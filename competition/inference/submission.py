@@ -31,8 +31,6 @@ from competition.core.metrics import PROBABILITY_METRICS, Metric, decide
 from competition.data.competition import Competition, read_csv, read_solution
 from competition.data.targets import Target
 
-OUTPUTS = ("auto", "labels", "probabilities")  # config key predict.output
-
 
 @dataclass(frozen=True)
 class Layout:
