@@ -3,8 +3,9 @@ in its errors, importable without the libraries that implement them.
 
 Checking a config (which every command does, `board` included) and printing `--help` must not
 load torch, albumentations or pandas, so the names live here, in plain Python. Where a table
-implements the choices (`data.transforms.AUGMENTATIONS`, `tasks.TASKS`, …), it is keyed by the
-same names, and tests/test_startup.py checks that the two agree."""
+implements the choices (`data.transforms.AUGMENTATIONS` and `TTA_VIEWS`), it is keyed by the
+same names, and tests/test_startup.py checks that the two agree (and that `tasks.TASKS` has the
+task kinds of `config.TASK_CHECKS`)."""
 from __future__ import annotations
 
 # Implemented by a table keyed by these names.
