@@ -1,5 +1,9 @@
 """The local board: one row per run (and per blend) under output_dir, from what each recorded — run.json,
-the folds' oof.csv and summary.csv, predict's cv.json, blend.json — sorted best first per metric."""
+the folds' oof.csv and summary.csv, predict's cv.json, blend.json — sorted best first per metric.
+
+Only files are read and no model is built: torch is loaded only for the checkpoints of a run trained
+before run.json existed, and pandas (with the scoring of the oof.csv files) where a run's CSVs are
+read, so a board with nothing to show starts at once."""
 from __future__ import annotations
 
 import datetime as dt
@@ -17,9 +21,6 @@ from competition.models.estimators import ESTIMATORS
 
 if TYPE_CHECKING:
     from competition.data.targets import Target
-
-# pandas and the scoring of oof.csv files are imported where a run's files are read: a board with
-# nothing to show, like `--help`, loads neither (and no module here loads torch).
 
 
 @dataclass
