@@ -73,12 +73,13 @@ def _main(argv: Sequence[str] | None) -> int:
     log.info("predicting with folds %s on %s", ", ".join(str(f) for f, _ in checkpoints), device)
     solution, solution_path = checked_solution(cfg, comp)
     task.prepare(cfg, comp, train=not args.no_cv)
-    return _predict(cfg, args, task, comp, layout, loaded, device, (solution, solution_path))
+    return _predict(cfg, task, comp, layout, loaded, device, (solution, solution_path), args.no_cv, args.output)
 
 
-def _predict(cfg: Config, args: argparse.Namespace, task: Task, comp: Competition, layout: Layout, loaded: list,
-             device, answers: tuple) -> int:
-    """The CV, the submission, the files a blend reads and the report, from the loaded folds."""
+def _predict(cfg: Config, task: Task, comp: Competition, layout: Layout, loaded: list, device, answers: tuple,
+             no_cv: bool, output: str | None) -> int:
+    """The CV, the submission, the files a blend reads and the report, from the loaded folds;
+    `answers`: the test answers and their file (or Nones)."""
     from competition.core.metrics import METRICS
     from competition.inference.best_epochs import cv_report
     from competition.inference.ensemble import predict_rows
@@ -92,23 +93,23 @@ def _predict(cfg: Config, args: argparse.Namespace, task: Task, comp: Competitio
     solution, solution_path = answers
     used = [f for f, _, _ in loaded]
     report, tta = cv_report(cfg, comp, used), task.tta(cfg)
-    oof = None if args.no_cv else predict_out_of_fold(cfg, task, comp, loaded, device, tta)
-    submitted = stored_thresholds(cfg) if args.no_cv else as_submitted(cfg, comp, oof, layout)
+    oof = None if no_cv else predict_out_of_fold(cfg, task, comp, loaded, device, tta)
+    submitted = stored_thresholds(cfg) if no_cv else as_submitted(cfg, comp, oof, layout)
     probs = predict_rows(cfg, task, comp, loaded, device, tta)
     sub = build_submission(comp, layout, probs, submitted["thresholds"])
     keep_predictions(cfg, comp, loaded, probs, oof)  # test_probs.csv, oof.csv: what a blend combines
 
-    out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name,
-                                                                 submitted["cv"] if not args.no_cv else report["cv"])
+    out = Path(output) if output else submission_path(cfg.submission_dir, cfg.name,
+                                                      submitted["cv"] if not no_cv else report["cv"])
     cv = {**report, "as_submitted": submitted, "layout": layout.kind, "submission": str(out), "tta": list(tta)}
-    if not args.no_cv:
+    if not no_cv:
         write_json(cfg.run_dir / CV_FILE, cv)
     write_csv(out, sub)
     lb = None
     if solution is not None:
         lb = leaderboard_score(out, layout, solution, comp.target, METRICS[cfg.train.metric])
     _report(report, submitted, tta, used, out, len(sub), lb, solution_path)
-    if not args.no_cv:  # the notebook's --no-cv run keeps its time for the test set
+    if not no_cv:  # the notebook's --no-cv run keeps its time for the test set
         print(f"report: {write_report(cfg, task, comp, loaded, device, cv, lb)}")
     return 0
 
