@@ -8,30 +8,20 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from competition.config import add_config_arguments, check_run_name, load_config
-from competition.core.config import Config
 from competition.core.errors import CompetitionError, run_cli
-from competition.core.metrics import METRICS
-from competition.data.competition import Competition
-from competition.experiments.blending import METHODS, check_method, combine, cross_fit, fit_weights
-from competition.experiments.inputs import BlendInputs, aligned, check_blendable, read_run
-from competition.inference.submission import (
-    Layout,
-    build_submission,
-    check_destination,
-    checked_solution,
-    layout_of,
-    leaderboard_score,
-    submission_path,
-)
-from competition.inference.validation import OutOfFold, as_submitted
-from competition.io.disk import check_writable
-from competition.io.files import write_csv, write_json
-from competition.io.runs import BLEND_FILE, BLEND_FORMAT, BLENDS
-from competition.tasks import open_competition
+from competition.experiments.blending import METHODS
+from competition.io.runs import BLENDS
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from competition.core.config import Config
+    from competition.data.competition import Competition
+    from competition.experiments.inputs import BlendInputs
+    from competition.inference.submission import Layout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +48,10 @@ def blend_name(requested: str | None, runs: Sequence[str]) -> str:
 
 def _score(cfg: Config, comp: Competition, data: BlendInputs, probs: np.ndarray, layout: Layout) -> dict:
     """Per-fold and pooled score of out-of-fold probabilities rendered as the file would hold them."""
+    import numpy as np
+
+    from competition.inference.validation import OutOfFold, as_submitted
+
     oof = OutOfFold(np.arange(len(data.y)), data.fold, data.y, probs)
     return as_submitted(cfg, comp, oof, layout)
 
@@ -79,6 +73,9 @@ def _report(names: list[str], weights: np.ndarray, scores: dict, fitted: dict, e
 
 def _record(name: str, method: str, runs, weights: np.ndarray, scores: dict, fitted: dict, estimate: dict,
             fold_weights: dict, layout: Layout, out: Path, lb: float | None) -> dict:
+    from competition.core.metrics import METRICS
+    from competition.io.runs import BLEND_FORMAT
+
     metric = METRICS[runs[0].metric]
     return {
         "format": BLEND_FORMAT, "name": name, "method": method, "runs": [r.name for r in runs],
@@ -95,6 +92,23 @@ def _record(name: str, method: str, runs, weights: np.ndarray, scores: dict, fit
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    # The work's modules load once the arguments parse: `--help` loads no torch.
+    from competition.core.metrics import METRICS
+    from competition.experiments.blending import check_method, combine, cross_fit, fit_weights
+    from competition.experiments.inputs import aligned, check_blendable, read_run
+    from competition.inference.submission import (
+        build_submission,
+        check_destination,
+        checked_solution,
+        layout_of,
+        leaderboard_score,
+        submission_path,
+    )
+    from competition.io.disk import check_writable
+    from competition.io.files import write_csv, write_json
+    from competition.io.runs import BLEND_FILE
+    from competition.tasks import open_competition
+
     cfg = load_config(args.config, args.overrides)
     if len(args.runs) < 2 or len(set(args.runs)) != len(args.runs):
         raise CompetitionError(f"blend {' '.join(args.runs)}: name two runs or more, each once")

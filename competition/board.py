@@ -8,8 +8,7 @@ from pathlib import Path
 
 from competition.config import add_config_arguments, load_config
 from competition.core.errors import run_cli
-from competition.data.folds import folds_path, split_digest
-from competition.experiments.standings import FORMATS, board_rows, render_board
+from competition.experiments.standings import FORMATS, board_rows, mark_other_folds, render_board
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,14 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    path = folds_path(cfg)
-    # The competition at hand: its folds.csv is the split the others are compared with.
-    reference = split_digest(cfg)
-    rows = board_rows(Path(cfg.output_dir), reference)
+    rows = board_rows(Path(cfg.output_dir))
     if not rows:
         print(f"no runs under {cfg.output_dir} yet: python -m competition.train starts one")
         return 0
-    print(render_board(rows, args.format, str(path) if reference else "the best run of their metric"))
+    from competition.data.folds import folds_path, split_digest  # pandas: read folds.csv only with rows to mark
+
+    # The competition at hand: its folds.csv is the split the others are compared with.
+    reference = split_digest(cfg)
+    mark_other_folds(rows, reference)
+    print(render_board(rows, args.format, str(folds_path(cfg)) if reference else "the best run of their metric"))
     return 0
 
 

@@ -11,22 +11,28 @@ from pathlib import Path
 
 import yaml
 
+from competition.core.choices import (
+    AUGMENTATION_NAMES,
+    CACHE_DIR,
+    CACHE_MODES,
+    CACHE_ON_DEVICE,
+    CLASS_WEIGHTS,
+    DEVICE_AUGMENT_MODES,
+    FOLD_STRATEGIES,
+    KEPT_FOLDS,
+    LOSSES,
+    OUTPUTS,
+    SAMPLERS,
+    TARGET_FORMATS,
+    TTA_VIEW_NAMES,
+    WANDB_MODES,
+)
 from competition.core.config import Config, build_config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import BINARY, METRICS, MULTI, SINGLE
-from competition.data.batch_augment import DEVICE_AUGMENT_MODES
-from competition.data.cache import CACHE_DIR, CACHE_MODES
-from competition.data.device_rows import CACHE_ON_DEVICE
-from competition.data.folds import FOLD_STRATEGIES, KEPT_FOLDS
-from competition.data.targets import TARGET_FORMATS
-from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
-from competition.inference.submission import OUTPUTS
+from competition.core.patterns import pattern_fields
 from competition.io.runs import BLENDS
-from competition.io.wandb_runs import WANDB_MODES
 from competition.models.estimators import check_model_params
-from competition.tasks import TASKS
-from competition.training.imbalance import CLASS_WEIGHTS, SAMPLERS
-from competition.training.losses import LOSSES
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -136,7 +142,7 @@ def validate(cfg: Config) -> None:
     check_run_name(cfg.name, "config key name")
     if cfg.model.init_from is not None:
         check_run_name(cfg.model.init_from, "config key model.init_from")
-    _choice("task", cfg.task, TASKS)
+    _choice("task", cfg.task, TASK_CHECKS)
     _choice("data.target_format", cfg.data.target_format, TARGET_FORMATS)
     _choice("predict.output", cfg.predict.output, OUTPUTS)
     _choice("folds.strategy", cfg.folds.strategy, FOLD_STRATEGIES)
@@ -146,9 +152,9 @@ def validate(cfg: Config) -> None:
     _choice("train.cache_on_device", cfg.train.cache_on_device, CACHE_ON_DEVICE)
     _choice("tracking.wandb", cfg.tracking.wandb, WANDB_MODES)
     for name in cfg.image.augment:
-        _choice("image.augment", name, AUGMENTATIONS)
+        _choice("image.augment", name, AUGMENTATION_NAMES)
     for name in cfg.predict.tta:
-        _choice("predict.tta", name, TTA_VIEWS)
+        _choice("predict.tta", name, TTA_VIEW_NAMES)
     _check_image_size(cfg)
     for key, value in {
         "train.batch_size": cfg.train.batch_size,
@@ -183,7 +189,7 @@ def validate(cfg: Config) -> None:
     _check_target_keys(cfg)
     _check_toolbox(cfg)
     check_model_params(cfg)
-    TASKS[cfg.task].check_config(cfg)
+    TASK_CHECKS[cfg.task](cfg)
 
 
 def _check_image_size(cfg: Config) -> None:
@@ -234,6 +240,36 @@ def _check_toolbox(cfg: Config) -> None:
     if t.sampler != "shuffle" and cfg.data.target_format == "multi_label":
         raise CompetitionError(f"config key train.sampler: {t.sampler} draws rows by their one class; a multi_label "
                                f"target has several per row (use train.class_weights: balanced)")
+
+
+def _check_image_keys(cfg: Config) -> None:
+    if not cfg.data.image_column:
+        raise CompetitionError("config key data.image_column: an image task needs the image path column")
+    if cfg.data.features:
+        raise CompetitionError("config key data.features: feature hooks are for tabular tasks")
+    for key, pattern in (("data.image_pattern", cfg.data.image_pattern), ("data.test_image_pattern", cfg.data.test_image_pattern)):
+        if pattern:
+            pattern_fields(pattern, key)
+
+
+def _check_tabular_keys(cfg: Config) -> None:
+    if cfg.train.freeze_bn:
+        raise CompetitionError("config key train.freeze_bn: applies to image backbones; a tabular MLP learns its BatchNorm statistics")
+    for key, value in (("train.cutmix_alpha", cfg.train.cutmix_alpha), ("train.layer_decay", cfg.train.layer_decay),
+                       ("model.drop_path_rate", cfg.model.drop_path_rate)):
+        if value:
+            raise CompetitionError(f"config key {key}: applies to image backbones, not a table's MLP")
+    if cfg.data.features:
+        from competition.data.features import check_hook_spec  # pandas: only for a config with a hook
+
+        check_hook_spec(cfg.data.features)
+    if cfg.data.image_pattern or cfg.data.test_image_pattern:
+        raise CompetitionError("config keys data.image_pattern / data.test_image_pattern: build image paths, for image tasks")
+
+
+# The task kinds (config key task) and the keys each needs or refuses; tasks.TASKS implements each
+# kind. These checks live here rather than on the Task objects so that checking a config loads no torch.
+TASK_CHECKS = {"image": _check_image_keys, "tabular": _check_tabular_keys}
 
 
 def _check_target_keys(cfg: Config) -> None:

@@ -8,18 +8,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
 from competition.config import add_config_arguments, add_run_argument, command_config
-from competition.core.distributed import device_for, init_world
 from competition.core.errors import CompetitionError, run_cli
-from competition.data.folds import parse_folds
-from competition.inference.ensemble import load_fold_models, trained_folds
-from competition.inference.gradcam import explain_fold, panels_rgb
-from competition.io.files import atomic_path
-from competition.io.runs import submission_thresholds
-from competition.io.tracking import log_images
-from competition.tasks import open_competition
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +30,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_png(path: Path, rgb) -> None:
+    from PIL import Image
+
+    from competition.io.files import atomic_path
+
     with atomic_path(path) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    # The work's modules load once the arguments parse: `--help` loads no torch.
+    from competition.core.distributed import device_for, init_world
+    from competition.data.folds import parse_folds
+    from competition.inference.ensemble import load_fold_models, trained_folds
+    from competition.inference.gradcam import explain_fold, panels_rgb
+    from competition.io.runs import submission_thresholds
+    from competition.io.tracking import log_images
+    from competition.tasks import open_competition
+
     if args.n < 1:
         raise CompetitionError(f"--n {args.n}: explain at least 1 row per fold")
     cfg = command_config(args)

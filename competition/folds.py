@@ -7,8 +7,6 @@ from collections.abc import Sequence
 
 from competition.config import add_config_arguments, load_config
 from competition.core.errors import run_cli
-from competition.data.folds import folds_path, load_or_create_folds
-from competition.tasks import open_competition
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    # The work's modules load once the arguments parse: `--help` loads no torch.
+    from competition.data.folds import folds_path, load_or_create_folds
+    from competition.tasks import open_competition
+
     cfg = load_config(args.config, args.overrides)
     _, comp = open_competition(cfg)
     df = load_or_create_folds(cfg, comp.train, comp.target, force=args.force)

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from competition.core.errors import run_cli
-from competition.data.importing import import_folders
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    from competition.data.importing import import_folders  # pandas and PIL: imported when it runs, not for --help
+
     result = import_folders(Path(args.src), Path(args.dst), Path(args.test) if args.test else None, args.link)
     per_class = ", ".join(f"{c} {n}" for c, n in result.counts.items())
     print(f"wrote {result.dst}: {sum(result.counts.values())} train images in {len(result.counts)} classes ({per_class})"

@@ -16,15 +16,11 @@ import competition
 from competition.config import add_config_arguments, add_run_argument, command_config
 from competition.core.config import Config, config_to_dict
 from competition.core.errors import CompetitionError, run_cli
-from competition.data.features import check_hook_spec
-from competition.data.folds import parse_folds
-from competition.inference.ensemble import trained_folds
 from competition.io.checkpoints import BEST, check_compatible, copy_checkpoint, load_checkpoint
 from competition.io.disk import DiskFull
 from competition.io.files import atomic_dir, write_text, write_yaml
-from competition.io.runs import CV_FILE, check_trained_with, own_config_hint
+from competition.io.runs import CV_FILE, check_trained_with, own_config_hint, stored_thresholds
 from competition.models.estimators import is_estimator
-from competition.predict import stored_thresholds
 
 RUNS = "outputs"  # the packaged config's output_dir: fold checkpoints under <package>/outputs/<name>/
 OOF = "oof.csv"  # a fold's out-of-fold rows: predict's CV report
@@ -161,6 +157,8 @@ def hook_file(cfg: Config) -> tuple[Path, Path] | None:
     so the package keeps the file at the same path relative to its config.yaml."""
     if not cfg.data.features:
         return None
+    from competition.data.features import check_hook_spec  # pandas: only for a config with a hook
+
     file, _ = check_hook_spec(cfg.data.features)
     relative = Path(file)
     if relative.is_absolute() or ".." in relative.parts:
@@ -219,6 +217,10 @@ def _write_package(out: Path, cfg: Config, checkpoints: list[tuple[int, Path]], 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    # The work's modules load once the arguments parse: `--help` loads no torch.
+    from competition.data.folds import parse_folds
+    from competition.inference.ensemble import trained_folds
+
     cfg = command_config(args)
     out = Path(args.output)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):

@@ -6,31 +6,16 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from competition.config import add_config_arguments, add_run_argument, command_config
-from competition.core.config import Config
-from competition.core.distributed import device_for, init_world
-from competition.core.errors import CompetitionError, run_cli
-from competition.core.metrics import METRICS
-from competition.core.runtime import keep_freed_memory
-from competition.data.folds import parse_folds
-from competition.inference.ensemble import cv_report, load_fold_models, predict_rows, trained_folds
-from competition.inference.predictions import keep_predictions
-from competition.inference.report import write_report
-from competition.inference.submission import (
-    Layout,
-    build_submission,
-    check_destination,
-    checked_solution,
-    layout_of,
-    leaderboard_score,
-    submission_path,
-)
-from competition.inference.validation import as_submitted, predict_out_of_fold
-from competition.io.disk import check_writable
-from competition.io.files import write_csv, write_json
-from competition.io.runs import CV_FILE, submission_thresholds
-from competition.tasks import open_competition
+from competition.core.errors import run_cli
+
+if TYPE_CHECKING:
+    from competition.core.config import Config
+    from competition.data.competition import Competition
+    from competition.inference.submission import Layout
+    from competition.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the submission only: no CV as submitted (no pass over the train rows, no "
                         "folds.csv needed, no cv.json written); thresholds come from the last full predict's cv.json")
     return parser
-
-
-def stored_thresholds(cfg: Config) -> dict:
-    """For --no-cv: the thresholds of the last full predict (cv.json), where the metric needs them."""
-    metric = METRICS[cfg.train.metric]
-    thresholds = submission_thresholds(cfg.run_dir) if metric.thresholded else None
-    if metric.thresholded and not thresholds:
-        raise CompetitionError(f"--no-cv: train.metric {metric.name} decides at thresholds fit on the out-of-fold rows, "
-                               f"and {cfg.run_dir / CV_FILE} holds none: run predict once without --no-cv")
-    return {"thresholds": thresholds, "folds": {}, "cv": None}
 
 
 def _report(report: dict, submitted: dict, tta: list[str], used: list[int], out: Path, rows: int,
@@ -78,8 +53,17 @@ def _report(report: dict, submitted: dict, tta: list[str], used: list[int], out:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    keep_freed_memory()  # before the big allocations: see core/runtime.py
     args = build_parser().parse_args(argv)
+    # The work's modules load once the arguments parse: `--help` loads no torch.
+    from competition.core.distributed import device_for, init_world
+    from competition.core.runtime import keep_freed_memory
+    from competition.data.folds import parse_folds
+    from competition.inference.ensemble import load_fold_models, trained_folds
+    from competition.inference.submission import check_destination, checked_solution, layout_of
+    from competition.io.disk import check_writable
+    from competition.tasks import open_competition
+
+    keep_freed_memory()  # before the big allocations: see core/runtime.py
     cfg = command_config(args)
     folds = parse_folds(args.folds, cfg.folds.n_splits)
     check_destination(args.output, cfg.submission_dir)
@@ -93,26 +77,43 @@ def _main(argv: Sequence[str] | None) -> int:
     log.info("predicting with folds %s on %s", ", ".join(str(f) for f, _ in checkpoints), device)
     solution, solution_path = checked_solution(cfg, comp)
     task.prepare(cfg, comp, train=not args.no_cv)
-    used = [f for f, _ in checkpoints]
+    return _predict(cfg, task, comp, layout, loaded, device, (solution, solution_path), args.no_cv, args.output)
 
+
+def _predict(cfg: Config, task: Task, comp: Competition, layout: Layout, loaded: list, device, answers: tuple,
+             no_cv: bool, output: str | None) -> int:
+    """The CV, the submission, the files a blend reads and the report, from the loaded folds;
+    `answers`: the test answers and their file (or Nones)."""
+    from competition.core.metrics import METRICS
+    from competition.inference.best_epochs import cv_report
+    from competition.inference.ensemble import predict_rows
+    from competition.inference.predictions import keep_predictions
+    from competition.inference.report import write_report
+    from competition.inference.submission import build_submission, leaderboard_score, submission_path
+    from competition.inference.validation import as_submitted, predict_out_of_fold
+    from competition.io.files import write_csv, write_json
+    from competition.io.runs import CV_FILE, stored_thresholds
+
+    solution, solution_path = answers
+    used = [f for f, _, _ in loaded]
     report, tta = cv_report(cfg, comp, used), task.tta(cfg)
-    oof = None if args.no_cv else predict_out_of_fold(cfg, task, comp, loaded, device, tta)
-    submitted = stored_thresholds(cfg) if args.no_cv else as_submitted(cfg, comp, oof, layout)
+    oof = None if no_cv else predict_out_of_fold(cfg, task, comp, loaded, device, tta)
+    submitted = stored_thresholds(cfg) if no_cv else as_submitted(cfg, comp, oof, layout)
     probs = predict_rows(cfg, task, comp, loaded, device, tta)
     sub = build_submission(comp, layout, probs, submitted["thresholds"])
 
-    out = Path(args.output) if args.output else submission_path(cfg.submission_dir, cfg.name,
-                                                                 submitted["cv"] if not args.no_cv else report["cv"])
+    out = Path(output) if output else submission_path(cfg.submission_dir, cfg.name,
+                                                      submitted["cv"] if not no_cv else report["cv"])
     write_csv(out, sub)  # first: a submission that cannot be written leaves the run's files as they were
     keep_predictions(cfg, comp, loaded, probs, oof)  # test_probs.csv, oof.csv: what a blend combines
     cv = {**report, "as_submitted": submitted, "layout": layout.kind, "submission": str(out), "tta": list(tta)}
-    if not args.no_cv:
+    if not no_cv:
         write_json(cfg.run_dir / CV_FILE, cv)
     lb = None
     if solution is not None:
         lb = leaderboard_score(out, layout, solution, comp.target, METRICS[cfg.train.metric])
     _report(report, submitted, tta, used, out, len(sub), lb, solution_path)
-    if not args.no_cv:  # the notebook's --no-cv run keeps its time for the test set
+    if not no_cv:  # the notebook's --no-cv run keeps its time for the test set
         print(f"report: {write_report(cfg, task, comp, loaded, device, cv, lb)}")
     return 0
 

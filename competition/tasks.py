@@ -15,29 +15,24 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from competition.core.choices import CACHE_DIR
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.data.batch_augment import BatchAugment, use_device_augment
-from competition.data.cache import CACHE_DIR, cache_bytes, cache_bytes_to_build, image_cache
+from competition.data.cache import cache_bytes, cache_bytes_to_build, image_cache
 from competition.data.competition import Competition, load_competition, require_columns
 from competition.data.datasets import CachedRows, ImageDataset, JoinedRows, TabularDataset
 from competition.data.device_rows import DeviceRows, residence
-from competition.data.features import TabularPreprocessor, check_hook_spec, feature_columns, load_feature_hook
-from competition.data.images import (
-    UndecodableImages,
-    build_image_column,
-    check_images_decode,
-    hw,
-    image_paths,
-    pattern_fields,
-)
+from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
+from competition.data.images import UndecodableImages, build_image_column, check_images_decode, hw, image_paths
 from competition.data.pseudo import read_pseudo_labels
 from competition.data.targets import line_of
 from competition.data.transforms import build_eval_transform, build_train_transform, decode_side
 from competition.io.checkpoints import FoldState
 from competition.models.build import build_model, preprocessing
-from competition.models.estimators import is_estimator, refit
+from competition.models.estimator_module import refit
+from competition.models.estimators import is_estimator
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +70,6 @@ class Task:
     # backbone lr × backbone_lr_mult, and test-time augmentation applies.
     two_stages: ClassVar[bool]
 
-    def check_config(self, cfg: Config) -> None:
-        """Keys that only make sense for other tasks, or that this one needs."""
-
     def check_inputs(self, cfg: Config, comp: Competition) -> None:
         """The input columns of train.csv and test.csv, and what they point at."""
         raise NotImplementedError
@@ -113,15 +105,6 @@ class Task:
 class ImageTask(Task):
     name = "image"
     two_stages = True
-
-    def check_config(self, cfg: Config) -> None:
-        if not cfg.data.image_column:
-            raise CompetitionError("config key data.image_column: an image task needs the image path column")
-        if cfg.data.features:
-            raise CompetitionError("config key data.features: feature hooks are for tabular tasks")
-        for key, pattern in (("data.image_pattern", cfg.data.image_pattern), ("data.test_image_pattern", cfg.data.test_image_pattern)):
-            if pattern:
-                pattern_fields(pattern, key)
 
     def check_inputs(self, cfg: Config, comp: Competition) -> None:
         d, column = cfg.data, cfg.data.image_column
@@ -245,18 +228,6 @@ class TabularTask(Task):
     name = "tabular"
     two_stages = False
 
-    def check_config(self, cfg: Config) -> None:
-        if cfg.train.freeze_bn:
-            raise CompetitionError("config key train.freeze_bn: applies to image backbones; a tabular MLP learns its BatchNorm statistics")
-        for key, value in (("train.cutmix_alpha", cfg.train.cutmix_alpha), ("train.layer_decay", cfg.train.layer_decay),
-                           ("model.drop_path_rate", cfg.model.drop_path_rate)):
-            if value:
-                raise CompetitionError(f"config key {key}: applies to image backbones, not a table's MLP")
-        if cfg.data.features:
-            check_hook_spec(cfg.data.features)
-        if cfg.data.image_pattern or cfg.data.test_image_pattern:
-            raise CompetitionError("config keys data.image_pattern / data.test_image_pattern: build image paths, for image tasks")
-
     def check_inputs(self, cfg: Config, comp: Competition) -> None:
         features = feature_columns(cfg, comp.train)
         require_columns(comp.train, comp.train_path, features)
@@ -306,7 +277,7 @@ class TabularTask(Task):
         return (state.fold, rows is None), lambda: (TabularDataset(frame, pre), None)
 
 
-# The task kinds (config key task).
+# The task kinds (config key task); competition.config checks the keys each needs (TASK_CHECKS).
 TASKS: dict[str, Task] = {"image": ImageTask(), "tabular": TabularTask()}
 
 

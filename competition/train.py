@@ -7,34 +7,18 @@ import logging
 import shlex
 import sys
 from collections.abc import Sequence
-
-import pandas as pd
-import torch
+from typing import TYPE_CHECKING
 
 from competition.config import add_config_arguments, load_config
-from competition.core.config import Config, config_to_dict
-from competition.core.distributed import World, barrier, broadcast_object, device_for, init_world
 from competition.core.errors import EXIT_USAGE, CompetitionError, run_cli
-from competition.core.interrupts import GracefulStop, Interrupted
-from competition.core.runtime import keep_freed_memory
-from competition.data.competition import Competition
-from competition.data.folds import folds_path, load_or_create_folds, parse_folds
-from competition.data.pseudo import read_pseudo_labels
-from competition.inference.ensemble import cv_report
-from competition.inference.submission import layout_of
-from competition.io.checkpoints import LAST, FoldLock, check_compatible, load_checkpoint
-from competition.io.disk import WRITABLE_OUTPUT, DiskFull, check_writable
-from competition.io.files import write_yaml
-from competition.io.runs import check_new_run, forget_unsaved_folds, free_name, start_run
-from competition.io.wandb_runs import check_wandb
-from competition.models.build import check_model
-from competition.models.estimators import check_estimator, is_estimator
-from competition.tasks import Task, open_competition
-from competition.training.disk_space import check_disk_space
-from competition.training.engine import Diverged
-from competition.training.estimator_fold import fit_estimator_fold
-from competition.training.fold import fit_fold
-from competition.training.warm_start import check_warm_starts
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from competition.core.config import Config
+    from competition.core.distributed import World
+    from competition.data.competition import Competition
+    from competition.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_resumable(cfg: Config, comp: Competition, folds: list[int]) -> None:
     """Each last.pt to resume from must load and hold this model and the data's classes."""
+    from competition.io.checkpoints import LAST, check_compatible, load_checkpoint
+
     for fold in folds:
         path = cfg.fold_dir(fold) / LAST
         if path.is_file():
@@ -62,6 +48,8 @@ def check_resumable(cfg: Config, comp: Competition, folds: list[int]) -> None:
 
 def check_not_running(cfg: Config, folds: list[int]) -> None:
     """Refuse up front when another process trains one of these folds (each fold locks again to train)."""
+    from competition.io.checkpoints import FoldLock
+
     for fold in folds:
         with FoldLock(cfg.fold_dir(fold)):
             pass
@@ -69,6 +57,21 @@ def check_not_running(cfg: Config, folds: list[int]) -> None:
 
 def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = False) -> tuple[Task, Competition, pd.DataFrame]:
     """Every check comes before the first write: a refused run leaves no config.yaml or checkpoint."""
+    from competition.core.config import config_to_dict
+    from competition.data.folds import folds_path, load_or_create_folds
+    from competition.data.pseudo import read_pseudo_labels
+    from competition.inference.submission import layout_of
+    from competition.io.disk import WRITABLE_OUTPUT, check_writable
+    from competition.io.files import write_yaml
+    from competition.io.runs import check_new_run, start_run
+    from competition.io.wandb_runs import check_wandb
+    from competition.models.build import check_model
+    from competition.models.estimator_module import check_estimator
+    from competition.models.estimators import is_estimator
+    from competition.tasks import open_competition
+    from competition.training.disk_space import check_disk_space
+    from competition.training.warm_start import check_warm_starts
+
     check_writable(cfg.output_dir, "output_dir", WRITABLE_OUTPUT)
     task, comp = open_competition(cfg)
     layout_of(cfg, comp)  # a sample predict could not fill is refused before the first fold trains
@@ -94,6 +97,10 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = F
 
 def _agree_on_refusal(refusal: str | None, world: World) -> int | None:
     """Under torchrun the other ranks wait for the first one's checks and stop with it."""
+    import torch
+
+    from competition.core.distributed import barrier, broadcast_object
+
     refusal = broadcast_object(refusal, world)
     if refusal is None:
         return None
@@ -108,6 +115,8 @@ def _agree_on_refusal(refusal: str | None, world: World) -> int | None:
 
 
 def _report(cfg: Config, comp: Competition, results) -> None:
+    from competition.inference.best_epochs import cv_report
+
     for r in results:
         print(f"fold {r.fold}: best {cfg.train.metric} {r.best_metric:.5f} at epoch {r.best_epoch}")
     report = cv_report(cfg, comp, list(range(cfg.folds.n_splits)))
@@ -126,14 +135,30 @@ def resume_command(argv: Sequence[str] | None) -> str:
 def _after_divergence(cfg: Config, folds: list[int], world: World) -> str:
     """A diverged fold saved nothing from the bad epoch on; a run with no fold saved at all is
     removed, so it does not look trained. What to do next."""
+    from competition.io.runs import forget_unsaved_folds, free_name
+
     if world.is_main and forget_unsaved_folds(cfg, folds):
         return f"{cfg.run_dir} was removed (no fold had saved an epoch): train again"
     return f"train again under another name (--set name={free_name(cfg)}), or replace this run (--overwrite)"
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    keep_freed_memory()  # before the big allocations: see core/runtime.py
     args = build_parser().parse_args(argv)
+    # The work's modules load once the arguments parse (here and in each step): `--help` loads no torch.
+    import torch
+
+    from competition.core.distributed import device_for, init_world
+    from competition.core.interrupts import GracefulStop, Interrupted
+    from competition.core.runtime import keep_freed_memory
+    from competition.data.folds import load_or_create_folds, parse_folds
+    from competition.io.disk import DiskFull
+    from competition.models.estimators import is_estimator
+    from competition.tasks import open_competition
+    from competition.training.engine import Diverged
+    from competition.training.estimator_fold import fit_estimator_fold
+    from competition.training.fold import fit_fold
+
+    keep_freed_memory()  # before the big allocations: see core/runtime.py
     cfg = load_config(args.config, args.overrides)
     folds = parse_folds(args.fold, cfg.folds.n_splits, "--fold")
     world = init_world()

@@ -22,6 +22,7 @@ from competition.io.checkpoints import checkpoint_bytes, load_checkpoint
 from competition.io.disk import DiskFull, human_bytes
 from competition.models.build import check_model
 from competition.tasks import open_competition
+from competition.training import disk_space
 from competition.training.disk_space import checkpoint_size, estimate_run_bytes
 from tests.conftest import CLASSES, fold_state, image_config, write_yaml
 
@@ -104,7 +105,7 @@ def test_a_disk_that_fills_during_the_run_stops_in_one_line_and_resume_finishes(
     disk = small_disk("32m")
     cfg = _config(tmp_path, root, disk)
     filler = disk / "filler"
-    real_check = train.check_disk_space
+    real_check = disk_space.check_disk_space
 
     def check_then_fill(cfg_, task, comp, folds, model):
         real_check(cfg_, task, comp, folds, model)  # passes: 32 MB is plenty
@@ -113,7 +114,7 @@ def test_a_disk_that_fills_during_the_run_stops_in_one_line_and_resume_finishes(
         with open(filler, "wb") as fh:
             os.posix_fallocate(fh.fileno(), 0, shutil.disk_usage(disk).free - int(1.5 * checkpoint_size(model)))
 
-    monkeypatch.setattr(train, "check_disk_space", check_then_fill)
+    monkeypatch.setattr(disk_space, "check_disk_space", check_then_fill)  # train imports it when it runs
     capsys.readouterr()
     assert train.main(["--config", str(cfg), "--fold", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

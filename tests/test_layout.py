@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "competition"
 LAYERS = {"core": 0, "io": 1, "data": 2, "models": 3, "tasks": 4, "training": 5, "inference": 5}
-EDGE = 6  # competition.config and the CLIs (train, predict, folds, import_folders)
+EDGE = 6  # competition.config and the CLIs (train, predict, board, …), which never import each other
 
 
 def _modules() -> dict[str, Path]:
@@ -86,3 +86,16 @@ def test_no_function_over_60_lines_and_no_module_over_350():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
                 long.append(f"{module}.{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert long == []
+
+
+def _commands() -> set[str]:
+    """The CLIs: the package's top-level modules with a main() (train, predict, board, …)."""
+    return {m for m, p in _modules().items() if m.count(".") == 1 and "\ndef main(" in p.read_text()}
+
+
+def test_no_command_imports_another():
+    """What two commands share lives in a layer below them, so running one never loads another."""
+    commands = _commands()
+    assert {"competition.train", "competition.predict", "competition.board", "competition.package"} <= commands
+    wrong = [f"{m} imports {t}" for m in sorted(commands) for t in sorted(_imports(_modules()[m])) if t in commands - {m}]
+    assert wrong == []

@@ -21,7 +21,6 @@ from competition.data.transforms import AFFINE, FLIP_P, RRC_RATIO, RRC_SCALE
 # Augmentations this path can do; a config asking for others keeps the albumentations path.
 GPU_AUGMENTATIONS = frozenset({"random_resized_crop", "hflip", "vflip", "affine"})
 FLIPS = frozenset({"hflip", "vflip"})
-DEVICE_AUGMENT_MODES = ("auto", "on", "off")  # config key train.device_augment
 
 
 def supports(augment: Sequence[str]) -> bool:

@@ -16,15 +16,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from competition.core.choices import CACHE_DIR
 from competition.core.config import Config
 from competition.data.images import Size, UndecodableImages, decode_each, hw, load_image, size_name
 from competition.io.disk import reserve
 from competition.io.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
-
-CACHE_MODES = ("auto", "off")  # config key train.cache
-CACHE_DIR = "cache"  # output_dir/cache: every decode cache (and the image check's markers), never under data.root
 
 
 def cache_key(paths: list[Path], size: Size) -> str:

@@ -143,7 +143,6 @@ class DeviceBatches:
             thread.join()
 
 
-CACHE_ON_DEVICE = ("auto", "on", "stream", "off")  # config key train.cache_on_device
 DEVICE_SHARE = 0.25  # auto: the rows may take this share of the GPU memory free after the model's state
 
 

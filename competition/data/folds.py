@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from competition.core.choices import KEPT_FOLDS
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.keys import number_of, text_of
@@ -21,9 +22,7 @@ from competition.io.runs import folds_digest
 
 log = logging.getLogger(__name__)
 
-FOLD_STRATEGIES = ("stratified", "group", "stratified_group", "kfold", "multilabel_stratified")  # folds.strategy
 FOLDS_FILE = "folds.csv"
-KEPT_FOLDS = "folds"  # output_dir/folds/<data folder's name>/folds.csv: the split of a read-only data folder
 
 
 def make_folds(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import string
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from competition.core.errors import CompetitionError
+from competition.core.patterns import pattern_fields
 from competition.core.runtime import show_progress
 from competition.data.targets import line_of
 from competition.io.files import write_json
@@ -34,22 +34,6 @@ def size_name(size: Size) -> str:
     """`64px` for a square, `384x512` for height × width: in cache names and log lines."""
     h, w = hw(size)
     return f"{h}px" if h == w else f"{h}x{w}"
-
-
-def pattern_fields(pattern: str, key: str) -> list[tuple[str, str | None]]:
-    """(literal text, column or None) pieces of a data.image_pattern such as
-    `images/{image_id}.jpg`; `{{` and `}}` stand for braces. Column values go in as they are
-    written in the CSV: conversions and format specs (`{id:05d}`) are refused."""
-    try:
-        pieces = list(string.Formatter().parse(pattern))
-    except ValueError as exc:
-        raise CompetitionError(f"config key {key}: {pattern!r} is not a pattern ({exc})") from None
-    for _, field, spec, conversion in pieces:
-        if field is not None and (spec or conversion or not field):
-            raise CompetitionError(f"config key {key}: {pattern!r}: each {{…}} holds a column name and nothing else")
-    if all(field is None for _, field, _, _ in pieces):
-        raise CompetitionError(f"config key {key}: {pattern!r} names no column: write one as {{column}}")
-    return [(text, field) for text, field, _, _ in pieces]
 
 
 def build_image_column(frame: pd.DataFrame, path: Path, pattern: str, key: str, column: str) -> None:

@@ -16,8 +16,6 @@ from competition.core.errors import CompetitionError
 from competition.core.keys import class_order, number_of, plain, text_of
 from competition.core.metrics import BINARY, MULTI, SINGLE
 
-TARGET_FORMATS = ("single", "multi_label")  # config key data.target_format
-
 
 def line_of(index: int) -> int:
     """File line of a data row (the header is line 1)."""

@@ -14,8 +14,8 @@ from competition.core.keys import text_of
 from competition.data.competition import Competition, read_csv, text_columns
 from competition.data.folds import folds_path, split_digest
 from competition.inference.predictions import OOF, TEST_PROBS
+from competition.io.prob_columns import read_oof_probs
 from competition.io.runs import HASH_COLUMNS, RUN_FILE, RunRecord, frame_key
-from competition.io.tracking import read_oof_probs
 
 
 @dataclass

@@ -1,21 +1,26 @@
 """The local board: one row per run (and per blend) under output_dir, from what each recorded — run.json,
-the folds' oof.csv and summary.csv, predict's cv.json, blend.json — sorted best first per metric."""
+the folds' oof.csv and summary.csv, predict's cv.json, blend.json — sorted best first per metric.
+
+Only files are read and no model is built: torch is loaded only for the checkpoints of a run trained
+before run.json existed, and pandas (with the scoring of the oof.csv files) where a run's CSVs are
+read, so a board with nothing to show starts at once."""
 from __future__ import annotations
 
 import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
-from competition.data.targets import Target
-from competition.inference.ensemble import score_best_epochs
 from competition.io.runs import BLEND_FILE, BLEND_FORMAT, BLENDS, CV_FILE, RunRecord, fold_states
 from competition.models.estimators import ESTIMATORS
+
+if TYPE_CHECKING:
+    from competition.data.targets import Target
 
 
 @dataclass
@@ -50,6 +55,8 @@ def _stamp(t: float) -> str:
 
 def _target(config: dict, classes: list) -> Target:
     """The run's target, rebuilt from its stored config and classes (its data may be elsewhere)."""
+    from competition.data.targets import Target
+
     d = config["data"]
     columns = d.get("target_columns")
     return Target(d.get("target_format", "single"), list(classes), None if columns else d["target_column"], columns,
@@ -58,6 +65,8 @@ def _target(config: dict, classes: list) -> Target:
 
 def _best_epoch_scores(run_dir: Path, config: dict, classes: list) -> tuple[dict, float | None, bool]:
     """Per-fold and pooled score of the folds' oof.csv (best epochs), and whether they mix runs."""
+    from competition.inference.best_epochs import score_best_epochs
+
     files = {p.parent.name.removeprefix("fold"): p for p in sorted(run_dir.glob("fold*/oof.csv"))}
     scores = score_best_epochs(files, METRICS[config["train"]["metric"]], _target(config, classes), classes)
     return scores.folds, scores.pooled, len(set(scores.keys.values()) - {None}) > 1
@@ -65,6 +74,8 @@ def _best_epoch_scores(run_dir: Path, config: dict, classes: list) -> tuple[dict
 
 def _training(run_dir: Path) -> tuple[float | None, str]:
     """Seconds spent in the folds' epochs (summary.csv) and when the last one ended."""
+    import pandas as pd
+
     files = sorted(run_dir.glob("fold*/summary.csv"))
     if not files:
         return None, "-"
@@ -118,9 +129,8 @@ def blend_row(path: Path) -> Row:
         raise CompetitionError(f"{path} is not a blend record this kit reads ({exc})") from None
 
 
-def board_rows(output_dir: Path, reference_folds: str | None) -> list[Row]:
-    """Every run and blend under output_dir, grouped by metric and sorted best first; a row on other
-    folds than `reference_folds` (the config's folds.csv; else the best row's of its metric) is marked."""
+def board_rows(output_dir: Path) -> list[Row]:
+    """Every run and blend under output_dir, grouped by metric and sorted best first."""
     rows = [r for d in sorted(p for p in Path(output_dir).iterdir() if p.is_dir() and p.name != BLENDS)
             if (r := run_row(d)) is not None] if Path(output_dir).is_dir() else []
     rows += [blend_row(p) for p in sorted((Path(output_dir) / BLENDS).glob(f"*/{BLEND_FILE}"))]
@@ -128,12 +138,17 @@ def board_rows(output_dir: Path, reference_folds: str | None) -> list[Row]:
     for metric in sorted({r.metric for r in rows}):
         group = [r for r in rows if r.metric == metric]
         scored = sorted((r for r in group if r.cv is not None), key=lambda r: -r.cv if r.higher_is_better else r.cv)
-        group = scored + [r for r in group if r.cv is None]
-        reference = reference_folds or group[0].folds_hash
-        for r in group:
-            r.other_folds = r.folds_hash != reference
-        ordered += group
+        ordered += scored + [r for r in group if r.cv is None]
     return ordered
+
+
+def mark_other_folds(rows: list[Row], reference_folds: str | None) -> None:
+    """Mark each row (as board_rows orders them) trained on other folds than `reference_folds`
+    (the config's folds.csv), or else than the best row of its metric."""
+    best: dict[str, str | None] = {}
+    for r in rows:
+        reference = reference_folds or best.setdefault(r.metric, r.folds_hash)
+        r.other_folds = r.folds_hash != reference
 
 
 FORMATS = ("table", "markdown", "csv")  # --format
@@ -161,6 +176,8 @@ def render_board(rows: list[Row], fmt: str, reference: str) -> str:
     """The rows as an aligned text table, a Markdown table, or CSV (one column per fold); `reference`
     names the split the marked rows' folds differ from."""
     if fmt == "csv":
+        import pandas as pd
+
         frame = pd.DataFrame([{
             "name": r.name, "task": r.task, "model": r.model, "size": r.size, "epochs": r.epochs, "metric": r.metric,
             "cv": r.cv, "mean": r.spread[0] if r.spread else None, "std": r.spread[1] if r.spread else None,

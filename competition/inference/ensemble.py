@@ -1,8 +1,7 @@
-"""Every fold's best checkpoint → one averaged prediction (folds × TTA views); CV from OOF files."""
+"""Every fold's best checkpoint → one averaged prediction (folds × TTA views)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +9,13 @@ import torch
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
-from competition.core.metrics import METRICS, Metric
 from competition.core.runtime import amp_dtype_for
-from competition.data.competition import Competition, read_csv
+from competition.data.competition import Competition
 from competition.data.datasets import build_loader
-from competition.data.targets import Target
 from competition.data.transforms import tta_views
 from competition.inference.engine import predict_probs
 from competition.io.checkpoints import BEST, FoldState, check_compatible, load_checkpoint
-from competition.io.runs import HASH_COLUMNS, RunKey, check_same_run, check_trained_with, frame_key, own_config_hint
-from competition.io.tracking import read_oof_probs
+from competition.io.runs import check_same_run, check_trained_with, own_config_hint
 from competition.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -89,55 +85,3 @@ def predict_rows(cfg: Config, task: Task, comp: Competition, loaded: list, devic
                                f"of {len(total)} {'test' if rows is None else 'validation'} rows: a model's weights are "
                                f"not numbers; retrain it")
     return total / len(loaded)
-
-
-@dataclass
-class BestEpochs:
-    """The folds' oof.csv files (each fold's best epoch), read and scored per fold and pooled."""
-
-    folds: dict[str, float]
-    pooled: float | None
-    rows: int
-    keys: dict[Path, RunKey | None]  # the run each file comes from (io.runs.frame_key)
-
-
-def score_best_epochs(files: dict[str, Path], metric: Metric, target: Target, classes: list) -> BestEpochs:
-    """`files`: fold → its oof.csv. Thresholded metrics at thresholds fit on the same rows, as early
-    stopping saw them."""
-    per_fold, ys, ps, keys = {}, [], [], {}
-    for fold, path in files.items():
-        oof = read_csv(path, "out-of-fold file", [*HASH_COLUMNS, *target.label_columns])
-        keys[path] = frame_key(oof, path)
-        y, p = target.encode(oof, path), read_oof_probs(oof, classes)
-        per_fold[fold] = metric.best(y, p)
-        ys.append(y)
-        ps.append(p)
-    pooled = metric.best(np.concatenate(ys), np.concatenate(ps)) if ys else None
-    return BestEpochs(per_fold, pooled, int(sum(len(y) for y in ys)), keys)
-
-
-def cv_report(cfg: Config, comp: Competition, folds: list[int]) -> dict:
-    """Per-fold and overall out-of-fold score of the best epochs, from each fold's oof.csv."""
-    metric = METRICS[cfg.train.metric]
-    files = {str(f): cfg.fold_dir(f) / "oof.csv" for f in folds if (cfg.fold_dir(f) / "oof.csv").is_file()}
-    scores = score_best_epochs(files, metric, comp.target, comp.classes)
-    _check_one_run(scores.keys)
-    return {
-        "metric": metric.name,
-        "higher_is_better": metric.higher_is_better,
-        "folds": scores.folds,
-        "cv": scores.pooled if scores.pooled is not None else float("nan"),
-        "oof_rows": scores.rows,
-    }
-
-
-def _check_one_run(runs: dict) -> None:
-    """Out-of-fold files of different runs (configs or splits) do not pool into one CV."""
-    stamped = [(path, key) for path, key in runs.items() if key is not None]
-    for path, key in stamped[1:]:
-        first_path, first = stamped[0]
-        if key != first:
-            raise CompetitionError(
-                f"{path} comes from another run than {first_path} (config {key.config} vs {first.config}, folds "
-                f"{key.folds} vs {first.folds}): a CV pools the folds of one config; retrain that fold under the run's config"
-            )

@@ -26,12 +26,12 @@ from competition.core.runtime import to_device  # noqa: E402
 from competition.data.competition import Competition, read_csv, text_columns, train_rows  # noqa: E402
 from competition.data.images import hw  # noqa: E402
 from competition.io.checkpoints import FoldState  # noqa: E402
+from competition.io.prob_columns import read_oof_probs  # noqa: E402
 from competition.io.tracking import (  # noqa: E402
     CAPTION_PT,
     figure_rgb,
     labels_text,
     probability_text,
-    read_oof_probs,
     worst_mistakes,
     wrap_caption,
 )

@@ -10,8 +10,8 @@ from competition.core.config import Config
 from competition.data.competition import Competition
 from competition.inference.validation import OutOfFold
 from competition.io.files import write_csv
+from competition.io.prob_columns import oof_frame
 from competition.io.runs import RunKey, stamp
-from competition.io.tracking import oof_frame
 
 TEST_PROBS, OOF = "test_probs.csv", "oof.csv"
 

@@ -28,12 +28,12 @@ from competition.data.competition import Competition, read_csv, text_columns, tr
 from competition.data.images import image_paths, load_image  # noqa: E402
 from competition.inference.gradcam import explain_fold, panels_rgb  # noqa: E402
 from competition.io.files import write_text  # noqa: E402
+from competition.io.prob_columns import read_oof_probs  # noqa: E402
 from competition.io.tracking import (  # noqa: E402
     confusion_figure,
     figure_rgb,
     mistakes_figure,
     per_class_f1_figure,
-    read_oof_probs,
     worst_mistakes,
 )
 from competition.tasks import Task  # noqa: E402

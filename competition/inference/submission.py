@@ -33,8 +33,6 @@ from competition.data.competition import Competition, read_csv, read_solution
 from competition.data.targets import Target
 from competition.io.disk import check_writable
 
-OUTPUTS = ("auto", "labels", "probabilities")  # config key predict.output
-
 
 @dataclass(frozen=True)
 class Layout:

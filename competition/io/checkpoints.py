@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import filelock
-import torch
 
 from competition import __version__
 from competition.core.config import Config, build_config
@@ -116,6 +115,8 @@ def save_checkpoint(path: str | os.PathLike, state: FoldState) -> None:
 
 def checkpoint_bytes(state: FoldState) -> bytes:
     """The bytes save_checkpoint would write: a snapshot that later training steps cannot change."""
+    import torch  # torch is loaded where a checkpoint is written or read, not by every import of this module
+
     buffer = io.BytesIO()
     torch.save(state.to_dict(), buffer)
     return buffer.getvalue()
@@ -171,6 +172,8 @@ def load_checkpoint(path: str | os.PathLike) -> FoldState:
     if path.stat().st_size == 0:
         raise CompetitionError(f"checkpoint {path} is empty: truncated or not a checkpoint")
     foreign = f"checkpoint {path} is truncated or not a checkpoint"
+    import torch
+
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols: the one line below says it all
             warnings.simplefilter("ignore")

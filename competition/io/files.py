@@ -11,14 +11,15 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import torch
 import yaml
 
 from competition.core.errors import CompetitionError
 from competition.io.disk import no_space_error, no_write_error
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _mode_for(path: Path) -> int:
@@ -139,6 +140,8 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> None:
+    import torch  # here: a command that writes no checkpoint never loads torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 

@@ -9,14 +9,17 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from competition.core.config import Config, build_config, config_to_dict, flat_config
 from competition.core.errors import CompetitionError
 from competition.core.keys import text_of
+from competition.core.metrics import METRICS
 from competition.io.checkpoints import BEST, LAST, FoldLock, FoldState, load_checkpoint
 from competition.io.files import write_json
+
+if TYPE_CHECKING:  # the frames come from the caller: reading this module's JSON needs no pandas
+    import pandas as pd
 
 RUN_FILE = "run.json"
 RUN_FORMAT = 1
@@ -47,6 +50,17 @@ def stored_cv(run_dir: Path) -> dict:
 def submission_thresholds(run_dir: Path) -> list | None:
     """The thresholds the last full predict decided the submission at (F1 metrics), or None."""
     return (stored_cv(run_dir).get("as_submitted") or {}).get("thresholds")
+
+
+def stored_thresholds(cfg: Config) -> dict:
+    """For predict --no-cv (and a package, which predicts so): the thresholds of the last full
+    predict (cv.json), where the metric needs them."""
+    metric = METRICS[cfg.train.metric]
+    thresholds = submission_thresholds(cfg.run_dir) if metric.thresholded else None
+    if metric.thresholded and not thresholds:
+        raise CompetitionError(f"--no-cv: train.metric {metric.name} decides at thresholds fit on the out-of-fold rows, "
+                               f"and {cfg.run_dir / CV_FILE} holds none: run predict once without --no-cv")
+    return {"thresholds": thresholds, "folds": {}, "cv": None}
 
 
 def training_config(config: dict) -> dict:

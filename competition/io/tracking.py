@@ -20,8 +20,6 @@ from competition.core.metrics import decide  # noqa: E402
 from competition.io.disk import no_space_error  # noqa: E402
 from competition.io.files import write_csv  # noqa: E402
 
-PROB_PREFIX = "prob_"
-
 
 def _tick_font(cell_inches: float) -> float:
     """A tick label's font size (points) that fits one class's share of an axis: at most 9 pt."""
@@ -240,14 +238,3 @@ def worst_mistakes(targets: np.ndarray, probs: np.ndarray, preds: np.ndarray, cl
 def write_summary(fold_dir: Path, history: list[dict]) -> None:
     write_csv(Path(fold_dir) / "summary.csv", pd.DataFrame(history))
 
-
-def oof_frame(ids: Sequence, id_column: str, answers: dict[str, list], classes: Sequence, probs: np.ndarray) -> pd.DataFrame:
-    """id, the answers in train.csv's own target column(s), then prob_<class> per class."""
-    frame = pd.DataFrame({id_column: list(ids), **answers})
-    for k, c in enumerate(classes):
-        frame[f"{PROB_PREFIX}{c}"] = probs[:, k]
-    return frame
-
-
-def read_oof_probs(frame: pd.DataFrame, classes: Sequence) -> np.ndarray:
-    return frame[[f"{PROB_PREFIX}{c}" for c in classes]].to_numpy(dtype=np.float64)

@@ -15,7 +15,6 @@ from competition.io.files import write_json
 
 log = logging.getLogger(__name__)
 
-WANDB_MODES = ("off", "offline", "online")  # config key tracking.wandb
 RUN_FILE = "wandb.json"  # in the fold folder: the run a resumed fold continues
 
 

@@ -15,7 +15,8 @@ from torch import nn
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
-from competition.models.estimators import ESTIMATORS, EstimatorModule, make_estimator
+from competition.models.estimator_module import EstimatorModule
+from competition.models.estimators import ESTIMATORS, make_estimator
 from competition.models.mlp import TABULAR_MODELS, TabularMLP
 
 log = logging.getLogger(__name__)

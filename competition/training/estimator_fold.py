@@ -17,9 +17,9 @@ from competition.core.metrics import METRICS
 from competition.data.competition import Competition
 from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
 from competition.io.checkpoints import LAST, FoldLock, FoldState, checkpoint_bytes, load_checkpoint
+from competition.io.prob_columns import oof_frame
 from competition.io.runs import RunKey, stamp
-from competition.io.tracking import oof_frame
-from competition.models.estimators import fit_on_fold
+from competition.models.estimator_module import fit_on_fold
 from competition.tasks import Task
 from competition.training.engine import Diverged
 from competition.training.epoch_files import check_resume_config, write_epoch

@@ -43,8 +43,9 @@ from competition.io.checkpoints import (
     load_checkpoint,
 )
 from competition.io.files import BackgroundWriter, write_bytes
+from competition.io.prob_columns import oof_frame, read_oof_probs
 from competition.io.runs import RunKey, stamp
-from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs
+from competition.io.tracking import FoldTracker
 from competition.models.summary import model_summary
 from competition.tasks import Task
 from competition.training.engine import Diverged, EpochControl, NonFiniteLoss, Optimization, evaluate, train_one_epoch

@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SAMPLERS = ("shuffle", "balanced", "sqrt")  # config key train.sampler
-CLASS_WEIGHTS = ("none", "balanced")  # config key train.class_weights
-
 
 def sampler_weights(mode: str, targets: np.ndarray) -> np.ndarray | None:
     """Each training row's chance of being drawn: None for a plain shuffle; ∝ 1/count of its class

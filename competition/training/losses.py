@@ -11,8 +11,6 @@ from torchvision.ops import sigmoid_focal_loss
 from competition.core.config import TrainConfig
 from competition.data.targets import Target
 
-LOSSES = ("cross_entropy", "focal")  # config key train.loss
-
 
 class FocalLoss(nn.Module):
     """Softmax focal loss, −Σ_c w_c · y_c · (1 − p_c)^γ · log p_c, over class indices or probability

@@ -1,0 +1,30 @@
+"""The names each config choice may take: what `competition.config` checks a config against and lists
+in its errors, importable without the libraries that implement them.
+
+Checking a config (which every command does, `board` included) and printing `--help` must not
+load torch, albumentations or pandas, so the names live here, in plain Python. Where a table
+implements the choices (`data.transforms.AUGMENTATIONS` and `TTA_VIEWS`), it is keyed by the
+same names, and tests/test_startup.py checks that the two agree (and that `tasks.TASKS` has the
+task kinds of `config.TASK_CHECKS`)."""
+from __future__ import annotations
+
+# Implemented by a table keyed by these names.
+AUGMENTATION_NAMES = ("random_resized_crop", "hflip", "vflip", "rotate90", "affine", "color_jitter",
+                      "brightness_contrast", "blur", "coarse_dropout")  # image.augment: data.transforms.AUGMENTATIONS
+TTA_VIEW_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose")  # predict.tta: data.transforms.TTA_VIEWS
+
+# Modes that the code they name branches on.
+TARGET_FORMATS = ("single", "multi_label")  # data.target_format: data.targets
+FOLD_STRATEGIES = ("stratified", "group", "stratified_group", "kfold", "multilabel_stratified")  # folds.strategy: data.folds
+OUTPUTS = ("auto", "labels", "probabilities")  # predict.output: inference.submission
+CACHE_MODES = ("auto", "off")  # train.cache: data.cache
+DEVICE_AUGMENT_MODES = ("auto", "on", "off")  # train.device_augment: data.batch_augment
+CACHE_ON_DEVICE = ("auto", "on", "stream", "off")  # train.cache_on_device: data.device_rows
+SAMPLERS = ("shuffle", "balanced", "sqrt")  # train.sampler: training.imbalance
+CLASS_WEIGHTS = ("none", "balanced")  # train.class_weights: training.imbalance
+LOSSES = ("cross_entropy", "focal")  # train.loss: training.losses
+WANDB_MODES = ("off", "offline", "online")  # tracking.wandb: io.wandb_runs
+
+# The kit's own folders under output_dir, which no run may be named after.
+CACHE_DIR = "cache"  # output_dir/cache: every decode cache (and the image check's markers): data.cache
+KEPT_FOLDS = "folds"  # output_dir/folds/<data folder's name>/folds.csv, a read-only data folder's split: data.folds
