@@ -22,7 +22,7 @@ from competition.data.targets import TARGET_FORMATS
 from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
 from competition.inference.submission import OUTPUTS
 from competition.io.wandb_runs import WANDB_MODES
-from competition.models.estimators import check_model_params
+from competition.models.tables import check_model_params
 from competition.tasks import TASKS
 from competition.training.imbalance import CLASS_WEIGHTS, SAMPLERS
 from competition.training.losses import LOSSES
