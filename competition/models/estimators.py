@@ -63,10 +63,6 @@ ESTIMATORS = {
 }
 
 
-def is_estimator(cfg: Config) -> bool:
-    return cfg.task == "tabular" and cfg.model.name in ESTIMATORS
-
-
 def check_estimator_params(cfg: Config) -> None:
     """A scikit-learn model takes one label per row, and model.params it has."""
     if cfg.data.target_format == "multi_label":
