@@ -74,11 +74,13 @@ def kit_config(name: str, root: Path, work: Path) -> list[str]:
     return ["--config", str(path), *common]
 
 
-def run_kit(name: str, root: Path, work: Path) -> dict:
-    """Each kit run (train every fold, predict) and the blend of all four: held-out accuracy, the
+def run_kit(name: str, root: Path, work: Path, runs: list[str]) -> dict:
+    """Each kit run (train every fold, predict) and the blend of them all: held-out accuracy, the
     CV as submitted, seconds."""
     base, row = kit_config(name, root, work), {}
-    for run in KIT_RUNS:
+    if not runs:  # a part of the run that only fits the peers
+        return row
+    for run in runs:
         sets = [*base, "--set", f"name={run}"]
         if run != "mlp":
             sets += ["--set", f"model.name={run}", "--set", f"train.patience={GBDT_PATIENCE}"]
@@ -91,8 +93,8 @@ def run_kit(name: str, root: Path, work: Path) -> dict:
         row[f"kit {run} seconds"] = time.time() - start
     out = work / "blend.csv"
     with contextlib.redirect_stdout(io.StringIO()):
-        assert blend.main([*base, *KIT_RUNS, "--output", str(out)]) == 0
-    record = json.loads((work / "outputs" / "blends" / "+".join(KIT_RUNS) / "blend.json").read_text())
+        assert blend.main([*base, *runs, "--output", str(out)]) == 0
+    record = json.loads((work / "outputs" / "blends" / "+".join(runs) / "blend.json").read_text())
     row["kit blend"] = held_out(out, root / "solution.csv")
     row["kit blend CV (cross-fit)"] = record["cross_fit"]["cv"]
     row["blend weights"] = " ".join(f"{run} {w:.2f}" for run, w in record["weights"].items() if w)
@@ -139,7 +141,7 @@ def write_split(root: Path, tr: pd.DataFrame, te: pd.DataFrame, idc: str, label:
     te[[idc, label]].to_csv(root / "solution.csv", index=False)
 
 
-def one_split(name: str, seed: int, shared: Path, ag: str | None, ag_seconds: float) -> dict:
+def one_split(name: str, seed: int, shared: Path, runs: list[str], ag: str | None, ag_seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work, root = Path(tmp), Path(tmp) / name
         if name == "titanic":
@@ -153,7 +155,7 @@ def one_split(name: str, seed: int, shared: Path, ag: str | None, ag_seconds: fl
             idc, label, raw = "id", "target", [c for c in tr.columns if c not in ("id", "target")]
             baselines = {f"{n} (raw columns)": float((m().fit(tr[raw], tr[label]).predict(te[raw]) == te[label]).mean())
                          for n, m in TITANIC_BASELINES.items()}
-        row = {"split seed": seed, **run_kit(name, root, work), **baselines,
+        row = {"split seed": seed, **run_kit(name, root, work, runs), **baselines,
                "CatBoost defaults (raw columns)": catboost_raw(tr, te, raw, label, seed)}
         start = time.time()
         row["AutoGluon best_quality"] = autogluon(ag, ag_seconds, root, label, idc, work)
@@ -169,16 +171,19 @@ def main() -> None:
                         help="render RESULTS.md from rows written by earlier --json runs (parallel parts of one run)")
     parser.add_argument("--datasets", default="titanic,breast_cancer,wine")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--runs", default=",".join(KIT_RUNS), help="the kit's runs, blended together")
     parser.add_argument("--autogluon", default=None, help="the python of a virtualenv with autogluon.tabular")
     parser.add_argument("--autogluon-seconds", type=float, default=120.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     if args.from_json:
-        parts: dict[str, list] = {}
+        parts: dict[str, dict] = {}  # dataset → seed → the row's columns from every part
         for path in args.from_json:
-            parts.setdefault(path.suffixes[-2].lstrip("."), []).extend(json.loads(path.read_text()))
-        sections = [(name, sorted(parts[name], key=lambda r: r["split seed"])) for name in args.datasets.split(",")
+            for row in json.loads(path.read_text()):
+                parts.setdefault(path.suffixes[-2].lstrip("."), {}).setdefault(row["split seed"], {}).update(
+                    {k: v for k, v in row.items() if v is not None})
+        sections = [(name, [parts[name][seed] for seed in sorted(parts[name])]) for name in args.datasets.split(",")
                     if name in parts]
         body = render(sections, args)
         print(body)
@@ -190,7 +195,8 @@ def main() -> None:
     for name in args.datasets.split(","):
         rows = []
         for seed in seeds:
-            rows.append(one_split(name, seed, args.shared, args.autogluon, args.autogluon_seconds))
+            runs = [r for r in args.runs.split(",") if r]
+            rows.append(one_split(name, seed, args.shared, runs, args.autogluon, args.autogluon_seconds))
             print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
         if args.json:
             args.json.with_suffix(f".{name}.json").write_text(json.dumps(rows))
@@ -205,14 +211,14 @@ def render(sections: list[tuple[str, list[dict]]], args) -> str:
     splits = ", ".join(f"{name} {len(rows)}" for name, rows in sections)
     lines = [f"Machine: {machine_name()}, shared with other jobs while it ran (the parts of the run in parallel "
              f"processes too): compare the rows within this run only. Splits: {splits}. "
-             f"Command: `python benchmarks/tables.py --datasets {args.datasets}"
+             f"Command: `python benchmarks/tables.py --datasets {args.datasets} --runs {args.runs}"
              + (f" --autogluon VENV/bin/python --autogluon-seconds {args.autogluon_seconds:g}" if args.autogluon else "")
              + " [--seeds …] --json ROWS` per part, then `--from-json ROWS.*.json`. AutoGluon: `TabularPredictor(presets="
              "'best_quality', time_limit, num_cpus=2, dynamic_stacking=False)` in its own virtualenv "
              "(dynamic stacking's held-out sub-fit does not finish inside short limits on this machine). Held-out accuracy on a fresh stratified 20% of each source per split seed (Titanic: "
              "benchmarks/baselines.py's splits), never seen by the kit's folds; the kit's runs use 5 folds, one "
              f"thread each, GBDTs with the kit's defaults and train.patience={GBDT_PATIENCE}; 'CV' is the CV as "
-             "submitted on the train part; the blend is `competition.blend` of the four runs (its CV cross-fit)."]
+             "submitted on the train part; the blend is `competition.blend` of the kit's runs (its CV cross-fit)."]
     for name, rows in sections:
         df = pd.DataFrame(rows)
         held = [c for c in df.columns if c != "split seed" and "CV" not in c and "seconds" not in c and c != "blend weights"]
