@@ -198,8 +198,8 @@ def main() -> None:
             runs = [r for r in args.runs.split(",") if r]
             rows.append(one_split(name, seed, args.shared, runs, args.autogluon, args.autogluon_seconds))
             print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
-        if args.json:
-            args.json.with_suffix(f".{name}.json").write_text(json.dumps(rows))
+            if args.json:  # after every split: a part stopped early keeps its rows
+                args.json.with_suffix(f".{name}.json").write_text(json.dumps(rows))
         sections.append((name, rows))
     body = render(sections, args)
     print(body)
