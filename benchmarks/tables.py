@@ -95,9 +95,10 @@ def run_kit(name: str, root: Path, work: Path, runs: list[str]) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         assert blend.main([*base, *runs, "--output", str(out)]) == 0
     record = json.loads((work / "outputs" / "blends" / "+".join(runs) / "blend.json").read_text())
-    row["kit blend"] = held_out(out, root / "solution.csv")
-    row["kit blend CV (cross-fit)"] = record["cross_fit"]["cv"]
-    row["blend weights"] = " ".join(f"{run} {w:.2f}" for run, w in record["weights"].items() if w)
+    label = "kit blend" if runs == list(KIT_RUNS) else f"kit blend of {'+'.join(runs)}"
+    row[label] = held_out(out, root / "solution.csv")
+    row[f"{label} CV (cross-fit)"] = record["cross_fit"]["cv"]
+    row[f"{label} weights"] = " ".join(f"{run} {w:.2f}" for run, w in record["weights"].items() if w)
     return row
 
 
@@ -221,13 +222,13 @@ def render(sections: list[tuple[str, list[dict]]], args) -> str:
              "submitted on the train part; the blend is `competition.blend` of the kit's runs (its CV cross-fit)."]
     for name, rows in sections:
         df = pd.DataFrame(rows)
-        held = [c for c in df.columns if c != "split seed" and "CV" not in c and "seconds" not in c and c != "blend weights"]
+        held = [c for c in df.columns if c != "split seed" and "CV" not in c and "seconds" not in c and "weights" not in c]
         means = df[held].mean(numeric_only=True).sort_values(ascending=False)
         lines += ["", f"**{name}** (mean held-out accuracy over {len(rows)} splits, best first):", "",
                   "| model | held-out accuracy | CV (train part) | seconds per split |", "|---|---|---|---|"]
         for col, mean in means.items():
             cv = f"{df[col + ' CV'].mean():.4f}" if col + " CV" in df else (
-                f"{df['kit blend CV (cross-fit)'].mean():.4f}" if col == "kit blend" else "")
+                f"{df[col + ' CV (cross-fit)'].mean():.4f} (cross-fit)" if col + " CV (cross-fit)" in df else "")
             secs = df[col + " seconds"].mean() if col + " seconds" in df else (
                 df["AutoGluon seconds"].mean() if col.startswith("AutoGluon") else None)
             lines.append(f"| {col} | {mean:.4f} | {cv} | {'' if secs is None or pd.isna(secs) else f'{secs:.0f}'} |")
