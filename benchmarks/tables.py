@@ -224,14 +224,14 @@ def render(sections: list[tuple[str, list[dict]]], args) -> str:
         df = pd.DataFrame(rows)
         held = [c for c in df.columns if c != "split seed" and "CV" not in c and "seconds" not in c and "weights" not in c]
         means = df[held].mean(numeric_only=True).sort_values(ascending=False)
-        lines += ["", f"**{name}** (mean held-out accuracy over {len(rows)} splits, best first):", "",
-                  "| model | held-out accuracy | CV (train part) | seconds per split |", "|---|---|---|---|"]
+        lines += ["", f"**{name}** (mean held-out accuracy over the splits each row ran, best first):", "",
+                  "| model | splits | held-out accuracy | CV (train part) | seconds per split |", "|---|---|---|---|---|"]
         for col, mean in means.items():
             cv = f"{df[col + ' CV'].mean():.4f}" if col + " CV" in df else (
                 f"{df[col + ' CV (cross-fit)'].mean():.4f} (cross-fit)" if col + " CV (cross-fit)" in df else "")
             secs = df[col + " seconds"].mean() if col + " seconds" in df else (
                 df["AutoGluon seconds"].mean() if col.startswith("AutoGluon") else None)
-            lines.append(f"| {col} | {mean:.4f} | {cv} | {'' if secs is None or pd.isna(secs) else f'{secs:.0f}'} |")
+            lines.append(f"| {col} | {int(df[col].notna().sum())} | {mean:.4f} | {cv} | {'' if secs is None or pd.isna(secs) else f'{secs:.0f}'} |")
         lines += ["", "<details><summary>per split</summary>", "", table(df[["split seed", *held]].to_dict("records")),
                   "", "</details>"]
     return "\n".join(lines)
