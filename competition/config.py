@@ -32,7 +32,7 @@ from competition.core.errors import CompetitionError
 from competition.core.metrics import BINARY, METRICS, MULTI, SINGLE
 from competition.core.patterns import pattern_fields
 from competition.io.runs import BLENDS
-from competition.models.estimators import check_model_params
+from competition.models.tables import check_model_params
 
 
 class ConfigLoader(yaml.SafeLoader):

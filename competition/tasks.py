@@ -31,8 +31,7 @@ from competition.data.targets import line_of
 from competition.data.transforms import build_eval_transform, build_train_transform, decode_side
 from competition.io.checkpoints import FoldState
 from competition.models.build import build_model, preprocessing
-from competition.models.estimator_module import refit
-from competition.models.estimators import is_estimator
+from competition.models.tables import one_fit_family
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +265,9 @@ class TabularTask(Task):
         return build_model(cfg, len(comp.classes), pre.n_features, load_pretrained=False), data
 
     def rebuild_model(self, cfg, comp, fold_cfg, state):
-        if is_estimator(fold_cfg):  # no fitted estimator is saved: refit and checked (models/estimators.py)
-            return refit(cfg, comp, fold_cfg, state)
+        family = one_fit_family(fold_cfg)
+        if family is not None:  # a scikit-learn model refit and checked; a stored GBDT (models/tables.py)
+            return family.rebuild(cfg, comp, fold_cfg, state)
         return super().rebuild_model(cfg, comp, fold_cfg, state)
 
     def inputs(self, cfg, comp, state, device, rows=None):

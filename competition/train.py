@@ -66,8 +66,7 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = F
     from competition.io.runs import check_new_run, start_run
     from competition.io.wandb_runs import check_wandb
     from competition.models.build import check_model
-    from competition.models.estimator_module import check_estimator
-    from competition.models.estimators import is_estimator
+    from competition.models.tables import one_fit_family
     from competition.tasks import open_competition
     from competition.training.disk_space import check_disk_space
     from competition.training.warm_start import check_warm_starts
@@ -80,8 +79,9 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = F
     check_wandb(cfg)
     check_disk_space(cfg, task, comp, folds, model)  # before the decode cache, the first thing written
     task.prepare(cfg, comp)
-    if is_estimator(cfg):
-        check_estimator(cfg, comp)
+    family = one_fit_family(cfg)
+    if family is not None:
+        family.check(cfg, comp)
     read_pseudo_labels(cfg, comp)  # a bad pseudo-label file fails before anything is written
     if resume:
         check_resumable(cfg, comp, folds)
@@ -152,7 +152,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from competition.core.runtime import keep_freed_memory
     from competition.data.folds import load_or_create_folds, parse_folds
     from competition.io.disk import DiskFull
-    from competition.models.estimators import is_estimator
+    from competition.models.tables import one_fit_family
     from competition.tasks import open_competition
     from competition.training.engine import Diverged
     from competition.training.estimator_fold import fit_estimator_fold
@@ -179,8 +179,8 @@ def _main(argv: Sequence[str] | None) -> int:
              len(comp.classes), device, f", {world.size} processes" if world.distributed else "")
     try:
         with GracefulStop() as stop_request:
-            # scikit-learn models have their own fold trainer; a torch model's stops at a signal's next step
-            fit = fit_estimator_fold if is_estimator(cfg) else functools.partial(fit_fold, stop=stop_request)
+            # models fit once per fold have their own fold trainer; a torch model's stops at a signal's next step
+            fit = fit_estimator_fold if one_fit_family(cfg) else functools.partial(fit_fold, stop=stop_request)
             results = [fit(cfg, task, comp, df, f, device=device, world=world, resume=args.resume) for f in folds]
     except Interrupted as exc:
         exc.message = f"{exc.message}; continue with: {resume_command(argv)}"

@@ -56,7 +56,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0  # stochastic depth (timm's drop_path_rate), for backbones that have it
     init_from: str | None = None  # warm start: each fold from the same fold's best.pt of this run (same folds)
     hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])  # mlp only
-    params: dict[str, Any] = field(default_factory=dict)  # scikit-learn models only: passed to the estimator
+    params: dict[str, Any] = field(default_factory=dict)  # scikit-learn and GBDT models only: passed to the model
 
 
 @dataclass(frozen=True)

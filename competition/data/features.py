@@ -1,5 +1,8 @@
 """Tables: a user's feature hook, then imputation, scaling and one-hot encoding, all fit on a
-fold's training rows only, with state kept as plain data inside the fold's checkpoint.
+fold's training rows only, with state kept as plain data inside the fold's checkpoint. For the
+gradient-boosting libraries (models/gbdt.py) the same hook and column rules give a native matrix
+instead: numbers as they are, missing values left missing, and one integer-coded column per
+categorical column, which the library splits on as a category.
 
 A feature hook is a class named in the config (`data.features: path/to/file.py:ClassName`)
 with two methods:
@@ -181,14 +184,26 @@ class TabularPreprocessor:
     def n_features(self) -> int:
         return len(self.state["feature_names"])
 
+    @property
+    def categorical_indices(self) -> list[int]:
+        """The columns of a native matrix that hold category codes ([] for one-hot)."""
+        if not self.state.get("native"):
+            return []
+        return list(range(len(self.state["numeric"]), self.n_features))
+
     @classmethod
-    def fit(cls, df: pd.DataFrame, columns: list[str], hook: FeatureHook | None = None) -> TabularPreprocessor:
+    def fit(cls, df: pd.DataFrame, columns: list[str], hook: FeatureHook | None = None,
+            native: bool = False) -> TabularPreprocessor:
         """Fit on `df` (a fold's training rows):
         1. the hook's fit, then its columns (else `columns`),
         2. numeric columns: median imputation, a missing-value indicator, standardisation,
-        3. text columns: one-hot over the categories seen (more than MAX_CATEGORIES: left out)."""
+        3. text columns: one-hot over the categories seen (more than MAX_CATEGORIES: left out).
+        `native`: steps 2 and 3 leave numbers and missing values as they are and code each text
+        column's categories 0, 1, … in one column (`transform` gives NaN for missing or unseen)."""
         state: dict = {"columns": list(columns), "numeric": [], "categorical": [],
                        "hook": {"spec": hook.spec, "state": hook.fit(df)} if hook else None}
+        if native:
+            state["native"] = True
         frame = cls._inputs(df, state, hook)
         # Names follow transform()'s layout: every numeric block, then every one-hot block.
         names: list[str] = []
@@ -213,9 +228,13 @@ class TabularPreprocessor:
                 if len(distinct) > MAX_CATEGORIES:
                     log.info("feature column %s has %d distinct values: treated as free text and left out", col, len(distinct))
                     continue
+                if native:  # missing stays missing: the library's own rule for it applies
+                    distinct = series.dropna().astype(str).value_counts()
                 categories = sorted(distinct.index.tolist())
                 state["categorical"].append({"column": col, "categories": categories})
-                cat_names.extend(f"{col}={c}" for c in categories)
+                cat_names.extend([col] if native else [f"{col}={c}" for c in categories])
+        if native:
+            names = [spec["column"] for spec in state["numeric"]]
         state["feature_names"] = names + cat_names
         return cls(state, hook)
 
@@ -228,6 +247,8 @@ class TabularPreprocessor:
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """Rows → float32 matrix [n, n_features] with the fitted statistics."""
         frame = self._inputs(df, self.state, self.hook)
+        if self.state.get("native"):
+            return self._native(frame)
         blocks: list[np.ndarray] = []
         for spec in self.state["numeric"]:
             if spec["column"] not in frame:
@@ -247,3 +268,20 @@ class TabularPreprocessor:
         if not blocks:
             return np.zeros((len(df), 0), dtype=np.float32)
         return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def _native(self, frame: pd.DataFrame) -> np.ndarray:
+        """The native matrix: numbers as float (NaN where missing), then each categorical column as
+        its category's code (NaN where missing or unseen in the fitted rows)."""
+        columns = []
+        for spec in [*self.state["numeric"], *self.state["categorical"]]:
+            if spec["column"] not in frame:
+                raise CompetitionError(f"feature column {spec['column']!r} is missing from the rows to transform")
+        for spec in self.state["numeric"]:
+            columns.append(pd.to_numeric(frame[spec["column"]], errors="coerce").astype(float).to_numpy())
+        for spec in self.state["categorical"]:
+            series = frame[spec["column"]]
+            codes = {c: float(i) for i, c in enumerate(spec["categories"])}
+            columns.append(series.astype(str).map(codes).where(series.notna()).astype(float).to_numpy())
+        if not columns:
+            return np.zeros((len(frame), 0), dtype=np.float32)
+        return np.column_stack(columns).astype(np.float32)

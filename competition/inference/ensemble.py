@@ -50,6 +50,8 @@ def load_fold_models(cfg: Config, task: Task, comp: Competition, checkpoints: li
         model = task.rebuild_model(cfg, comp, fold_cfg, state)
         try:
             model.load_state_dict(state.model_state_dict)
+        except CompetitionError as exc:  # a model stored as text that does not load (models/gbdt.py)
+            raise CompetitionError(f"checkpoint {path}: {exc}") from None
         except RuntimeError as exc:
             raise CompetitionError(f"checkpoint {path}: weights do not fit {fold_cfg.model.name} ({str(exc).splitlines()[0][:200]})") from None
         model.to(device).eval()

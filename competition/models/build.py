@@ -15,9 +15,8 @@ from torch import nn
 
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
-from competition.models.estimator_module import EstimatorModule
-from competition.models.estimators import ESTIMATORS, make_estimator
 from competition.models.mlp import TABULAR_MODELS, TabularMLP
+from competition.models.tables import FAMILIES, one_fit_family
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +32,14 @@ def build_model(cfg: Config, num_classes: int, in_features: int | None = None, l
 
 
 def _table_model(cfg: Config, num_classes: int, in_features: int | None, load_pretrained: bool) -> nn.Module:
-    """The MLP, or a scikit-learn estimator (not fitted yet: see models/estimators.py)."""
+    """The MLP, or a model fit once per fold (not fitted yet: see models/tables.py)."""
     m = cfg.model
-    if m.name in ESTIMATORS:
-        return EstimatorModule(make_estimator(cfg, 0), num_classes)
+    family = one_fit_family(cfg)
+    if family is not None:
+        return family.empty(cfg, num_classes)
     if m.name not in TABULAR_MODELS:
-        raise CompetitionError(f"config key model.name: {m.name!r} is not a tabular model "
-                               f"({', '.join([*TABULAR_MODELS, *ESTIMATORS])})")
+        names = [*TABULAR_MODELS, *(n for f in FAMILIES for n in f.names)]
+        raise CompetitionError(f"config key model.name: {m.name!r} is not a tabular model ({', '.join(names)})")
     return TabularMLP(int(in_features), num_classes, list(m.hidden_sizes), m.drop_rate)
 
 

@@ -89,3 +89,13 @@ def refit(cfg: Config, comp: Competition, fold_cfg: Config, state: FoldState) ->
                                f"(largest difference {gap:.2g}): train.csv, the feature hook or scikit-learn (now "
                                f"{sklearn.__version__}) changed since training; retrain the run")
     return module
+
+
+def empty_module(cfg: Config, num_classes: int) -> EstimatorModule:
+    """An unfitted module of the config's estimator, for the run's checks."""
+    return EstimatorModule(make_estimator(cfg, 0), num_classes)
+
+
+# The names models/tables.py calls each family's code by.
+check = check_estimator
+rebuild = refit

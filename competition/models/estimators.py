@@ -53,17 +53,8 @@ ESTIMATORS = {
 }
 
 
-def is_estimator(cfg: Config) -> bool:
-    return cfg.task == "tabular" and cfg.model.name in ESTIMATORS
-
-
-def check_model_params(cfg: Config) -> None:
-    """model.params only reach a scikit-learn model, and that model takes one label per row."""
-    if not is_estimator(cfg):
-        if cfg.model.params:
-            raise CompetitionError(f"config key model.params: passed to scikit-learn models only ({', '.join(ESTIMATORS)}), "
-                                   f"not to {cfg.model.name!r}")
-        return
+def check_estimator_params(cfg: Config) -> None:
+    """A scikit-learn model takes one label per row, and model.params it has."""
     if cfg.data.target_format == "multi_label":
         raise CompetitionError(f"config key model.name: {cfg.model.name} takes one label per row; a multi_label "
                                f"target trains with mlp")

@@ -49,7 +49,8 @@ def checkpoint_size(model: nn.Module) -> int:
     """One checkpoint's bytes: every tensor of the model's state (parameters and buffers) as
     stored, AdamW's two moments (the parameter's dtype: fp32) and step counter for every
     parameter, as in the stage where every layer learns, and torch.save's overhead."""
-    state = list(model.state_dict().values())
+    # Tensors only: a model stored as text (models/gbdt.py) has none before its fit.
+    state = [t for t in model.state_dict().values() if hasattr(t, "numel")]
     params = list(model.parameters())
     data = sum(t.numel() * t.element_size() for t in state) + sum(2 * p.numel() * p.element_size() + 4 for p in params)
     return data + PER_TENSOR * (len(state) + 3 * len(params)) + PER_CHECKPOINT

@@ -1,7 +1,8 @@
-"""Training one fold of a scikit-learn model (models/estimators.py): one fit on the fold's training
-rows, then the files the torch fold loop writes — best.pt and last.pt (plain data: the recipe and
-its check, no fitted estimator), oof.csv and summary.csv — so that the CV, predict, the board and
-blends treat it as they treat the MLP."""
+"""Training one fold of a model fit once (models/tables.py: a scikit-learn model, or LightGBM,
+CatBoost, XGBoost): one fit on the fold's training rows, then the files the torch fold loop writes
+— best.pt and last.pt (plain data: a scikit-learn model's recipe and its check, a GBDT's own model
+text), oof.csv and summary.csv — so that the CV, predict, the board and blends treat it as they
+treat the MLP."""
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,7 @@ from competition.data.features import TabularPreprocessor, feature_columns, load
 from competition.io.checkpoints import LAST, FoldLock, FoldState, checkpoint_bytes, load_checkpoint
 from competition.io.prob_columns import oof_frame
 from competition.io.runs import RunKey, stamp
-from competition.models.estimator_module import fit_on_fold
+from competition.models.tables import one_fit_family
 from competition.tasks import Task
 from competition.training.engine import Diverged
 from competition.training.epoch_files import check_resume_config, write_epoch
@@ -53,8 +54,9 @@ def _fit(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, resume: bo
     began = time.time()
     metric, log_loss = METRICS[cfg.train.metric], METRICS["log_loss"]
     train_rows, valid_rows = df[df.fold != fold], df[df.fold == fold]
-    pre = TabularPreprocessor.fit(train_rows, feature_columns(cfg, comp.train), load_feature_hook(cfg))
-    module, probs = fit_on_fold(cfg, comp, df, fold, pre)
+    family = one_fit_family(cfg)
+    pre = TabularPreprocessor.fit(train_rows, feature_columns(cfg, comp.train), load_feature_hook(cfg), family.native)
+    module, probs = family.fit_on_fold(cfg, comp, df, fold, pre)
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():  # scikit-learn's metrics would end in a traceback; nothing of the fold is written
         raise Diverged(f"fold {fold} diverged: {cfg.model.name} predicts non-finite probabilities for {int(bad.sum())} "
@@ -76,6 +78,7 @@ def _fit(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, resume: bo
     idc = cfg.data.id_column
     oof = stamp(oof_frame(valid_rows[idc].tolist(), idc, comp.target.answer_frame(y), comp.classes, probs), key)
     write_epoch(fold_dir, checkpoint_bytes(state), oof, [row])  # the torch loop's files, in its order
-    log.info("fold %d | %s | train_loss %.4f | val_loss %.4f | %s %.5f | %.1fs", fold, cfg.model.name, train_loss,
-             loss, metric.name, score, row["seconds"])
+    rounds = f" | best round {module.best_iteration}" if hasattr(module, "best_iteration") else ""
+    log.info("fold %d | %s%s | train_loss %.4f | val_loss %.4f | %s %.5f | %.1fs", fold, cfg.model.name, rounds,
+             train_loss, loss, metric.name, score, row["seconds"])
     return FoldResult(fold, score, 1)

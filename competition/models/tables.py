@@ -1,0 +1,83 @@
+"""The table models fit once per fold rather than trained in epochs, by family: scikit-learn's
+classifiers (refit at predict: models/estimators.py) and the gradient-boosting libraries (stored
+as their own text: models/gbdt.py). The fold trainer, predict, package and the config checks ask
+the family of a config's model, never its name.
+
+This module holds the names, the flags and the config checks only, so that checking a config
+loads no torch: each family's fitting code is imported when it is first used."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+from competition.core.config import Config
+from competition.core.errors import CompetitionError
+from competition.models.estimators import ESTIMATORS, check_estimator_params
+from competition.models.gbdt_libraries import LIBRARIES, check_gbdt_params
+
+
+def _estimator_code() -> ModuleType:
+    from competition.models import estimator_module  # torch and scikit-learn: only when a model is fit or rebuilt
+
+    return estimator_module
+
+
+def _gbdt_code() -> ModuleType:
+    from competition.models import gbdt  # torch: only when a model is fit or rebuilt
+
+    return gbdt
+
+
+@dataclass(frozen=True)
+class OneFitFamily:
+    names: tuple[str, ...]  # its values of model.name
+    # The fold's features as the library takes them (numbers and missing values as they are,
+    # categories as codes: data.features `native`), instead of imputed, scaled and one-hot.
+    native: bool
+    # The fitted model is in the checkpoint: predict uses it as stored, and package ships it.
+    stored: bool
+    check_params: Callable[[Config], None]  # model.params, at config load
+    code: Callable[[], ModuleType]  # the module with check, fit_on_fold, empty_module and rebuild
+
+    def check(self, cfg, comp) -> None:
+        """A small fit on real rows before a run writes anything."""
+        self.code().check(cfg, comp)
+
+    def fit_on_fold(self, cfg, comp, df, fold: int, pre):
+        """(module, validation probabilities) of the fold."""
+        return self.code().fit_on_fold(cfg, comp, df, fold, pre)
+
+    def empty(self, cfg: Config, classes: int):
+        """An unfitted module, for the run's checks."""
+        return self.code().empty_module(cfg, classes)
+
+    def rebuild(self, cfg, comp, fold_cfg: Config, state):
+        """A fold's module at predict."""
+        return self.code().rebuild(cfg, comp, fold_cfg, state)
+
+
+FAMILIES = (
+    OneFitFamily(tuple(ESTIMATORS), native=False, stored=False, check_params=check_estimator_params,
+                 code=_estimator_code),
+    OneFitFamily(tuple(LIBRARIES), native=True, stored=True, check_params=check_gbdt_params, code=_gbdt_code),
+)
+
+
+def one_fit_family(cfg: Config) -> OneFitFamily | None:
+    """The family of a table config's model, or None (the MLP, or an image model)."""
+    if cfg.task != "tabular":
+        return None
+    return next((f for f in FAMILIES if cfg.model.name in f.names), None)
+
+
+def check_model_params(cfg: Config) -> None:
+    """model.params only reach a model fit once per fold, and must suit it."""
+    family = one_fit_family(cfg)
+    if family is None:
+        if cfg.model.params:
+            names = ", ".join(n for f in FAMILIES for n in f.names)
+            raise CompetitionError(f"config key model.params: passed to scikit-learn and gradient-boosting models only "
+                                   f"({names}), not to {cfg.model.name!r}")
+        return
+    family.check_params(cfg)
