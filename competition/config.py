@@ -13,13 +13,11 @@ import yaml
 
 from competition.core.choices import (
     AUGMENTATION_NAMES,
-    CACHE_DIR,
     CACHE_MODES,
     CACHE_ON_DEVICE,
     CLASS_WEIGHTS,
     DEVICE_AUGMENT_MODES,
     FOLD_STRATEGIES,
-    KEPT_FOLDS,
     LOSSES,
     OUTPUTS,
     SAMPLERS,
@@ -29,9 +27,9 @@ from competition.core.choices import (
 )
 from competition.core.config import Config, build_config
 from competition.core.errors import CompetitionError
-from competition.core.metrics import BINARY, METRICS, MULTI, SINGLE
+from competition.core.metrics import METRICS, check_target_keys
 from competition.core.patterns import pattern_fields
-from competition.io.runs import BLENDS
+from competition.io.runs import check_run_name
 from competition.models.tables import check_model_params
 
 
@@ -112,25 +110,6 @@ def _apply_override(data: dict, override: str) -> str:
     return dotted
 
 
-# The kit's own folders under output_dir, which no run may take the name of.
-KIT_FOLDERS = {BLENDS: "blend records", CACHE_DIR: "the decode cache", KEPT_FOLDS: "the folds.csv of read-only data folders"}
-NAME_BYTES = 200  # a file name holds 255 bytes, and a submission's adds its time and score to the run's
-
-
-def check_run_name(name: str, key: str, folder: str = "output_dir") -> None:
-    """A run's name (a blend's: `folder` outputs/blends) becomes a folder under `folder` and the start
-    of its submissions' file names: one plain path component; and a run's, none of the kit's own
-    folders under output_dir (case aside, for the filesystems that ignore it)."""
-    if (not name or name.startswith(".") or name != name.strip() or "/" in name or "\\" in name
-            or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode()) > NAME_BYTES):
-        raise CompetitionError(f"{key}: {name!r} is not one folder name under {folder}: give a name without '/' or "
-                               f"'\\', a leading '.', spaces at its ends or control characters, of at most "
-                               f"{NAME_BYTES} bytes")
-    if folder == "output_dir" and name.lower() in KIT_FOLDERS:
-        raise CompetitionError(f"{key}: {name!r} is the kit's own folder under output_dir ({name.lower()}/ holds "
-                               f"{KIT_FOLDERS[name.lower()]}): pick another name")
-
-
 def _choice(key: str, value: str, options: typing.Iterable[str]) -> None:
     options = list(options)
     if value not in options:
@@ -168,7 +147,7 @@ def validate(cfg: Config) -> None:
     for key, value in {
         "train.epochs": cfg.train.epochs,
         "train.freeze_epochs": cfg.train.freeze_epochs,
-        "train.patience": cfg.train.patience,
+        "train.patience": cfg.train.patience or 0,
         "train.num_workers": cfg.train.num_workers,
         "train.backbone_lr_mult": cfg.train.backbone_lr_mult,
         "train.weight_decay": cfg.train.weight_decay,
@@ -186,7 +165,7 @@ def validate(cfg: Config) -> None:
                                f"use group{'' if cfg.data.target_format == 'multi_label' else ' or stratified_group'}")
     if cfg.data.max_classes < 2:
         raise CompetitionError("config key data.max_classes: must be at least 2")
-    _check_target_keys(cfg)
+    check_target_keys(cfg)
     _check_toolbox(cfg)
     check_model_params(cfg)
     TASK_CHECKS[cfg.task](cfg)
@@ -270,32 +249,6 @@ def _check_tabular_keys(cfg: Config) -> None:
 # The task kinds (config key task) and the keys each needs or refuses; tasks.TASKS implements each
 # kind. These checks live here rather than on the Task objects so that checking a config loads no torch.
 TASK_CHECKS = {"image": _check_image_keys, "tabular": _check_tabular_keys}
-
-
-def _check_target_keys(cfg: Config) -> None:
-    """The metric, the fold strategy and the target keys must suit the target's format."""
-    d, multi = cfg.data, cfg.data.target_format == "multi_label"
-    metric = METRICS[cfg.train.metric]
-    formats = {MULTI} if multi else {SINGLE, BINARY}
-    if not formats & set(metric.formats):
-        fitting = ", ".join(n for n, m in METRICS.items() if formats & set(m.formats))
-        raise CompetitionError(f"config key train.metric: {metric.name} does not score a {d.target_format} target "
-                               f"(data.target_format); use one of {fitting}")
-    if multi and cfg.folds.strategy in ("stratified", "stratified_group"):
-        raise CompetitionError(f"config key folds.strategy: {cfg.folds.strategy} balances single labels; a multi_label "
-                               f"target uses multilabel_stratified (or kfold, group)")
-    if not multi and cfg.folds.strategy == "multilabel_stratified":
-        raise CompetitionError("config key folds.strategy: multilabel_stratified is for data.target_format: multi_label")
-    if d.target_columns is not None and not multi:
-        raise CompetitionError("config key data.target_columns: one 0/1 column per class is a multi_label target "
-                               "(set data.target_format: multi_label)")
-    if d.target_columns is not None and len(d.target_columns) < 2:
-        raise CompetitionError("config key data.target_columns: name at least 2 class columns")
-    if d.sample_target_column is not None and d.target_columns is not None:
-        raise CompetitionError("config key data.sample_target_column: with data.target_columns the sample has a column "
-                               "per class, named as the classes")
-    if d.positive_class is not None and multi:
-        raise CompetitionError("config key data.positive_class: applies to a binary single-label target")
 
 
 def config_from_dict(data: dict, source_dir: str | os.PathLike = "") -> Config:

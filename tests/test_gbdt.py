@@ -16,7 +16,7 @@ from conftest import make_table_competition, refused, table_config, write_yaml
 from competition import blend, package, predict, train
 from competition.config import load_config
 from competition.data.features import TabularPreprocessor
-from competition.models.gbdt import gbdt_params
+from competition.models.gbdt import gbdt_params, stopping_rounds
 from competition.models.gbdt_libraries import LIBRARIES
 
 # Few rounds and small leaves: the table has 60 training rows per fold.
@@ -151,6 +151,14 @@ def test_threads_come_from_num_workers_unless_params_name_them(table_comp):
     assert params["n_jobs"] == 3 and "nthread" not in params  # the user's alias replaces the kit's key
     assert params["learning_rate"] == 0.1 and "eta" not in params
     assert gbdt_params(own, 0)["seed"] != gbdt_params(own, 1)["seed"]
+
+
+def test_early_stopping_waits_a_hundred_rounds_unless_patience_is_set(table_comp):
+    cfg, _ = table_comp
+    # The epochs' default of 3 would stop a fit at learning rate 0.05 before it learns anything.
+    assert stopping_rounds(load_config(str(cfg), ["model.name=lightgbm", "train.patience=null"])) == 100
+    assert stopping_rounds(load_config(str(cfg), ["model.name=catboost", "train.patience=7"])) == 7
+    assert stopping_rounds(load_config(str(cfg), ["model.name=xgboost", "train.patience=0"])) == 0
 
 
 def test_native_features_keep_missing_values_and_code_categories():

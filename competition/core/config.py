@@ -65,6 +65,10 @@ class ImageConfig:
     augment: list[str] = field(default_factory=lambda: ["hflip"])  # see data.transforms.AUGMENTATIONS
 
 
+
+EPOCH_PATIENCE = 3  # train.patience when not set, for a model trained in epochs
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10  # stage-2 epochs (all layers), after the freeze epochs
@@ -76,7 +80,9 @@ class TrainConfig:
     weight_decay: float = 1.0e-4
     warmup_epochs: float = 0.5  # linear warmup at the start of each stage
     label_smoothing: float = 0.0
-    patience: int = 3  # early stopping within a stage, in epochs without improvement
+    # Early stopping: epochs without improvement within a stage (None: 3), or a gradient-boosting
+    # model's rounds without a better validation loss (None: 100); 0 = off.
+    patience: int | None = None
     metric: str = "accuracy"  # see core.metrics.METRICS
     # The competitor's toolbox (training.toolbox): timm's Mixup/CutMix, EMA, accumulation, imbalance.
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of image pairs and their targets; 0 = off

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from competition.core.config import Config
+from competition.core.errors import CompetitionError
+
 SINGLE, BINARY, MULTI = "single", "binary", "multi_label"  # BINARY: single-label with two classes
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # per-class candidates for multi-label F1
 
@@ -168,3 +171,29 @@ PROBABILITY_METRICS = frozenset({"log_loss", "roc_auc", "mean_roc_auc"})
 
 # Metrics with no upper bound; every other one scores in [0, 1] (the report draws those on [0, 1]).
 UNBOUNDED_METRICS = frozenset({"log_loss"})
+
+
+def check_target_keys(cfg: Config) -> None:
+    """The metric, the fold strategy and the target keys must suit the target's format."""
+    d, multi = cfg.data, cfg.data.target_format == "multi_label"
+    metric = METRICS[cfg.train.metric]
+    formats = {MULTI} if multi else {SINGLE, BINARY}
+    if not formats & set(metric.formats):
+        fitting = ", ".join(n for n, m in METRICS.items() if formats & set(m.formats))
+        raise CompetitionError(f"config key train.metric: {metric.name} does not score a {d.target_format} target "
+                               f"(data.target_format); use one of {fitting}")
+    if multi and cfg.folds.strategy in ("stratified", "stratified_group"):
+        raise CompetitionError(f"config key folds.strategy: {cfg.folds.strategy} balances single labels; a multi_label "
+                               f"target uses multilabel_stratified (or kfold, group)")
+    if not multi and cfg.folds.strategy == "multilabel_stratified":
+        raise CompetitionError("config key folds.strategy: multilabel_stratified is for data.target_format: multi_label")
+    if d.target_columns is not None and not multi:
+        raise CompetitionError("config key data.target_columns: one 0/1 column per class is a multi_label target "
+                               "(set data.target_format: multi_label)")
+    if d.target_columns is not None and len(d.target_columns) < 2:
+        raise CompetitionError("config key data.target_columns: name at least 2 class columns")
+    if d.sample_target_column is not None and d.target_columns is not None:
+        raise CompetitionError("config key data.sample_target_column: with data.target_columns the sample has a column "
+                               "per class, named as the classes")
+    if d.positive_class is not None and multi:
+        raise CompetitionError("config key data.positive_class: applies to a binary single-label target")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from competition.core.choices import CACHE_DIR, KEPT_FOLDS
 from competition.core.config import Config, build_config, config_to_dict, flat_config
 from competition.core.errors import CompetitionError
 from competition.core.keys import text_of
@@ -275,3 +276,22 @@ def check_same_run(states: list[tuple[Path, FoldState]]) -> RunKey:
             raise CompetitionError(f"{path} was trained on other folds ({other.folds}) than {first_path} ({key.folds}): "
                                    f"retrain the run on one folds.csv")
     return key
+
+
+# The kit's own folders under output_dir, which no run may take the name of.
+KIT_FOLDERS = {BLENDS: "blend records", CACHE_DIR: "the decode cache", KEPT_FOLDS: "the folds.csv of read-only data folders"}
+NAME_BYTES = 200  # a file name holds 255 bytes, and a submission's adds its time and score to the run's
+
+
+def check_run_name(name: str, key: str, folder: str = "output_dir") -> None:
+    """A run's name (a blend's: `folder` outputs/blends) becomes a folder under `folder` and the start
+    of its submissions' file names: one plain path component; and a run's, none of the kit's own
+    folders under output_dir (case aside, for the filesystems that ignore it)."""
+    if (not name or name.startswith(".") or name != name.strip() or "/" in name or "\\" in name
+            or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode()) > NAME_BYTES):
+        raise CompetitionError(f"{key}: {name!r} is not one folder name under {folder}: give a name without '/' or "
+                               f"'\\', a leading '.', spaces at its ends or control characters, of at most "
+                               f"{NAME_BYTES} bytes")
+    if folder == "output_dir" and name.lower() in KIT_FOLDERS:
+        raise CompetitionError(f"{key}: {name!r} is the kit's own folder under output_dir ({name.lower()}/ holds "
+                               f"{KIT_FOLDERS[name.lower()]}): pick another name")

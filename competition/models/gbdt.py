@@ -29,6 +29,10 @@ from competition.data.competition import Competition
 from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
 from competition.models.gbdt_libraries import LIBRARIES, library
 
+# Rounds without a better validation loss before a fit stops, where train.patience is not set: at
+# the starting learning rate of 0.05 a few rounds barely move the loss, so the epochs' 3 would stop
+# every fit at its start.
+ROUND_PATIENCE = 100
 STORED_KEYS = {"library", "version", "text", "sha256", "best_iteration", "categorical", "features", "classes"}
 
 
@@ -41,6 +45,11 @@ def threads(cfg: Config) -> int:
     may use. More threads than free cores makes a small fit hundreds of times slower."""
     return max(1, min(cfg.train.num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                       else os.cpu_count() or 1))
+
+
+def stopping_rounds(cfg: Config) -> int:
+    """train.patience as boosting rounds without a better validation loss; ROUND_PATIENCE where it is not set."""
+    return ROUND_PATIENCE if cfg.train.patience is None else cfg.train.patience
 
 
 def gbdt_params(cfg: Config, fold: int) -> dict:
@@ -142,7 +151,7 @@ def fit_on_fold(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int,
     train = (pre.transform(train_rows), comp.target.encode(train_rows))
     try:
         text, best = lib.fit(gbdt_params(cfg, fold), train, (x_valid, comp.target.encode(valid_rows)),
-                             pre.categorical_indices, classes, cfg.train.patience)
+                             pre.categorical_indices, classes, stopping_rounds(cfg))
     except lib.errors() as exc:
         raise CompetitionError(f"{name} on fold {fold}: {_first_line(exc)}") from None
     module = GBDTModule(name, classes, threads(cfg))

@@ -19,7 +19,7 @@ import torch
 from timm.utils import random_seed, unwrap_model
 from torch import nn
 
-from competition.core.config import Config, config_to_dict
+from competition.core.config import EPOCH_PATIENCE, Config, config_to_dict
 from competition.core.distributed import (
     ShardSampler,
     World,
@@ -169,7 +169,7 @@ class FoldRun:
         self.stages = plan_stages(t, self.task.two_stages)
         self.history: list[dict] = list(saved.history) if saved else []
         self.epoch = saved.epoch if saved else 0  # epochs completed
-        self.stopper = EarlyStopping(self.metric.higher_is_better, t.patience)
+        self.stopper = EarlyStopping(self.metric.higher_is_better, EPOCH_PATIENCE if t.patience is None else t.patience)
         if saved is not None:
             self.stopper.best_metric, self.stopper.best_loss, self.stopper.best_epoch = (
                 saved.best_metric, saved.best_loss, saved.best_epoch)
