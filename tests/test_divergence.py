@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from competition import predict, train
-from competition.training import estimator_fold, fold
+from competition.models import estimator_module
+from competition.training import fold
 from competition.training.engine import PROGRESS_EVERY, LossCheck, NonFiniteLoss, Optimization, train_one_epoch
 
 
@@ -81,13 +82,13 @@ def test_a_fold_diverging_later_keeps_only_its_finished_epochs(table_comp, tmp_p
 
 def test_non_finite_probabilities_of_a_scikit_learn_fold_stop_it(table_comp, tmp_path, capsys, monkeypatch):
     cfg, _ = table_comp
-    real = estimator_fold.fit_on_fold
+    real = estimator_module.fit_on_fold
 
     def nan_probabilities(*args):
         module, probs = real(*args)
         return module, np.where(np.arange(len(probs))[:, None] == 3, np.nan, probs)
 
-    monkeypatch.setattr(estimator_fold, "fit_on_fold", nan_probabilities)
+    monkeypatch.setattr(estimator_module, "fit_on_fold", nan_probabilities)
     code = train.main(["--config", str(cfg), "--set", "model.name=logreg", "--set", "train.metric=log_loss"])
     refused(capsys, code, "fold 0 diverged", "logreg predicts non-finite probabilities for 1 of 60 validation rows")
     assert not (tmp_path / "outputs" / "table").exists()
