@@ -151,6 +151,7 @@ def validate(cfg: Config) -> None:
         raise CompetitionError("config key data.max_classes: must be at least 2")
     _check_target_keys(cfg)
     _check_toolbox(cfg)
+    _check_keeping(cfg)
     check_model_params(cfg)
     TASKS[cfg.task].check_config(cfg)
 
@@ -203,6 +204,35 @@ def _check_toolbox(cfg: Config) -> None:
     if t.sampler != "shuffle" and cfg.data.target_format == "multi_label":
         raise CompetitionError(f"config key train.sampler: {t.sampler} draws rows by their one class; a multi_label "
                                f"target has several per row (use train.class_weights: balanced)")
+
+
+HEAD_FITS = ("sgd", "logreg")  # training.head_fit
+AVERAGES = ("off", "top_k", "greedy_soup")  # training.averaging
+INTERPOLATIONS = ("off", "auto")
+
+
+def _check_keeping(cfg: Config) -> None:
+    """train.head_fit, train.average and train.interpolate: choices, and the runs they mean nothing in."""
+    t = cfg.train
+    _choice("train.head_fit", t.head_fit, HEAD_FITS)
+    _choice("train.average", t.average, AVERAGES)
+    _choice("train.interpolate", t.interpolate, INTERPOLATIONS)
+    staged = TASKS[cfg.task].two_stages
+    if t.head_fit == "logreg" and not staged:
+        raise CompetitionError(f"config key train.head_fit: logreg fits a head on a pretrained backbone's features; a "
+                               f"{cfg.task} model has no backbone (use sgd)")
+    if t.head_fit == "logreg" and t.freeze_epochs != 1:
+        raise CompetitionError(f"config key train.head_fit: logreg fits the head once, as stage 1's one epoch; set "
+                               f"train.freeze_epochs to 1 (got {t.freeze_epochs})")
+    if t.average_k < 2:
+        raise CompetitionError(f"config key train.average_k: must be at least 2 epochs to average, got {t.average_k}")
+    if t.average != "off" and t.epochs + t.freeze_epochs < 2:
+        raise CompetitionError(f"config key train.average: {t.average} averages epochs' weights, and the fold trains "
+                               f"{t.epochs + t.freeze_epochs} epoch")
+    if t.interpolate != "off" and not (staged and t.freeze_epochs > 0 and t.epochs > 0):
+        raise CompetitionError("config key train.interpolate: mixes stage-1 and stage-2 weights, and this run has "
+                               + ("no stage 1 (a model without a pretrained backbone)" if not staged else
+                                  f"train.freeze_epochs {t.freeze_epochs} and train.epochs {t.epochs}: both must be above 0"))
 
 
 def _check_target_keys(cfg: Config) -> None:

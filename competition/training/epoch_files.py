@@ -29,9 +29,12 @@ def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
         raise CompetitionError(f"--resume: {path} was trained with another config: {shown}")
 
 
-def write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, history: list[dict]) -> None:
-    """One epoch's files, each atomic, in this order: best.pt and its oof.csv (when the epoch
-    improved), summary.csv, then last.pt (a link to best.pt when they are the same epoch)."""
+def write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, history: list[dict], kept=None) -> None:
+    """One epoch's files, each atomic, in this order: the epoch's kept weights (training.averaging's
+    KeptWrites, when kept), best.pt and its oof.csv (when the epoch improved), summary.csv, then
+    last.pt (a link to best.pt when they are the same epoch); then the kept weights no longer needed go."""
+    if kept is not None:
+        kept.write()
     if oof is not None:
         write_bytes(fold_dir / BEST, checkpoint)
         write_csv(fold_dir / "oof.csv", oof)
@@ -40,3 +43,5 @@ def write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, his
         copy_checkpoint(fold_dir / BEST, fold_dir / LAST)
     else:
         write_bytes(fold_dir / LAST, checkpoint)
+    if kept is not None:
+        kept.prune()

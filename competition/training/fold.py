@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from timm.utils import random_seed, unwrap_model
@@ -45,8 +46,10 @@ from competition.io.runs import RunKey, stamp
 from competition.io.tracking import FoldTracker, oof_frame, read_oof_probs
 from competition.models.summary import model_summary
 from competition.tasks import Task
+from competition.training.averaging import Combiner, KeptWeights, combines, finish_fold
 from competition.training.engine import EpochControl, Optimization, evaluate, train_one_epoch
 from competition.training.epoch_files import check_resume_config, write_epoch
+from competition.training.head_fit import ProbeRows
 from competition.training.stages import EarlyStopping, Stage, plan_stages, train_mode
 from competition.training.toolbox import fold_ema, fold_losses, fold_sampler, stage_optimization
 from competition.training.warm_start import load_warm_start, warm_start_state
@@ -124,6 +127,7 @@ class FoldRun:
                         continue  # done before the interruption
                     self._run_stage(stage, saved if saved is not None and stage.number == saved.stage else None)
                     saved = None  # later stages start fresh
+                self._finish()
             # The writer has closed: the last epoch's files are in place before anything reads them.
             if self.world.is_main:
                 self._log_best_epoch()
@@ -167,6 +171,8 @@ class FoldRun:
         self.history: list[dict] = list(saved.history) if saved else []
         self.epoch = saved.epoch if saved else 0  # epochs completed
         self.stopper = EarlyStopping(self.metric.higher_is_better, t.patience)
+        self.kept = KeptWeights(self.fold_dir, t, self.metric.higher_is_better) if combines(t) else None
+        self.probe = ProbeRows(self.data.probe_ds, t.batch_size * 2, self.device, t.num_workers, self.data.eval_transform)
         if saved is not None:
             self.stopper.best_metric, self.stopper.best_loss, self.stopper.best_epoch = (
                 saved.best_metric, saved.best_loss, saved.best_epoch)
@@ -216,19 +222,17 @@ class FoldRun:
             control.save_every_s = t.checkpoint_every_minutes * 60
             control.save = lambda batches, total, samples: self._save_within(stage, e, module, opt, batches, total, samples)
         train_mode(self.model, stage.number, t.freeze_bn)  # DDP and compile wrappers stay in train mode
-        train = train_one_epoch(module, self.train_loader, opt, self.device, loss_fn=self.loss_fn,
-                                amp_dtype=self.amp_dtype, batch_transform=self.data.train_transform, mix=self.mixer,
-                                control=control, desc=f"fold {self.fold} epoch {e + 1}")
+        if stage.number == 1 and t.head_fit == "logreg":  # stage 1's one epoch is an exact fit (training.head_fit)
+            train = self.probe.fit_head(self.model, self.comp.target, t, mix_seed(self.cfg.seed, self.fold), self.ema)
+        else:
+            train = train_one_epoch(module, self.train_loader, opt, self.device, loss_fn=self.loss_fn,
+                                    amp_dtype=self.amp_dtype, batch_transform=self.data.train_transform, mix=self.mixer,
+                                    control=control, desc=f"fold {self.fold} epoch {e + 1}")
         if train["stopped"]:
             self._stop_within(stage, e, module, opt, train)
         scored = self.ema.module if self.ema is not None else self.model  # validation scores the EMA
-        broadcast_buffers(scored, self.world)  # validate with the statistics best.pt will hold
-        result = evaluate(scored, self.valid_loader, self.device, loss_fn=self.eval_loss, amp_dtype=self.amp_dtype,
-                          batch_transform=self.data.eval_transform, multi_label=self.comp.target.multi_label)
-        probs = gather_rows(result["probs"], len(self.data.valid_ds), self.world)
-        val_loss = all_mean(result["loss"], len(result["targets"]), self.world)
+        score, val_loss, probs = self._score(scored)
         train_loss = all_mean(train["loss"], train["samples"], self.world)
-        score = self.metric.best(self.data.valid_targets, probs)
         self.epoch = e + 1
         improved = self.stopper.update(self.epoch, score, val_loss)
         stop = self.stopper.should_stop
@@ -241,10 +245,10 @@ class FoldRun:
         if self.world.is_main:
             state = self._checkpoint(stage, stop, module, opt.optimizer, val_loss, score)
             self.tracker.log_epoch(self.epoch, row, self.metric.name, train["lrs"])
-            oof = stamp(oof_frame(self.data.valid_ids, self.cfg.data.id_column, self.comp.target.answer_frame(self.data.valid_targets),
-                                  self.comp.classes, probs), self.run_key) if improved else None
+            oof = self._oof(probs) if improved else None
+            kept = self.kept.epoch_writes(self.epoch, self.history, scored) if self.kept is not None else None
             # Serialised here, written (in this order, each atomically) while the next epoch trains.
-            self.writer.submit(write_epoch, self.fold_dir, checkpoint_bytes(state), oof, list(self.history))
+            self.writer.submit(write_epoch, self.fold_dir, checkpoint_bytes(state), oof, list(self.history), kept)
         barrier(self.world)
         log.info("fold %d | epoch %d/%d stage %d | train_loss %.4f | val_loss %.4f | %s %.5f%s%s | %.1fs",
                  self.fold, self.epoch, self.stages[-1].end, stage.number, train_loss, val_loss, self.metric.name,
@@ -297,8 +301,8 @@ class FoldRun:
             preprocessing=self.data.preprocessing, preprocessor=self.data.preprocessor_state,
             in_features=self.data.in_features,
             epoch=self.epoch, stage=stage.number, stage_complete=stage_complete,
-            # the fold's last epoch marks itself, so no rewrite of last.pt at the end
-            finished=stage_complete and stage == self.stages[-1],
+            # the fold's last epoch marks itself, so no rewrite of last.pt at the end (unless weights are combined then)
+            finished=stage_complete and stage == self.stages[-1] and self.kept is None,
             loss=val_loss, metric=score, best_metric=self.stopper.best_metric, best_epoch=self.stopper.best_epoch,
             best_loss=self.stopper.best_loss, bad_epochs=self.stopper.bad_epochs, history=self.history,
             # The weights that scored (the EMA's when train.ema_decay is on) are what predict loads.
@@ -309,6 +313,27 @@ class FoldRun:
             scaler_state_dict=self.scaler.state_dict() if self.scaler.is_enabled() else None,
             config_hash=self.run_key.config, folds_hash=self.run_key.folds,
         )
+
+    def _score(self, scored: nn.Module) -> tuple[float, float, np.ndarray]:
+        """(score, loss, probabilities) on the fold's validation rows, gathered across ranks."""
+        broadcast_buffers(scored, self.world)  # validate with the statistics best.pt will hold
+        result = evaluate(scored, self.valid_loader, self.device, loss_fn=self.eval_loss, amp_dtype=self.amp_dtype,
+                          batch_transform=self.data.eval_transform, multi_label=self.comp.target.multi_label)
+        probs = gather_rows(result["probs"], len(self.data.valid_ds), self.world)
+        return self.metric.best(self.data.valid_targets, probs), all_mean(result["loss"], len(result["targets"]), self.world), probs
+
+    def _oof(self, probs: np.ndarray) -> pd.DataFrame:
+        answers = self.comp.target.answer_frame(self.data.valid_targets)
+        return stamp(oof_frame(self.data.valid_ids, self.cfg.data.id_column, answers, self.comp.classes, probs), self.run_key)
+
+    def _finish(self) -> None:
+        """train.average / train.interpolate: best.pt becomes the combination of the fold's kept weights."""
+        if self.kept is not None:
+            self.writer.wait()  # the last epoch's kept weights are in place
+            random_seed(mix_seed(self.cfg.seed, self.fold, self.epoch, 3))  # dropout while BatchNorm statistics are recomputed
+            combiner = Combiner(self.model, self._score, self.probe.recompute_bn, self.metric.higher_is_better)
+            done = finish_fold(self.kept, self.history, combiner, self._oof if self.world.is_main else None)
+            self.stopper.best_metric, self.stopper.best_loss = done.score, done.loss
 
     # 4. The end ----------------------------------------------------------------------------
 
