@@ -82,7 +82,7 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, n_classes: int, mult
     scale[scale < 1e-12] = 1.0  # a constant feature: left unscaled (its weight fits 0)
     x = (features - mean) / scale
     weight, bias = np.zeros((n_classes, x.shape[1])), np.full(n_classes, ABSENT_LOGIT)
-    cs: list[float] = []
+    cs, fitted = [], []
     columns = [(c, targets[:, c].astype(int)) for c in range(n_classes)] if multi_label else [(None, targets.astype(int))]
     for c, y in columns:
         present = np.unique(y)
@@ -94,6 +94,7 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, n_classes: int, mult
             continue
         est, chosen = _fit_one(x, y, balanced, seed)
         cs.append(chosen)
+        fitted.append((c, est))
         coef, icpt = est.coef_, est.intercept_
         if c is not None:  # one sigmoid per class: the layer's logit is the regression's
             weight[c], bias[c] = coef[0], icpt[0]
@@ -105,7 +106,9 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, n_classes: int, mult
     # Fold the standardisation in: w·(x − μ)/σ + b = (w/σ)·x + (b − (w/σ)·μ).
     weight = weight / scale
     bias = bias - weight @ mean  # rows of constant logits have weight 0: their bias stays
-    return weight, bias, {"C": cs, "rows": int(len(features)), "features": int(features.shape[1])}
+    # `estimators` and the scaling: scikit-learn's own models, for checking the layer against them
+    return weight, bias, {"C": cs, "rows": int(len(features)), "features": int(features.shape[1]),
+                          "estimators": fitted, "mean": mean, "scale": scale}
 
 
 @torch.no_grad()
