@@ -199,3 +199,24 @@ def test_resume_after_a_stop_mid_fold_and_before_the_combination_is_exact(image_
         assert torch.equal(tensor, got.model_state_dict[key]), key
     assert (json.loads((fold_dir / "averaging.json").read_text())
             == json.loads((tmp_path / "ref" / "shapes" / "fold0" / "averaging.json").read_text()))
+
+
+def test_the_disk_estimate_counts_the_weights_a_fold_keeps(image_comp):
+    import dataclasses
+    import io
+
+    from competition.config import load_config
+    from competition.models.build import check_model
+    from competition.tasks import open_competition
+    from competition.training.disk_space import estimate_run_bytes
+
+    cfg = load_config(str(image_comp[0]), [])
+    task, comp = open_competition(cfg)
+    model = check_model(cfg, len(comp.classes))
+    assert estimate_run_bytes(cfg, task, comp, [0, 1], model).kept == 0
+    soup = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, average="greedy_soup", average_k=3))
+    estimate = estimate_run_bytes(soup, task, comp, [0, 1], model)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)  # one kept file, as KeptWeights writes it
+    assert 4 * len(buffer.getvalue()) <= estimate.kept <= 4 * len(buffer.getvalue()) * 1.1  # 3 epochs + the one being replaced
+    assert "kept weights" in estimate.describe()
