@@ -224,6 +224,16 @@ def _check_keeping(cfg: Config) -> None:
     if t.head_fit == "logreg" and t.freeze_epochs != 1:
         raise CompetitionError(f"config key train.head_fit: logreg fits the head once, as stage 1's one epoch; set "
                                f"train.freeze_epochs to 1 (got {t.freeze_epochs})")
+    for name in t.head_fit_views:
+        _choice("train.head_fit_views", name, TTA_VIEWS)
+    if t.head_fit_views and t.head_fit != "logreg":
+        raise CompetitionError("config key train.head_fit_views: views of the rows a logreg head is fit on, and "
+                               f"train.head_fit is {t.head_fit}")
+    sides = cfg.image.size if isinstance(cfg.image.size, list) else [cfg.image.size]
+    swapping = [v for v in t.head_fit_views if v in ("rot90", "rot270", "transpose")]
+    if len(set(sides)) == 2 and swapping:
+        raise CompetitionError(f"config key train.head_fit_views: {', '.join(swapping)} swap height and width, and "
+                               f"image.size {cfg.image.size} is not square")
     if t.average_k < 2:
         raise CompetitionError(f"config key train.average_k: must be at least 2 epochs to average, got {t.average_k}")
     if t.average != "off" and t.epochs + t.freeze_epochs < 2:

@@ -37,8 +37,8 @@ def test_the_fitted_head_gives_scikit_learns_probabilities_through_the_model(cla
     labels = torch.arange(60) % classes
     x[:, 0] += labels[:, None, None] * 1.5  # learnable from the features, not separable by accident
     targets = (torch.rand(60, classes) < 0.5).float() if multi_label else labels
-    features, answers = pooled_features(model, [(x[i:i + 20], targets[i:i + 20]) for i in range(0, 60, 20)],
-                                        torch.device("cpu"))
+    features, answers, _ = pooled_features(model, [(x[i:i + 20], targets[i:i + 20]) for i in range(0, 60, 20)],
+                                           torch.device("cpu"))
     weight, bias, info = fit_logistic(features[:40], answers[:40], classes, multi_label)
     write_head(model, weight, bias)
     with torch.no_grad():
@@ -47,6 +47,18 @@ def test_the_fitted_head_gives_scikit_learns_probabilities_through_the_model(cla
     want = _scikit_learn_probs(info, features[40:], multi_label)
     np.testing.assert_allclose(got.numpy(), want, atol=1e-4)
     assert len(info["C"]) == (classes if multi_label else 1)
+
+
+def test_head_fit_views_add_each_training_row_as_the_view_sees_it():
+    model = timm.create_model("test_resnet", num_classes=2).eval()
+    x, y = torch.randn(6, 3, 32, 32), torch.arange(6) % 2
+    features, answers, rows = pooled_features(model, [(x[:4], y[:4]), (x[4:], y[4:])], torch.device("cpu"),
+                                              views=("hflip",))
+    assert rows.tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 4, 5]  # one row's views share a group in the inner CV
+    assert answers.tolist() == [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
+    with torch.no_grad():
+        flipped = model.forward_head(model.forward_features(x[:4].flip(-1)), pre_logits=True)
+    np.testing.assert_allclose(features[4:8], flipped.numpy(), atol=1e-5)
 
 
 def _run(tmp_path, root, out, **train_keys):
@@ -146,6 +158,8 @@ def test_a_greedy_soup_never_scores_below_its_best_member_on_the_rows_it_was_cho
     (["train.average=greedy_soup", "train.freeze_epochs=0", "train.epochs=1"], "train.average"),
     (["train.interpolate=auto", "train.epochs=0"], "train.interpolate"),
     (["train.interpolate=always"], "train.interpolate"),
+    (["train.head_fit_views=[hflip]"], "train.head_fit_views"),
+    (["train.head_fit=logreg", "train.freeze_epochs=1", "train.head_fit_views=[mirror]"], "train.head_fit_views"),
 ])
 def test_nonsense_keys_are_refused_in_one_line(image_comp, capsys, sets, culprit):
     cfg_path, _ = image_comp

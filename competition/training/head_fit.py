@@ -30,23 +30,30 @@ ABSENT_LOGIT = -20.0  # below every fitted logit: a class with no training row g
 
 
 @torch.no_grad()
-def pooled_features(model: nn.Module, loader, device: torch.device,
-                    batch_transform: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(features, answers) of every row of `loader`: what the classifier layer receives, in eval mode
-    and float32 (caught on its way in, so any timm model's pooling and pre-logits layers apply)."""
+def pooled_features(model: nn.Module, loader, device: torch.device, batch_transform: Callable | None = None,
+                    views: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, answers, row number) of every row of `loader`, and of each of its `views` (TTA views:
+    flips, rotations) as further rows with the same row number: what the classifier layer receives, in
+    eval mode and float32 (caught on its way in, so any timm model's pooling and pre-logits layers apply)."""
+    from competition.data.transforms import TTA_VIEWS
+
     head = linear_head(model)
     caught: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _m, args: caught.append(args[0].detach().float().cpu()))
-    answers = []
+    answers, rows, seen = [], [], 0
     model.eval()
     try:
         for batch in loader:
             x = to_device(batch[0], device)
-            model(batch_transform(x) if batch_transform is not None else x)
-            answers.append(torch.as_tensor(batch[1]).cpu())
+            x = batch_transform(x) if batch_transform is not None else x
+            for view in [lambda v: v, *(TTA_VIEWS[n] for n in views)]:
+                model(view(x))
+                answers.append(torch.as_tensor(batch[1]).cpu())
+                rows.append(np.arange(len(x)) + seen)
+            seen += len(x)
     finally:
         hook.remove()
-    return torch.cat(caught).numpy().astype(np.float64), torch.cat(answers).numpy()
+    return torch.cat(caught).numpy().astype(np.float64), torch.cat(answers).numpy(), np.concatenate(rows)
 
 
 def linear_head(model: nn.Module) -> nn.Linear:
@@ -57,10 +64,11 @@ def linear_head(model: nn.Module) -> nn.Linear:
     return head
 
 
-def _fit_one(x: np.ndarray, y: np.ndarray, balanced: bool, seed: int) -> tuple[object, float]:
-    """A logistic regression of y on standardised x, C by inner CV (log loss) on these rows."""
+def _fit_one(x: np.ndarray, y: np.ndarray, balanced: bool, seed: int, groups: np.ndarray | None) -> tuple[object, float]:
+    """A logistic regression of y on standardised x, C by inner CV (log loss) on these rows; the
+    views of one row (`groups`) stay in one inner fold."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold
 
     weight = "balanced" if balanced else None
     folds = min(INNER_FOLDS, int(np.unique(y, return_counts=True)[1].min()))
@@ -69,13 +77,14 @@ def _fit_one(x: np.ndarray, y: np.ndarray, balanced: bool, seed: int) -> tuple[o
         if folds < 2:  # a class with one row: nothing to cross-validate
             est = LogisticRegression(C=1.0, max_iter=2000, class_weight=weight).fit(x, y)
             return est, 1.0
-        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        groups = np.arange(len(y)) if groups is None else groups
+        cv = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, groups))
         est = LogisticRegressionCV(Cs=C_GRID, cv=cv, scoring="neg_log_loss", max_iter=2000, class_weight=weight).fit(x, y)
     return est, float(np.ravel(est.C_)[0])
 
 
 def fit_logistic(features: np.ndarray, targets: np.ndarray, n_classes: int, multi_label: bool, balanced: bool = False,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+                 seed: int = 0, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """(weight [classes, features], bias [classes], what was fit) of the logistic regression whose
     logits, as a Linear layer on the raw features, give the fitted model's probabilities."""
     mean, scale = features.mean(0), features.std(0)
@@ -92,7 +101,7 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, n_classes: int, mult
             else:
                 bias[present[0]] = 0.0
             continue
-        est, chosen = _fit_one(x, y, balanced, seed)
+        est, chosen = _fit_one(x, y, balanced, seed, groups)
         cs.append(chosen)
         fitted.append((c, est))
         coef, icpt = est.coef_, est.intercept_
@@ -120,11 +129,13 @@ def write_head(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
 
 
 def fit_head(model: nn.Module, loader, device: torch.device, *, n_classes: int, multi_label: bool,
-             batch_transform: Callable | None = None, balanced: bool = False, seed: int = 0) -> dict:
-    """Stage 1's epoch under train.head_fit logreg: features once, the fit, the head written. Returns
-    what train_one_epoch returns (the loss is the fitted head's mean training log loss)."""
-    features, targets = pooled_features(model, loader, device, batch_transform)
-    weight, bias, info = fit_logistic(features, targets, n_classes, multi_label, balanced, seed)
+             batch_transform: Callable | None = None, balanced: bool = False, seed: int = 0,
+             views: tuple[str, ...] = ()) -> dict:
+    """Stage 1's epoch under train.head_fit logreg: features once (and of `views`), the fit, the head
+    written. Returns what train_one_epoch returns (the loss: the fitted head's mean training log loss).
+    The inner CV keeps the views of one row in one inner fold."""
+    features, targets, rows = pooled_features(model, loader, device, batch_transform, views)
+    weight, bias, info = fit_logistic(features, targets, n_classes, multi_label, balanced, seed, rows)
     write_head(model, weight, bias)
     logits = torch.as_tensor(features @ weight.T + bias)
     y = torch.as_tensor(targets)
@@ -156,7 +167,8 @@ class ProbeRows:
         """Stage 1's epoch under train.head_fit logreg (`target` a data.targets.Target, `t` the TrainConfig;
         class_weights balanced weighs the fit too); the EMA of the weights, if any, starts from the fit."""
         done = fit_head(model, self.loader(), self.device, n_classes=len(target.classes), multi_label=target.multi_label,
-                        batch_transform=self.batch_transform, balanced=t.class_weights == "balanced", seed=seed)
+                        batch_transform=self.batch_transform, balanced=t.class_weights == "balanced", seed=seed,
+                        views=tuple(t.head_fit_views))
         if ema is not None:
             ema.module.load_state_dict(model.state_dict())
         return done
