@@ -248,12 +248,17 @@ def combine(t: TrainConfig, history: list[dict], kept: KeptWeights, c: Combiner)
 def finish_fold(kept: KeptWeights, history: list[dict], c: Combiner, oof_of: Callable | None) -> Scored:
     """The end of a fold that combines weights: `combine`, then (on the rank that writes, given
     `oof_of(probs)`) best.pt, oof.csv, averaging.json and the finished last.pt; kept/ goes last."""
-    done = combine(kept.t, history, kept, c)
+    done, t = combine(kept.t, history, kept, c), kept.t
     if oof_of is not None:
         write_combined(kept.folder.parent, done, oof_of(done.result.probs))
         kept.remove()
-    log.info("%s: best.pt holds the combined weights (%s), validation score %.5f", kept.folder.parent.name,
-             done.record.get("interpolated", done.record.get("averaged")), done.result.score)
+    r = done.record
+    parts = [f"{t.average} of epochs {', '.join(map(str, r['averaged']['members']))}"] if "averaged" in r else []
+    if "interpolated" in r:
+        parts.append(f"α {r['interpolated']['alpha']:g} from stage 1 (epoch {r['stage1_epoch']}) toward "
+                     + ("that" if parts else f"stage 2 (epoch {r['stage2_epoch']})"))
+    log.info("%s: best.pt holds the %s; validation score %.5f", kept.folder.parent.name, ", then ".join(parts),
+             done.result.score)
     return done.result
 
 

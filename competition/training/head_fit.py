@@ -68,7 +68,7 @@ def _fit_one(x: np.ndarray, y: np.ndarray, balanced: bool, seed: int, groups: np
     """A logistic regression of y on standardised x, C by inner CV (log loss) on these rows; the
     views of one row (`groups`) stay in one inner fold."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     weight = "balanced" if balanced else None
     folds = min(INNER_FOLDS, int(np.unique(y, return_counts=True)[1].min()))
@@ -77,8 +77,8 @@ def _fit_one(x: np.ndarray, y: np.ndarray, balanced: bool, seed: int, groups: np
         if folds < 2:  # a class with one row: nothing to cross-validate
             est = LogisticRegression(C=1.0, max_iter=2000, class_weight=weight).fit(x, y)
             return est, 1.0
-        groups = np.arange(len(y)) if groups is None else groups
-        cv = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, groups))
+        cv = (StratifiedKFold(folds, shuffle=True, random_state=seed) if groups is None
+              else list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, groups)))
         est = LogisticRegressionCV(Cs=C_GRID, cv=cv, scoring="neg_log_loss", max_iter=2000, class_weight=weight).fit(x, y)
     return est, float(np.ravel(est.C_)[0])
 
@@ -135,7 +135,7 @@ def fit_head(model: nn.Module, loader, device: torch.device, *, n_classes: int, 
     written. Returns what train_one_epoch returns (the loss: the fitted head's mean training log loss).
     The inner CV keeps the views of one row in one inner fold."""
     features, targets, rows = pooled_features(model, loader, device, batch_transform, views)
-    weight, bias, info = fit_logistic(features, targets, n_classes, multi_label, balanced, seed, rows)
+    weight, bias, info = fit_logistic(features, targets, n_classes, multi_label, balanced, seed, rows if views else None)
     write_head(model, weight, bias)
     logits = torch.as_tensor(features @ weight.T + bias)
     y = torch.as_tensor(targets)
