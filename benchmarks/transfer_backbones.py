@@ -7,6 +7,7 @@ the tutorial's val/ photos, which no fold saw or chose anything on.
 Variants (overrides on top of the shipped `transfer` config):
   before  the recipe as shipped before train.head_fit existed: 8 SGD head epochs, 3 of stage 2, 256 px
   logreg  train.head_fit logreg, stage 1 only: the exact linear probe
+  logreg_hflip  the same, fit on each training photo and its mirror image (train.head_fit_views)
   lpft    logreg, then 2 epochs of stage 2, a greedy soup of the epochs and WiSE-FT interpolation
 
     python benchmarks/transfer_backbones.py [--backbones lite0,lite1,lite2] [--variants anchor,logreg,...]
@@ -45,6 +46,9 @@ VARIANTS = {
     "logreg": ("head_fit logreg, stage 1 only (exact linear probe)",
                ["train.head_fit=logreg", "train.freeze_epochs=1", "train.epochs=0", "train.average=off",
                 "train.interpolate=off"]),
+    "logreg_hflip": ("head_fit logreg on each photo and its mirror image (head_fit_views [hflip])",
+                     ["train.head_fit=logreg", "train.head_fit_views=[hflip]", "train.freeze_epochs=1", "train.epochs=0",
+                      "train.average=off", "train.interpolate=off"]),
     "lpft": ("logreg + 2 stage-2 epochs + greedy soup + interpolation",
              ["train.head_fit=logreg", "train.freeze_epochs=1", "train.epochs=2", "train.average=greedy_soup",
               "train.interpolate=auto"]),
