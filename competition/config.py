@@ -27,6 +27,7 @@ from competition.core.choices import (
 )
 from competition.core.config import Config, build_config
 from competition.core.errors import CompetitionError
+from competition.core.keeping import check_keeping
 from competition.core.metrics import METRICS, check_target_keys
 from competition.core.patterns import pattern_fields
 from competition.io.runs import check_run_name
@@ -167,6 +168,7 @@ def validate(cfg: Config) -> None:
         raise CompetitionError("config key data.max_classes: must be at least 2")
     check_target_keys(cfg)
     _check_toolbox(cfg)
+    check_keeping(cfg, staged=cfg.task == "image")  # an image model has a pretrained body to freeze
     check_model_params(cfg)
     TASK_CHECKS[cfg.task](cfg)
 

@@ -50,6 +50,9 @@ class FoldData:
     train_transform: Callable | None = None  # uint8 batch → normalised (and augmented) on the device
     eval_transform: Callable | None = None
     image_of: Callable[[int], np.ndarray] | None = None  # a validation row's picture, for the figures
+    # The labelled training rows as validation sees them (no augmentation): what train.head_fit logreg
+    # fits on and train.average / train.interpolate recompute BatchNorm statistics on. Images only.
+    probe_ds: Dataset | None = None
 
 
 def joined(parts: list[Dataset]) -> Dataset:
@@ -164,15 +167,16 @@ class ImageTask(Task):
         train_df, valid_df = split(df, fold)
         cache = image_cache(cfg, image_paths(df, comp.root, d.image_column), size)
         train_rows, valid_rows = np.flatnonzero((df.fold != fold).to_numpy()), np.flatnonzero((df.fold == fold).to_numpy())
-        valid_targets = comp.target.encode(valid_df)
+        valid_targets, answers = comp.target.encode(valid_df), comp.target.encode(train_df)
         # (frame, answers, the cache its rows are in, their rows there) for each part of the training rows
-        parts = [(train_df, comp.target.encode(train_df), cache, train_rows)]
+        parts = [(train_df, answers, cache, train_rows)]
         pseudo = read_pseudo_labels(cfg, comp)
         if pseudo is not None:
             test_cache = image_cache(cfg, image_paths(comp.test, comp.root, d.image_column), size)
             parts = [(train_df, comp.target.soft(parts[0][1]), cache, train_rows),
                      (comp.test.iloc[pseudo.rows].reset_index(drop=True), pseudo.targets, test_cache, pseudo.rows)]
         if cache is not None and use_device_augment(cfg, device, cached=True):
+            probe_ds = CachedRows(cache.subset(train_rows), answers)
             nbytes = cache_bytes(sum(len(r) for *_, r in parts) + len(valid_rows), cache.size)
             where = residence(cfg.train.cache_on_device, device, nbytes, model_bytes)
             if where == "loader":  # uint8 rows from worker processes, augmented on the device
@@ -192,11 +196,14 @@ class ImageTask(Task):
             valid_ds = ImageDataset(valid_df, comp.root, build_eval_transform(size, prep["interpolation"]), valid_targets,
                                     image_column=d.image_column, images=cache.subset(valid_rows) if cache else None,
                                     decode_side=size)
+            probe_ds = ImageDataset(train_df, comp.root, build_eval_transform(size, prep["interpolation"]), answers,
+                                    image_column=d.image_column, images=cache.subset(train_rows) if cache else None,
+                                    decode_side=size)
             train_tf = BatchAugment(size, prep["mean"], prep["std"])
         eval_tf = BatchAugment(size, prep["mean"], prep["std"])
         train_targets = np.concatenate([t for _, t, _, _ in parts])
         return FoldData(train_ds, valid_ds, valid_df[d.id_column].tolist(), train_targets, valid_targets, None, None,
-                        prep, train_tf, eval_tf, valid_ds.raw)
+                        prep, train_tf, eval_tf, valid_ds.raw, probe_ds)
 
     def inputs(self, cfg, comp, state, device, rows=None):
         p = state.preprocessing

@@ -28,3 +28,12 @@ WANDB_MODES = ("off", "offline", "online")  # tracking.wandb: io.wandb_runs
 # The kit's own folders under output_dir, which no run may be named after.
 CACHE_DIR = "cache"  # output_dir/cache: every decode cache (and the image check's markers): data.cache
 KEPT_FOLDS = "folds"  # output_dir/folds/<data folder's name>/folds.csv, a read-only data folder's split: data.folds
+
+
+def choice(key: str, value: str, options) -> None:
+    """A config key's value must be one of `options`; the error lists them."""
+    from competition.core.errors import CompetitionError
+
+    options = list(options)
+    if value not in options:
+        raise CompetitionError(f"config key {key}: {value!r} is not one of {', '.join(options)}")

@@ -97,6 +97,12 @@ class TrainConfig:
     loss: str = "cross_entropy"  # cross_entropy | focal
     focal_gamma: float = 2.0  # focal loss: (1 − p)^gamma down-weights the easy rows
     layer_decay: float = 0.0  # stage 2: layer-wise lr decay over timm's group matcher (e.g. 0.75); 0 = off
+    # Keeping what pretraining knows (training.head_fit, training.averaging):
+    head_fit: str = "sgd"  # sgd | logreg: stage 1's one epoch fits the head exactly on frozen features (scikit-learn)
+    head_fit_views: list[str] = field(default_factory=list)  # logreg: these TTA views of each training row fit too
+    average: str = "off"  # off | top_k | greedy_soup: best.pt is an average of the fold's best epochs' weights
+    average_k: int = 5  # epochs kept for train.average (the K best by validation score)
+    interpolate: str = "off"  # off | auto: best.pt mixes stage-1 and stage-2 weights at the α best on validation
     # last.pt within an epoch this often (and where Ctrl-C stops): on for epochs longer than this; 0 = off
     checkpoint_every_minutes: float = 30.0
     num_workers: int = 2

@@ -185,6 +185,12 @@ class FoldTracker:
         self.writer.flush()
 
     @_events
+    def log_best(self, stopper, probs: np.ndarray, data, comp, config: dict, metric_name: str) -> None:
+        """The best epoch's figures (from its validation `probs`) and the run's hparams with its score."""
+        self.log_figures(stopper.best_epoch, data.valid_targets, probs, comp.classes, comp.target.multi_label,
+                         data.image_of)
+        self.log_hparams(config, metric_name, stopper.best_metric, stopper.best_epoch)
+
     def log_hparams(self, config: dict, metric_name: str, best: float, best_epoch: int) -> None:
         if self.writer is None:
             return

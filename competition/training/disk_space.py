@@ -12,6 +12,7 @@ from competition.data.competition import Competition
 from competition.io.checkpoints import BEST, LAST
 from competition.io.disk import free_space, human_bytes
 from competition.tasks import Task
+from competition.training.averaging import kept_files
 
 # What torch.save writes beyond the tensors' bytes: per tensor a zip entry (local header,
 # central-directory record, padding to 64-byte alignment) and its pickle record; per file the
@@ -33,15 +34,18 @@ class SpaceEstimate:
     checkpoint_files: int  # new checkpoint files on disk at the peak
     cache: int  # decode cache still to build
     logs: int  # oof.csv, summary.csv, TensorBoard, config.yaml
+    kept: int = 0  # weights kept for train.average / train.interpolate (one fold's at a time)
 
     @property
     def total(self) -> int:
-        return self.checkpoint * self.checkpoint_files + self.cache + self.logs
+        return self.checkpoint * self.checkpoint_files + self.cache + self.logs + self.kept
 
     def describe(self) -> str:
         parts = [f"checkpoints {self.checkpoint_files} × {human_bytes(self.checkpoint)}"]
         if self.cache:
             parts.append(f"decode cache {human_bytes(self.cache)}")
+        if self.kept:
+            parts.append(f"kept weights {human_bytes(self.kept)}")
         return ", ".join([*parts, f"logs {human_bytes(self.logs)}"])
 
 
@@ -69,14 +73,18 @@ def estimate_run_bytes(cfg: Config, task: Task, comp: Competition, folds: list[i
     2. one more checkpoint: the temporary file while one is replaced atomically (folds train
        one after another, and their writes one at a time);
     3. the decode cache when it still has to be built (`Task.prepare_bytes`);
-    4. oof.csv, summary.csv, TensorBoard events and config.yaml: small, estimated generously.
+    4. oof.csv, summary.csv, TensorBoard events and config.yaml: small, estimated generously;
+    5. with train.average / train.interpolate, the weights a fold keeps under kept/ (the model's
+       tensors alone, no optimizer state), removed when the fold ends: one fold's at a time.
     """
     files = 1 + sum(max(0, 2 - _checkpoints_in_place(cfg.fold_dir(f))) for f in folds)
     epochs = cfg.train.freeze_epochs + cfg.train.epochs
     oof_rows = len(comp.train) * len(folds) // cfg.folds.n_splits + len(folds)
     logs = (len(folds) * (PER_FOLD_LOGS + epochs * PER_EPOCH_LOGS)
             + oof_rows * (len(comp.classes) + 2) * OOF_CELL + 64 * 1024)
-    return SpaceEstimate(checkpoint_size(model), files, task.prepare_bytes(cfg, comp), logs)
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    kept = kept_files(cfg.train) * (weights + PER_TENSOR * len(model.state_dict()) + PER_CHECKPOINT)
+    return SpaceEstimate(checkpoint_size(model), files, task.prepare_bytes(cfg, comp), logs, kept)
 
 
 def check_disk_space(cfg: Config, task: Task, comp: Competition, folds: list[int], model: nn.Module) -> None:

@@ -232,3 +232,15 @@ def evaluate(
     p = torch.cat(probs).numpy().astype(np.float64)
     t = torch.cat(targets).numpy()
     return {"loss": total / max(len(t), 1), "probs": p, "targets": t}
+
+
+def non_finite(probs: np.ndarray, loss: float, ids, when: str) -> str | None:
+    """What is not a number in a fold's validation predictions (`ids` name their rows) or loss, or None."""
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        first = ids[int(np.flatnonzero(bad)[0])]
+        return (f"its validation predictions are {probs[bad][~np.isfinite(probs[bad])][0]} {when} for {int(bad.sum())} "
+                f"of {len(probs)} rows (first id {first!r})")
+    if not np.isfinite(loss):
+        return f"the validation loss is {loss} {when}"
+    return None

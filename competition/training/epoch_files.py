@@ -1,13 +1,15 @@
 """What a fold writes at the end of each epoch, and what a resumed fold may change of its config."""
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from competition.core.config import Config, config_to_dict, flat_config
 from competition.core.errors import CompetitionError
-from competition.io.checkpoints import BEST, LAST, copy_checkpoint
+from competition.io.checkpoints import BEST, LAST, FoldState, copy_checkpoint, load_checkpoint
 from competition.io.files import write_bytes, write_csv
 from competition.io.tracking import write_summary
 
@@ -15,6 +17,17 @@ from competition.io.tracking import write_summary
 RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.cache_on_device", "train.epochs", "train.patience",
                   "train.checkpoint_every_minutes",
                   "predict", "tracking"}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """What a fold's training reports: its best score and epoch."""
+
+    fold: int
+    best_metric: float
+    best_epoch: int
 
 
 def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
@@ -29,9 +42,12 @@ def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
         raise CompetitionError(f"--resume: {path} was trained with another config: {shown}")
 
 
-def write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, history: list[dict]) -> None:
-    """One epoch's files, each atomic, in this order: best.pt and its oof.csv (when the epoch
-    improved), summary.csv, then last.pt (a link to best.pt when they are the same epoch)."""
+def write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, history: list[dict], kept=None) -> None:
+    """One epoch's files, each atomic, in this order: the epoch's kept weights (training.averaging's
+    KeptWrites, when kept), best.pt and its oof.csv (when the epoch improved), summary.csv, then
+    last.pt (a link to best.pt when they are the same epoch); then the kept weights no longer needed go."""
+    if kept is not None:
+        kept.write()
     if oof is not None:
         write_bytes(fold_dir / BEST, checkpoint)
         write_csv(fold_dir / "oof.csv", oof)
@@ -40,3 +56,16 @@ def write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, his
         copy_checkpoint(fold_dir / BEST, fold_dir / LAST)
     else:
         write_bytes(fold_dir / LAST, checkpoint)
+    if kept is not None:
+        kept.prune()
+
+
+def resume_point(cfg: Config, fold: int) -> FoldState | None:
+    """The fold's last.pt to resume from, checked against the config; None (start afresh) when there is none."""
+    last = cfg.fold_dir(fold) / LAST
+    if not last.is_file():
+        log.info("fold %d: no %s to resume from; starting from scratch", fold, last)
+        return None
+    saved = load_checkpoint(last)
+    check_resume_config(saved.config, cfg, last)
+    return saved

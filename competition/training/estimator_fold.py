@@ -23,8 +23,7 @@ from competition.io.runs import RunKey, stamp
 from competition.models.tables import one_fit_family
 from competition.tasks import Task
 from competition.training.engine import Diverged
-from competition.training.epoch_files import check_resume_config, write_epoch
-from competition.training.fold import FoldResult
+from competition.training.epoch_files import FoldResult, check_resume_config, write_epoch
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NoReturn
 
 import numpy as np
@@ -40,7 +39,6 @@ from competition.io.checkpoints import (
     FoldLock,
     FoldState,
     checkpoint_bytes,
-    load_checkpoint,
 )
 from competition.io.files import BackgroundWriter, write_bytes
 from competition.io.prob_columns import oof_frame, read_oof_probs
@@ -48,20 +46,16 @@ from competition.io.runs import RunKey, stamp
 from competition.io.tracking import FoldTracker
 from competition.models.summary import model_summary
 from competition.tasks import Task
+from competition.training import engine
+from competition.training.averaging import Combiner, KeptWeights, combines, finish_fold
 from competition.training.engine import Diverged, EpochControl, NonFiniteLoss, Optimization, evaluate, train_one_epoch
-from competition.training.epoch_files import check_resume_config, write_epoch
+from competition.training.epoch_files import FoldResult, resume_point, write_epoch
+from competition.training.head_fit import ProbeRows
 from competition.training.stages import EarlyStopping, Stage, plan_stages, train_mode
 from competition.training.toolbox import fold_ema, fold_losses, fold_sampler, stage_optimization
 from competition.training.warm_start import load_warm_start, warm_start_state
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FoldResult:
-    fold: int
-    best_metric: float
-    best_epoch: int
 
 
 def fit_fold(cfg: Config, task: Task, comp: Competition, df: pd.DataFrame, fold: int, *, device: torch.device,
@@ -95,22 +89,11 @@ class FoldRun:
 
     # 1. Resume or start --------------------------------------------------------------------
 
-    def _resume_point(self, resume: bool) -> FoldState | None:
-        last = self.fold_dir / LAST
-        if not resume:
-            return None
-        if not last.is_file():
-            log.info("fold %d: no %s to resume from; starting from scratch", self.fold, last)
-            return None
-        saved = load_checkpoint(last)
-        check_resume_config(saved.config, self.cfg, last)
-        return saved
-
     def fit(self, resume: bool) -> FoldResult:
         """Resume or start, run every stage not finished yet, then draw the best epoch's figures."""
         for stale in self.fold_dir.glob(".*.tmp"):  # a killed run's unfinished writes; we hold the lock
             stale.unlink(missing_ok=True)
-        saved = self._resume_point(resume)
+        saved = resume_point(self.cfg, self.fold) if resume else None
         if saved is not None and saved.finished:
             log.info("fold %d already finished (best %s %.5f at epoch %d)",
                      self.fold, self.metric.name, saved.best_metric, saved.best_epoch)
@@ -127,6 +110,7 @@ class FoldRun:
                         continue  # done before the interruption
                     self._run_stage(stage, saved if saved is not None and stage.number == saved.stage else None)
                     saved = None  # later stages start fresh
+                self._finish()
             # The writer has closed: the last epoch's files are in place before anything reads them.
             if self.world.is_main:
                 self._log_best_epoch()
@@ -170,6 +154,8 @@ class FoldRun:
         self.history: list[dict] = list(saved.history) if saved else []
         self.epoch = saved.epoch if saved else 0  # epochs completed
         self.stopper = EarlyStopping(self.metric.higher_is_better, EPOCH_PATIENCE if t.patience is None else t.patience)
+        self.kept = KeptWeights(self.fold_dir, t, self.metric.higher_is_better) if combines(t) else None
+        self.probe = ProbeRows(self.data.probe_ds, t.batch_size * 2, self.device, t.num_workers, self.data.eval_transform)
         if saved is not None:
             self.stopper.best_metric, self.stopper.best_loss, self.stopper.best_epoch = (
                 saved.best_metric, saved.best_loss, saved.best_epoch)
@@ -220,22 +206,19 @@ class FoldRun:
             control.save = lambda batches, total, samples: self._save_within(stage, e, module, opt, batches, total, samples)
         train_mode(self.model, stage.number, t.freeze_bn)  # DDP and compile wrappers stay in train mode
         try:
-            train = train_one_epoch(module, self.train_loader, opt, self.device, loss_fn=self.loss_fn,
-                                    amp_dtype=self.amp_dtype, batch_transform=self.data.train_transform, mix=self.mixer,
-                                    control=control, desc=f"fold {self.fold} epoch {e + 1}")
+            if stage.number == 1 and t.head_fit == "logreg":  # stage 1's one epoch is an exact fit (training.head_fit)
+                train = self.probe.fit_head(self.model, self.comp.target, t, mix_seed(self.cfg.seed, self.fold), self.ema)
+            else:
+                train = train_one_epoch(module, self.train_loader, opt, self.device, loss_fn=self.loss_fn,
+                                        amp_dtype=self.amp_dtype, batch_transform=self.data.train_transform,
+                                        mix=self.mixer, control=control, desc=f"fold {self.fold} epoch {e + 1}")
         except NonFiniteLoss as exc:
             self._diverged(f"the training loss is {exc.value} at epoch {e + 1}, batch {exc.batch + 1} of {exc.of}")
         if train["stopped"]:
             self._stop_within(stage, e, module, opt, train)
         scored = self.ema.module if self.ema is not None else self.model  # validation scores the EMA
-        broadcast_buffers(scored, self.world)  # validate with the statistics best.pt will hold
-        result = evaluate(scored, self.valid_loader, self.device, loss_fn=self.eval_loss, amp_dtype=self.amp_dtype,
-                          batch_transform=self.data.eval_transform, multi_label=self.comp.target.multi_label)
-        probs = gather_rows(result["probs"], len(self.data.valid_ds), self.world)
-        val_loss = all_mean(result["loss"], len(result["targets"]), self.world)
+        score, val_loss, probs = self._score(scored, f"at epoch {e + 1}")
         train_loss = all_mean(train["loss"], train["samples"], self.world)
-        self._check_finite(e, probs, val_loss)
-        score = self.metric.best(self.data.valid_targets, probs)
         self.epoch = e + 1
         improved = self.stopper.update(self.epoch, score, val_loss)
         stop = self.stopper.should_stop
@@ -248,10 +231,10 @@ class FoldRun:
         if self.world.is_main:
             state = self._checkpoint(stage, stop, module, opt.optimizer, val_loss, score)
             self.tracker.log_epoch(self.epoch, row, self.metric.name, train["lrs"])
-            oof = stamp(oof_frame(self.data.valid_ids, self.cfg.data.id_column, self.comp.target.answer_frame(self.data.valid_targets),
-                                  self.comp.classes, probs), self.run_key) if improved else None
+            oof = self._oof(probs) if improved else None
+            kept = self.kept.epoch_writes(self.epoch, self.history, scored) if self.kept is not None else None
             # Serialised here, written (in this order, each atomically) while the next epoch trains.
-            self.writer.submit(write_epoch, self.fold_dir, checkpoint_bytes(state), oof, list(self.history))
+            self.writer.submit(write_epoch, self.fold_dir, checkpoint_bytes(state), oof, list(self.history), kept)
         barrier(self.world)
         log.info("fold %d | epoch %d/%d stage %d | train_loss %.4f | val_loss %.4f | %s %.5f%s%s | %.1fs",
                  self.fold, self.epoch, self.stages[-1].end, stage.number, train_loss, val_loss, self.metric.name,
@@ -266,16 +249,6 @@ class FoldRun:
         self.writer.wait()
         raise Diverged(f"fold {self.fold} diverged: {what}; nothing from that epoch on was saved; lower "
                        f"train.lr ({self.cfg.train.lr:g}) or set train.clip_grad_norm")
-
-    def _check_finite(self, e: int, probs, val_loss: float) -> None:
-        """Validation predictions and loss must be numbers before they score or are saved."""
-        bad = ~np.isfinite(probs).all(axis=1)
-        if bad.any():
-            first = self.data.valid_ids[int(np.flatnonzero(bad)[0])]
-            self._diverged(f"its validation predictions are {probs[bad][~np.isfinite(probs[bad])][0]} at epoch {e + 1} "
-                           f"for {int(bad.sum())} of {len(probs)} rows (first id {first!r})")
-        if not math.isfinite(val_loss):
-            self._diverged(f"the validation loss is {val_loss} at epoch {e + 1}")
 
     # 3b. Stopping and saving within an epoch ---------------------------------------------------
 
@@ -322,8 +295,8 @@ class FoldRun:
             preprocessing=self.data.preprocessing, preprocessor=self.data.preprocessor_state,
             in_features=self.data.in_features,
             epoch=self.epoch, stage=stage.number, stage_complete=stage_complete,
-            # the fold's last epoch marks itself, so no rewrite of last.pt at the end
-            finished=stage_complete and stage == self.stages[-1],
+            # the fold's last epoch marks itself, so no rewrite of last.pt at the end (unless weights are combined then)
+            finished=stage_complete and stage == self.stages[-1] and self.kept is None,
             loss=val_loss, metric=score, best_metric=self.stopper.best_metric, best_epoch=self.stopper.best_epoch,
             best_loss=self.stopper.best_loss, bad_epochs=self.stopper.bad_epochs, history=self.history,
             # The weights that scored (the EMA's when train.ema_decay is on) are what predict loads.
@@ -335,13 +308,35 @@ class FoldRun:
             config_hash=self.run_key.config, folds_hash=self.run_key.folds,
         )
 
+    def _score(self, scored: nn.Module, when: str = "after combining weights") -> tuple[float, float, np.ndarray]:
+        """(score, loss, probabilities) on the fold's validation rows, gathered across ranks; numbers, or the
+        fold stops (`when` says at which point)."""
+        broadcast_buffers(scored, self.world)  # validate with the statistics best.pt will hold
+        result = evaluate(scored, self.valid_loader, self.device, loss_fn=self.eval_loss, amp_dtype=self.amp_dtype,
+                          batch_transform=self.data.eval_transform, multi_label=self.comp.target.multi_label)
+        probs = gather_rows(result["probs"], len(self.data.valid_ds), self.world)
+        loss = all_mean(result["loss"], len(result["targets"]), self.world)
+        if (what := engine.non_finite(probs, loss, self.data.valid_ids, when)) is not None:
+            self._diverged(what)  # scoring NaNs would end in scikit-learn's traceback
+        return self.metric.best(self.data.valid_targets, probs), loss, probs
+
+    def _oof(self, probs: np.ndarray) -> pd.DataFrame:
+        answers = self.comp.target.answer_frame(self.data.valid_targets)
+        return stamp(oof_frame(self.data.valid_ids, self.cfg.data.id_column, answers, self.comp.classes, probs), self.run_key)
+
+    def _finish(self) -> None:
+        """train.average / train.interpolate: best.pt becomes the combination of the fold's kept weights."""
+        if self.kept is not None:
+            self.writer.wait()  # the last epoch's kept weights are in place
+            random_seed(mix_seed(self.cfg.seed, self.fold, self.epoch, 3))  # dropout while BatchNorm statistics are recomputed
+            combiner = Combiner(self.model, self._score, self.probe.recompute_bn, self.metric.higher_is_better)
+            done = finish_fold(self.kept, self.history, combiner, self._oof if self.world.is_main else None)
+            self.stopper.best_metric, self.stopper.best_loss = done.score, done.loss
+
     # 4. The end ----------------------------------------------------------------------------
 
     def _log_best_epoch(self) -> None:
         """Figures of the best epoch, drawn once (from its oof.csv, which a resumed run also has)
         rather than on every improvement: each costs as much as a small model's epoch."""
         best_probs = read_oof_probs(read_csv(self.fold_dir / "oof.csv", "out-of-fold file"), self.comp.classes)
-        self.tracker.log_figures(self.stopper.best_epoch, self.data.valid_targets, best_probs, self.comp.classes,
-                                 self.comp.target.multi_label, self.data.image_of)
-        self.tracker.log_hparams(config_to_dict(self.cfg), self.metric.name, self.stopper.best_metric,
-                                 self.stopper.best_epoch)
+        self.tracker.log_best(self.stopper, best_probs, self.data, self.comp, config_to_dict(self.cfg), self.metric.name)

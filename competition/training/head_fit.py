@@ -1,0 +1,181 @@
+"""train.head_fit logreg: stage 1 as one exact fit instead of SGD epochs. The frozen backbone's pooled
+features of the fold's training rows are extracted once, a logistic regression (softmax; one per
+class for multi-label) is fit on them with scikit-learn, its regularisation chosen by an inner CV
+on those same training rows, and its coefficients are written into the model's classifier layer:
+checkpoints, predict, TTA, Grad-CAM and `package` see an ordinary model, and stage 2 starts from
+that head (LP-FT, Kumar et al. 2022).
+
+scikit-learn does the fit (it is the field's tool for an exact, regularised linear probe); the
+features are standardised for the solver and the scaling is folded back into the weights, so the
+layer computes exactly the fitted model's logits on the raw features.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from competition.core.errors import CompetitionError
+from competition.core.runtime import to_device
+
+log = logging.getLogger(__name__)
+
+C_GRID = np.logspace(-4, 2, 13)  # inverse regularisation strengths the inner CV tries
+INNER_FOLDS = 5
+ABSENT_LOGIT = -20.0  # below every fitted logit: a class with no training row gets ~0 probability
+
+
+@torch.no_grad()
+def pooled_features(model: nn.Module, loader, device: torch.device, batch_transform: Callable | None = None,
+                    views: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, answers, row number) of every row of `loader`, and of each of its `views` (TTA views:
+    flips, rotations) as further rows with the same row number: what the classifier layer receives, in
+    eval mode and float32 (caught on its way in, so any timm model's pooling and pre-logits layers apply)."""
+    from competition.data.transforms import TTA_VIEWS
+
+    head = linear_head(model)
+    caught: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _m, args: caught.append(args[0].detach().float().cpu()))
+    answers, rows, seen = [], [], 0
+    model.eval()
+    try:
+        for batch in loader:
+            x = to_device(batch[0], device)
+            x = batch_transform(x) if batch_transform is not None else x
+            for view in [lambda v: v, *(TTA_VIEWS[n] for n in views)]:
+                model(view(x))
+                answers.append(torch.as_tensor(batch[1]).cpu())
+                rows.append(np.arange(len(x)) + seen)
+            seen += len(x)
+    finally:
+        hook.remove()
+    return torch.cat(caught).numpy().astype(np.float64), torch.cat(answers).numpy(), np.concatenate(rows)
+
+
+def linear_head(model: nn.Module) -> nn.Linear:
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise CompetitionError(f"config key train.head_fit: logreg writes a Linear classifier, and "
+                               f"{type(model).__name__}'s is a {type(head).__name__} (use sgd)")
+    return head
+
+
+def _fit_one(x: np.ndarray, y: np.ndarray, balanced: bool, seed: int, groups: np.ndarray | None) -> tuple[object, float]:
+    """A logistic regression of y on standardised x, C by inner CV (log loss) on these rows; the
+    views of one row (`groups`) stay in one inner fold."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    weight = "balanced" if balanced else None
+    folds = min(INNER_FOLDS, int(np.unique(y, return_counts=True)[1].min()))
+    with warnings.catch_warnings():  # lbfgs at the grid's weakest penalties may stop at max_iter: harmless
+        warnings.simplefilter("ignore")
+        if folds < 2:  # a class with one row: nothing to cross-validate
+            est = LogisticRegression(C=1.0, max_iter=2000, class_weight=weight).fit(x, y)
+            return est, 1.0
+        cv = (StratifiedKFold(folds, shuffle=True, random_state=seed) if groups is None
+              else list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, groups)))
+        est = LogisticRegressionCV(Cs=C_GRID, cv=cv, scoring="neg_log_loss", max_iter=2000, class_weight=weight).fit(x, y)
+    return est, float(np.ravel(est.C_)[0])
+
+
+def fit_logistic(features: np.ndarray, targets: np.ndarray, n_classes: int, multi_label: bool, balanced: bool = False,
+                 seed: int = 0, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(weight [classes, features], bias [classes], what was fit) of the logistic regression whose
+    logits, as a Linear layer on the raw features, give the fitted model's probabilities."""
+    mean, scale = features.mean(0), features.std(0)
+    scale[scale < 1e-12] = 1.0  # a constant feature: left unscaled (its weight fits 0)
+    x = (features - mean) / scale
+    weight, bias = np.zeros((n_classes, x.shape[1])), np.full(n_classes, ABSENT_LOGIT)
+    cs, fitted = [], []
+    columns = [(c, targets[:, c].astype(int)) for c in range(n_classes)] if multi_label else [(None, targets.astype(int))]
+    for c, y in columns:
+        present = np.unique(y)
+        if len(present) < 2:  # every row alike: a constant logit
+            if c is not None:
+                bias[c] = -ABSENT_LOGIT if present[0] == 1 else ABSENT_LOGIT
+            else:
+                bias[present[0]] = 0.0
+            continue
+        est, chosen = _fit_one(x, y, balanced, seed, groups)
+        cs.append(chosen)
+        fitted.append((c, est))
+        coef, icpt = est.coef_, est.intercept_
+        if c is not None:  # one sigmoid per class: the layer's logit is the regression's
+            weight[c], bias[c] = coef[0], icpt[0]
+        elif len(present) == 2:  # scikit-learn's one binary logit → two softmax logits ±½ of it
+            weight[present[1]], bias[present[1]] = coef[0] / 2, icpt[0] / 2
+            weight[present[0]], bias[present[0]] = -coef[0] / 2, -icpt[0] / 2
+        else:
+            weight[present], bias[present] = coef, icpt
+    # Fold the standardisation in: w·(x − μ)/σ + b = (w/σ)·x + (b − (w/σ)·μ).
+    weight = weight / scale
+    bias = bias - weight @ mean  # rows of constant logits have weight 0: their bias stays
+    # `estimators` and the scaling: scikit-learn's own models, for checking the layer against them
+    return weight, bias, {"C": cs, "rows": int(len(features)), "features": int(features.shape[1]),
+                          "estimators": fitted, "mean": mean, "scale": scale}
+
+
+@torch.no_grad()
+def write_head(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
+    head = linear_head(model)
+    head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+    if head.bias is not None:
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+
+
+def fit_head(model: nn.Module, loader, device: torch.device, *, n_classes: int, multi_label: bool,
+             batch_transform: Callable | None = None, balanced: bool = False, seed: int = 0,
+             views: tuple[str, ...] = ()) -> dict:
+    """Stage 1's epoch under train.head_fit logreg: features once (and of `views`), the fit, the head
+    written. Returns what train_one_epoch returns (the loss: the fitted head's mean training log loss).
+    The inner CV keeps the views of one row in one inner fold."""
+    features, targets, rows = pooled_features(model, loader, device, batch_transform, views)
+    weight, bias, info = fit_logistic(features, targets, n_classes, multi_label, balanced, seed, rows if views else None)
+    write_head(model, weight, bias)
+    logits = torch.as_tensor(features @ weight.T + bias)
+    y = torch.as_tensor(targets)
+    loss = (nn.functional.binary_cross_entropy_with_logits(logits, y.double()) if multi_label
+            else nn.functional.cross_entropy(logits, y.long()))
+    log.info("head fit by logistic regression on %d rows × %d features (C %s, chosen by %d-fold CV on them)",
+             info["rows"], info["features"], ", ".join(f"{c:g}" for c in info["C"]) or "-", INNER_FOLDS)
+    n = len(features)
+    return {"loss": float(loss), "samples": n, "lrs": {}, "batches": len(loader), "stopped": False,
+            "loss_total": float(loss) * n, "fit": info}
+
+
+class ProbeRows:
+    """A fold's training rows in their validation view (FoldData.probe_ds), read whole by every rank:
+    what the head is fit on, and what BatchNorm statistics are recomputed on (training.averaging)."""
+
+    def __init__(self, dataset, batch_size: int, device: torch.device, num_workers: int, batch_transform: Callable):
+        self.dataset, self.batch_size, self.device, self.num_workers = dataset, batch_size, device, num_workers
+        self.batch_transform, self._loader = batch_transform, None
+
+    def loader(self):
+        if self._loader is None:
+            from competition.data.datasets import build_loader
+
+            self._loader = build_loader(self.dataset, self.batch_size, self.device, num_workers=self.num_workers)
+        return self._loader
+
+    def fit_head(self, model: nn.Module, target, t, seed: int, ema=None) -> dict:
+        """Stage 1's epoch under train.head_fit logreg (`target` a data.targets.Target, `t` the TrainConfig;
+        class_weights balanced weighs the fit too); the EMA of the weights, if any, starts from the fit."""
+        done = fit_head(model, self.loader(), self.device, n_classes=len(target.classes), multi_label=target.multi_label,
+                        batch_transform=self.batch_transform, balanced=t.class_weights == "balanced", seed=seed,
+                        views=tuple(t.head_fit_views))
+        if ema is not None:
+            ema.module.load_state_dict(model.state_dict())
+        return done
+
+    def recompute_bn(self, model: nn.Module) -> None:
+        """BatchNorm running statistics of `model` recomputed on these rows (torch's update_bn)."""
+        from torch.optim.swa_utils import update_bn
+
+        with torch.no_grad():
+            update_bn((self.batch_transform(to_device(b[0], self.device)) for b in self.loader()), model)
