@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from competition.core.config import Config
@@ -82,8 +83,9 @@ def estimate_run_bytes(cfg: Config, task: Task, comp: Competition, folds: list[i
     oof_rows = len(comp.train) * len(folds) // cfg.folds.n_splits + len(folds)
     logs = (len(folds) * (PER_FOLD_LOGS + epochs * PER_EPOCH_LOGS)
             + oof_rows * (len(comp.classes) + 2) * OOF_CELL + 64 * 1024)
-    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    kept = kept_files(cfg.train) * (weights + PER_TENSOR * len(model.state_dict()) + PER_CHECKPOINT)
+    tensors = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]  # a GBDT's text is extra state
+    weights = sum(t.numel() * t.element_size() for t in tensors)
+    kept = kept_files(cfg.train) * (weights + PER_TENSOR * len(tensors) + PER_CHECKPOINT)
     return SpaceEstimate(checkpoint_size(model), files, task.prepare_bytes(cfg, comp), logs, kept)
 
 
