@@ -181,6 +181,29 @@ def table_comp(tmp_path: Path) -> tuple[Path, Path]:
     return write_yaml(tmp_path / "table.yaml", table_config(tmp_path, root)), root
 
 
+@pytest.fixture(scope="session")
+def _trained_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """image_comp's competition with both folds trained by train.main, once a session."""
+    from competition import train
+
+    base = tmp_path_factory.mktemp("trained-shapes")
+    cfg = write_yaml(base / "shapes.yaml", image_config(base, make_image_competition(base / "data" / "shapes")))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
+    return base
+
+
+@pytest.fixture
+def trained_image_comp(_trained_image_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(config path, data root) of image_comp with both folds already trained (outputs/shapes: a
+    head-only epoch, then one of every layer): a copy, in this test's tmp_path, of one run trained
+    once a session. For tests that need a trained run; a test of training itself trains its own."""
+    shutil.copytree(_trained_image_dir, tmp_path, dirs_exist_ok=True)
+    root = tmp_path / "data" / "shapes"
+    return write_yaml(tmp_path / "shapes.yaml", image_config(tmp_path, root)), root
+
+
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in its own directory: nothing lands in the checkout."""

@@ -13,19 +13,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import image_config, make_image_competition, no_network_reason, table_config, write_yaml
+from conftest import image_config, no_network_reason, table_config, write_yaml
 
 from competition import package, predict, train
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    """One tiny image competition, 2 folds (a head-only epoch, then one of every layer), and the
-    submission predict writes for it."""
+def trained(_trained_image_dir, tmp_path_factory) -> dict:
+    """One tiny image competition, 2 folds (a head-only epoch, then one of every layer; a copy of
+    the session's trained image_comp), and the submission predict writes for it."""
     tmp = tmp_path_factory.mktemp("trained")
-    root = make_image_competition(tmp / "data" / "shapes")
+    shutil.copytree(_trained_image_dir, tmp, dirs_exist_ok=True)
+    root = tmp / "data" / "shapes"
     cfg = write_yaml(tmp / "shapes.yaml", image_config(tmp, root))
-    assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
     reference = tmp / "reference.csv"
     assert predict.main(["--config", str(cfg), "--output", str(reference)]) == 0
     return {"config": cfg, "root": root, "reference": reference, "outputs": tmp / "outputs"}

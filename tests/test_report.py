@@ -45,9 +45,8 @@ def test_the_check_sees_console_errors_and_a_blank_page(tmp_path):
 
 
 @needs_browser
-def test_predict_writes_a_report_that_renders(image_comp, tmp_path, capsys):
-    cfg, _ = image_comp
-    assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
+def test_predict_writes_a_report_that_renders(trained_image_comp, tmp_path, capsys):
+    cfg, _ = trained_image_comp
     assert predict.main(["--config", str(cfg)]) == 0
     report = tmp_path / "outputs" / "shapes" / "report.html"
     assert f"report: {report}" in capsys.readouterr().out
@@ -73,8 +72,7 @@ def test_a_table_report_says_why_it_has_no_grad_cam(table_comp, tmp_path):
     assert "Per-class precision and recall" in page and "<h2>Mistakes</h2>" not in page
 
 
-def test_no_report_from_a_submission_only_predict(image_comp, tmp_path):
-    cfg, _ = image_comp
-    assert train.main(["--config", str(cfg), "--fold", "0"]) == 0
+def test_no_report_from_a_submission_only_predict(trained_image_comp, tmp_path):
+    cfg, _ = trained_image_comp
     assert predict.main(["--config", str(cfg), "--folds", "0", "--no-cv", "--output", str(tmp_path / "s.csv")]) == 0
     assert (tmp_path / "s.csv").is_file() and not (tmp_path / "outputs" / "shapes" / "report.html").exists()

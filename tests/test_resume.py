@@ -22,9 +22,7 @@ def _config(tmp_path, root, out):
     return write_yaml(tmp_path / f"{out}.yaml", cfg)
 
 
-def test_checkpoint_round_trip_is_weights_only(image_comp, tmp_path):
-    cfg_path, _ = image_comp
-    assert train.main(["--config", str(cfg_path), "--fold", "0"]) == 0
+def test_checkpoint_round_trip_is_weights_only(trained_image_comp, tmp_path):
     state = torch.load(tmp_path / "outputs" / "shapes" / "fold0" / "best.pt", weights_only=True)
     for key in ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "metric", "config", "classes", "stage"):
         assert key in state
@@ -65,9 +63,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(image_comp, tmp_path):
     assert not list(fold_dir.glob(".*.tmp"))
 
 
-def test_resume_refuses_a_changed_config(image_comp, tmp_path, capsys):
-    cfg_path, root = image_comp
-    assert train.main(["--config", str(cfg_path), "--fold", "0"]) == 0
+def test_resume_refuses_a_changed_config(trained_image_comp, capsys):
+    cfg_path, _ = trained_image_comp
     code = train.main(["--config", str(cfg_path), "--fold", "0", "--resume", "--set", "train.lr=0.5"])
     assert code == 2
     assert "train.lr" in capsys.readouterr().err

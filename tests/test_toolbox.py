@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import image_config, kill_training, table_config, write_yaml
+from conftest import image_config, kill_training, make_table_competition, table_config, write_yaml
 from torch import nn
 
 from competition import predict, train
@@ -233,19 +233,29 @@ def test_sizes_that_cannot_work_are_refused(image_comp, capsys, sets, culprit):
 # --- pseudo-labels ---------------------------------------------------------------------------
 
 
-def _pseudo_file(tmp_path, table_comp, capsys) -> Path:
-    """Probabilities for the test rows, as predict writes them."""
-    cfg, _ = table_comp
-    assert train.main(["--config", str(cfg)]) == 0
+@pytest.fixture(scope="module")
+def pseudo_probs(tmp_path_factory) -> str:
+    """Probabilities for table_comp's test rows, as predict writes them (trained once a module)."""
+    tmp = tmp_path_factory.mktemp("pseudo")
+    cfg = write_yaml(tmp / "table.yaml", table_config(tmp, make_table_competition(tmp / "data" / "table")))
+    out = tmp / "pseudo.csv"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        assert train.main(["--config", str(cfg)]) == 0
+        assert predict.main(["--config", str(cfg), "--set", "predict.output=probabilities", "--output", str(out)]) == 0
+    return out.read_text()
+
+
+def _pseudo_file(tmp_path, pseudo_probs: str) -> Path:
     out = tmp_path / "pseudo.csv"
-    assert predict.main(["--config", str(cfg), "--set", "predict.output=probabilities", "--output", str(out)]) == 0
-    capsys.readouterr()
+    out.write_text(pseudo_probs)
     return out
 
 
-def test_pseudo_labelled_rows_train_in_every_fold_and_never_reach_validation_or_cv(table_comp, tmp_path, capsys, caplog):
+def test_pseudo_labelled_rows_train_in_every_fold_and_never_reach_validation_or_cv(table_comp, tmp_path, capsys, caplog,
+                                                                                  pseudo_probs):
     cfg, root = table_comp
-    pseudo = _pseudo_file(tmp_path, table_comp, capsys)
+    pseudo = _pseudo_file(tmp_path, pseudo_probs)
     sets = ["--set", "name=pseudo", "--set", f"data.pseudo_labels={pseudo}", "--set", "train.mixup_alpha=0.2"]
     with caplog.at_level("INFO"):
         assert train.main(["--config", str(cfg), *sets]) == 0
@@ -286,9 +296,10 @@ def test_pseudo_labelled_images_join_the_device_path(image_comp, tmp_path, capsy
     (lambda df, train_ids: df.assign(target=[1.5, *df["target"][1:]]), ["line 2", "must lie in [0, 1]"]),
     (lambda df, train_ids: df.rename(columns={"target": "other"}), ["expected a column per class"]),
 ])
-def test_a_bad_pseudo_label_file_is_refused_before_anything_is_written(table_comp, tmp_path, capsys, edit, culprits):
+def test_a_bad_pseudo_label_file_is_refused_before_anything_is_written(table_comp, tmp_path, capsys, edit, culprits,
+                                                                        pseudo_probs):
     cfg, root = table_comp
-    pseudo = _pseudo_file(tmp_path, table_comp, capsys)
+    pseudo = _pseudo_file(tmp_path, pseudo_probs)
     edit(pd.read_csv(pseudo), pd.read_csv(root / "train.csv")["key"].tolist()).to_csv(pseudo, index=False)
     assert train.main(["--config", str(cfg), "--set", "name=bad", "--set", f"data.pseudo_labels={pseudo}"]) == 2
     err = capsys.readouterr().err.strip()
@@ -299,9 +310,8 @@ def test_a_bad_pseudo_label_file_is_refused_before_anything_is_written(table_com
 # --- warm starts -----------------------------------------------------------------------------
 
 
-def test_a_warm_start_begins_each_fold_from_the_same_fold_of_another_run(image_comp, tmp_path, capsys, caplog):
-    cfg, root = image_comp
-    assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
+def test_a_warm_start_begins_each_fold_from_the_same_fold_of_another_run(trained_image_comp, tmp_path, caplog):
+    cfg, _ = trained_image_comp  # run "shapes", both folds trained
     # Progressive resizing: the same backbone at a larger size, starting from run "shapes"; with a
     # learning rate near zero, each fold ends where the other run's fold did.
     sets = ["--set", "name=bigger", "--set", "model.init_from=shapes", "--set", "image.size=40", "--set",
@@ -316,9 +326,8 @@ def test_a_warm_start_begins_each_fold_from_the_same_fold_of_another_run(image_c
         torch.testing.assert_close(warm[key], start[key], atol=1e-6, rtol=0)
 
 
-def test_a_warm_start_from_a_run_on_other_folds_is_refused(image_comp, tmp_path, capsys):
-    cfg, root = image_comp
-    assert train.main(["--config", str(cfg), "--fold", "0"]) == 0
+def test_a_warm_start_from_a_run_on_other_folds_is_refused(trained_image_comp, tmp_path, capsys):
+    cfg, _ = trained_image_comp  # run "shapes", trained on the split in folds.csv
     from competition import folds as folds_cli
 
     assert folds_cli.main(["--config", str(cfg), "--force", "--set", "seed=999"]) == 0  # another split
