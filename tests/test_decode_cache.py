@@ -48,6 +48,7 @@ def expected(caches: dict[Path, bytes], how: str) -> list[str]:
     return sorted(lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "altered"])
 def test_a_damaged_cache_is_rebuilt_before_training_or_prediction_reads_it(image_comp, tmp_path, caplog, how):
     cfg, _ = image_comp

@@ -60,6 +60,7 @@ def _binary_images(root: Path, n: int = 40) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_binary_auc_competition_submits_probabilities_and_scores_the_file(tmp_path, capsys):
     root = _binary_images(tmp_path / "data" / "melanoma")
     cfg = write_yaml(tmp_path / "m.yaml", image_config(tmp_path, root, name="melanoma",
@@ -155,6 +156,7 @@ def _multi_label_images(root: Path, n: int = 48, columns: bool = False) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_separated_multi_labels_end_to_end(tmp_path, capsys):
     root = _multi_label_images(tmp_path / "data" / "planet")
     assert (pd.read_csv(root / "train.csv")["tags"].isna()).any()  # some rows have no label at all
@@ -180,6 +182,7 @@ def test_separated_multi_labels_end_to_end(tmp_path, capsys):
     assert "Per-class F1 (support)" in page and page.count("data:image/png") >= 5
 
 
+@pytest.mark.slow
 def test_multi_label_class_columns_get_a_probability_per_class(tmp_path, capsys):
     root = _multi_label_images(tmp_path / "data" / "leaves", columns=True)
     cfg = write_yaml(tmp_path / "l.yaml", image_config(

@@ -60,6 +60,7 @@ def test_hflip_alone_mirrors_or_keeps_each_image():
     assert 0 < sum(mirrored) < 16
 
 
+@pytest.mark.slow
 def test_training_and_prediction_through_the_device_path(image_comp, tmp_path):
     cfg_path, root = image_comp
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -118,6 +119,7 @@ def test_the_device_path_and_albumentations_move_pixels_alike(size, augment):
         assert gap.max() < 0.06, (axis, gap.max(), np.quantile(xa, [0.1, 0.5, 0.9]), np.quantile(xb, [0.1, 0.5, 0.9]))
 
 
+@pytest.mark.slow
 def test_rows_held_on_the_device_or_streamed_train_exactly_as_the_dataloader_path(image_comp, tmp_path, caplog):
     # On a GPU the fold's uint8 rows live there (or stream from the cache through pinned memory);
     # on the CPU the same code runs with CPU tensors: every path must give the very same weights,

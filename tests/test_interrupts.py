@@ -116,6 +116,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert err.strip().splitlines() == [err.strip()] and err.startswith("interrupted again (SIGINT): stopped at once")
 
 
+@pytest.mark.slow
 def test_an_interrupted_predict_writes_no_submission(trained_image_comp, tmp_path):
     cfg, _ = trained_image_comp
     out = tmp_path / "sub.csv"

@@ -86,3 +86,12 @@ def test_no_function_over_60_lines_and_no_module_over_350():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
                 long.append(f"{module}.{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert long == []
+
+
+def test_the_tests_import_their_shared_helpers_one_way():
+    """`from conftest import …`: pytest has imported tests/conftest.py as `conftest`, and
+    `tests.conftest` would load a second copy of it beside the one whose fixtures run."""
+    wrong = [f"{p.name} imports {node.module}" for p in sorted(Path(__file__).parent.glob("test_*.py"))
+             for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests"]
+    assert wrong == []

@@ -33,6 +33,7 @@ def drawn_fraction(shot: Path) -> float:
     return float((np.abs(pixels - pixels[0, 0]).sum(-1) > 30).mean())
 
 
+@pytest.mark.slow
 @needs_browser
 def test_the_check_sees_console_errors_and_a_blank_page(tmp_path):
     """The two checks below can fail: a page with a console error and an uncaught exception is
@@ -44,6 +45,7 @@ def test_the_check_sees_console_errors_and_a_blank_page(tmp_path):
     assert drawn_fraction(tmp_path / "bad.png") < 0.001
 
 
+@pytest.mark.slow
 @needs_browser
 def test_predict_writes_a_report_that_renders(trained_image_comp, tmp_path, capsys):
     cfg, _ = trained_image_comp

@@ -5,6 +5,7 @@ import signal
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 from conftest import image_config, kill_training, write_yaml
 
@@ -34,6 +35,7 @@ def test_checkpoint_round_trip_is_weights_only(trained_image_comp, tmp_path):
     model.load_state_dict(state["model_state_dict"])  # strict: every key fits the rebuilt model
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(image_comp, tmp_path):
     _, root = image_comp
     reference = _config(tmp_path, root, "ref")

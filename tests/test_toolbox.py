@@ -27,6 +27,7 @@ TOOLS = {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "mix_off_epochs": 1, "ema_deca
          "clip_grad_norm": 1.0, "sampler": "balanced", "class_weights": "balanced", "loss": "focal"}
 
 
+@pytest.mark.slow
 def test_every_tool_at_once_trains_predicts_and_scores_the_ema(image_comp, tmp_path, capsys, caplog):
     _, root = image_comp
     cfg = write_yaml(tmp_path / "tools.yaml", image_config(
@@ -45,6 +46,7 @@ def test_every_tool_at_once_trains_predicts_and_scores_the_ema(image_comp, tmp_p
     assert predict.main(["--config", str(cfg), "--folds", "0", "--output", str(tmp_path / "sub.csv")]) == 0
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_bit_identical_with_mixup_ema_accumulation_and_a_balanced_sampler(image_comp, tmp_path):
     _, root = image_comp
     tools = {**TOOLS, "loss": "cross_entropy", "epochs": 3, "freeze_epochs": 1, "warmup_epochs": 0.5}

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -44,6 +45,7 @@ def _get(url: str, data: bytes | None = None):
         return json.loads(resp.read())
 
 
+@pytest.mark.slow
 def test_a_real_tensorboard_server_reads_the_logs(trained_image_comp, tmp_path):
     shutil.rmtree(tmp_path / "outputs" / "shapes" / "fold1")  # one fold's logs, as `train --fold 0` leaves them
     port = _free_port()

@@ -55,6 +55,7 @@ def run_files(fold_dir: Path) -> list[Path]:
     return sorted(fold_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+@pytest.mark.slow
 def test_offline_run_holds_what_tensorboard_shows(image_comp, tmp_path):
     cfg, _ = image_comp
     assert train.main(["--config", str(cfg), "--fold", "0", "--set", "tracking.wandb=offline"]) == 0
@@ -90,6 +91,7 @@ def _own_service_env() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "PYTHONPATH": str(REPO)}
 
 
+@pytest.mark.slow
 def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path):
     """Killed in its last epoch (SIGKILL) and resumed: the same run id, its epochs continuing."""
     _, root = image_comp
@@ -115,6 +117,7 @@ def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path):
     assert json.loads((fold_dir / "wandb.json").read_text())["id"] != first_id
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(no_network_reason() is not None, reason=str(no_network_reason()))
 def test_offline_wandb_needs_no_network(image_comp, tmp_path):
     """In a network namespace with no route, an offline run trains and logs without a complaint."""
