@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM, sent for real to a training (or predict) process: it stops at the end of the
 current step, says where and how to continue, exits 130 / 143, and --resume ends as a run never
-interrupted would. A second Ctrl-C exits at once."""
+interrupted would. A second Ctrl-C exits at once. Training gets its signal from itself, after the
+step a test names (core.interrupts.TEST_FAULT), so the tests know where it stops."""
 from __future__ import annotations
 
 import os
