@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser test demo lint clean
+.PHONY: install browser test test-fast demo lint clean
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ browser:
 
 test: install browser
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the tests marked slow (their own processes: the CLI, torchrun,
+# a fresh venv, a network namespace; or several trainings), about a minute. CI runs make test.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 demo: install
 	$(PY) -m competition.train --config digits --fold all

@@ -6,8 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -155,20 +153,19 @@ def epochs_saved(fold_dir: Path) -> int:
         return 0
 
 
-def kill_training(cfg: Path, fold_dir: Path, epochs: int, env: dict | None = None) -> tuple[int, int, str]:
-    """Train fold 0 of `cfg` in a subprocess and SIGKILL it (no cleanup runs) once `epochs` epochs
-    are saved; (exit code, epochs saved when it died, what it printed to stderr: for a failure message)."""
-    env = env or {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "competition.train", "--config", str(cfg), "--fold", "0"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.time() + 120
-        while epochs_saved(fold_dir) < epochs and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        err.seek(0)
-        return proc.returncode, epochs_saved(fold_dir), err.read()[-2000:]
+def kill_training(cfg: Path, fold_dir: Path, after_step: int, env: dict | None = None,
+                  sig: signal.Signals = signal.SIGKILL) -> tuple[int, int, str]:
+    """Train fold 0 of `cfg` in a subprocess that sends itself `sig` (SIGKILL: no cleanup runs) right
+    after the fold's optimizer step `after_step` (core.interrupts.TEST_FAULT): no timer to race.
+    (exit code, epochs last.pt holds after it died, the end of its stderr: for a failure message).
+
+    The epochs saved may lag the epoch killed by one: each epoch's files are written while the next
+    one trains (io.files.BackgroundWriter), and a SIGKILL does not wait for them."""
+    env = {**(env or os.environ), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "COMPETITION_TEST_KILL_AFTER_STEP": str(after_step), "COMPETITION_TEST_KILL_SIGNAL": sig.name}
+    proc = subprocess.run([sys.executable, "-m", "competition.train", "--config", str(cfg), "--fold", "0"],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    return proc.returncode, epochs_saved(fold_dir), proc.stderr[-2000:]
 
 
 @pytest.fixture
@@ -182,6 +179,29 @@ def image_comp(tmp_path: Path) -> tuple[Path, Path]:
 def table_comp(tmp_path: Path) -> tuple[Path, Path]:
     root = make_table_competition(tmp_path / "data" / "table")
     return write_yaml(tmp_path / "table.yaml", table_config(tmp_path, root)), root
+
+
+@pytest.fixture(scope="session")
+def _trained_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """image_comp's competition with both folds trained by train.main, once a session."""
+    from competition import train
+
+    base = tmp_path_factory.mktemp("trained-shapes")
+    cfg = write_yaml(base / "shapes.yaml", image_config(base, make_image_competition(base / "data" / "shapes")))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
+    return base
+
+
+@pytest.fixture
+def trained_image_comp(_trained_image_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(config path, data root) of image_comp with both folds already trained (outputs/shapes: a
+    head-only epoch, then one of every layer): a copy, in this test's tmp_path, of one run trained
+    once a session. For tests that need a trained run; a test of training itself trains its own."""
+    shutil.copytree(_trained_image_dir, tmp_path, dirs_exist_ok=True)
+    root = tmp_path / "data" / "shapes"
+    return write_yaml(tmp_path / "shapes.yaml", image_config(tmp_path, root)), root
 
 
 @pytest.fixture(autouse=True)

@@ -229,6 +229,7 @@ def test_undecodable_images_are_listed_before_training(image_comp, tmp_path, cap
     nothing_written(tmp_path, root)
 
 
+@pytest.mark.slow
 def test_a_real_cli_process_prints_one_line_and_no_traceback(image_comp, tmp_path):
     """Outside pytest the log goes to stderr too: still exactly one line for a refusal."""
     cfg, root = image_comp

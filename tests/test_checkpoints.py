@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fold_state, refused
 
 from competition import predict, train
 from competition.config import load_config
@@ -17,7 +18,6 @@ from competition.core.config import config_to_dict
 from competition.core.errors import CompetitionError
 from competition.io.checkpoints import BEST, FORMAT, LAST, FoldLock, check_compatible, load_checkpoint, save_checkpoint
 from competition.io.files import torch_save
-from tests.conftest import fold_state, refused
 
 CLASSES = ["circle", "cross", "square"]
 
@@ -214,6 +214,7 @@ def test_training_a_locked_fold_refuses_and_writes_nothing(image_comp, tmp_path,
     assert not (fold_dir(tmp_path, 1) / BEST).exists()
 
 
+@pytest.mark.slow
 def test_a_second_process_holding_the_lock_blocks_training_until_it_dies(image_comp, tmp_path, capsys):
     cfg, _ = image_comp
     holder = subprocess.Popen(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from conftest import image_config, make_image_competition, write_yaml
 
@@ -38,6 +39,7 @@ RECORD_WRITES = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_one_fold(tmp_path):
     # 35 rows: the folds hold 18 and 17, so one rank gets a padded share of train or validation rows.
     root = make_image_competition(tmp_path / "data" / "shapes", n_train=35)

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import image_config, make_image_competition, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_torchrun_refuses_bad_input_on_every_rank(tmp_path):
     root = make_image_competition(tmp_path / "data" / "shapes")
     (root / "images" / "img_003.png").unlink()  # listed in train.csv, gone from disk

@@ -16,6 +16,7 @@ from competition.data.features import TabularPreprocessor, feature_columns
 from competition.models.estimators import ESTIMATORS, make_estimator
 
 
+@pytest.mark.slow
 def test_each_scikit_learn_model_trains_predicts_and_blends_with_the_mlp(table_comp, tmp_path, capsys):
     cfg, root = table_comp
     outputs = tmp_path / "outputs"

@@ -113,9 +113,8 @@ def test_mistakes_are_those_of_the_submission_thresholds():
     assert list(at_file["mistakes"][0]) == [] and 0 in at_file["correct"][0]
 
 
-def test_an_oof_row_train_csv_no_longer_holds_is_refused(image_comp, capsys):
-    cfg, root = image_comp
-    assert train.main(["--config", str(cfg), "--fold", "0", "--set", "train.epochs=1"]) == 0
+def test_an_oof_row_train_csv_no_longer_holds_is_refused(trained_image_comp, capsys):
+    cfg, root = trained_image_comp  # train.epochs is 1 there
     oof_path = cfg.parent / "outputs" / "shapes" / "fold0" / "oof.csv"
     train_csv = pd.read_csv(root / "train.csv")
     gone = str(pd.read_csv(oof_path)["id"].iloc[0])

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import fold_state
 
 from competition.io.checkpoints import load_checkpoint, save_checkpoint
 from competition.io.disk import DiskFull
@@ -27,7 +28,6 @@ from competition.io.files import (
     write_text,
     write_yaml,
 )
-from tests.conftest import fold_state
 
 
 def versions(n_rows: int = 3000) -> list[pd.DataFrame]:
@@ -110,6 +110,7 @@ def _read(path: Path, kind: str) -> bool:
     return v.numel() == 200_000 and bool((v == v[0]).all())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["csv", "checkpoint"])
 def test_kill_9_while_rewriting_in_a_loop_leaves_a_whole_file(tmp_path, kind):
     path = tmp_path / ("folds.csv" if kind == "csv" else "last.pt")

@@ -22,13 +22,17 @@ from competition.tasks import open_competition
 def _run(capsys, cfg: Path, *extra: str) -> str:
     assert train.main(["--config", str(cfg), "--fold", "all", *extra]) == 0
     capsys.readouterr()
+    return _predict(capsys, cfg, *extra)
+
+
+def _predict(capsys, cfg: Path, *extra: str) -> str:
     assert predict.main(["--config", str(cfg), *extra]) == 0
     return capsys.readouterr().out
 
 
 def _submission(tmp_path: Path) -> pd.DataFrame:
-    (path,) = sorted((tmp_path / "submissions").glob("*.csv"))[-1:]
-    return pd.read_csv(path)
+    """The newest submission (two predicts in one second share the time in their names)."""
+    return pd.read_csv(max((tmp_path / "submissions").glob("*.csv"), key=lambda p: p.stat().st_mtime_ns))
 
 
 def _cv(tmp_path: Path, name: str) -> dict:
@@ -59,6 +63,7 @@ def _binary_images(root: Path, n: int = 40) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_binary_auc_competition_submits_probabilities_and_scores_the_file(tmp_path, capsys):
     root = _binary_images(tmp_path / "data" / "melanoma")
     cfg = write_yaml(tmp_path / "m.yaml", image_config(tmp_path, root, name="melanoma",
@@ -73,7 +78,7 @@ def test_a_binary_auc_competition_submits_probabilities_and_scores_the_file(tmp_
     auc = METRICS["roc_auc"](truth, np.stack([1 - sub["target"], sub["target"]], 1))
     assert _leaderboard(out) == pytest.approx(auc, abs=1e-5)
     # The same models written as labels: the leaderboard scores those hard labels, as Kaggle would.
-    out = _run(capsys, cfg, "--set", "predict.output=labels")
+    out = _predict(capsys, cfg, "--set", "predict.output=labels")
     labels = _submission(tmp_path)
     assert set(labels["target"]) <= {0, 1}
     hard = METRICS["roc_auc"](truth, np.eye(2)[labels.set_index("id").loc[sub["id"], "target"]])
@@ -93,7 +98,7 @@ def test_f1_labels_use_the_threshold_fit_on_out_of_fold_rows(tmp_path, capsys):
     assert predict.main(["--config", str(cfg), "--no-cv", "--output", str(tmp_path / "no_cv.csv")]) == 0
     assert pd.read_csv(tmp_path / "no_cv.csv").equals(labels)
     assert (tmp_path / "outputs" / "table" / "cv.json").read_text() == stored
-    _run(capsys, cfg, "--set", "predict.output=probabilities")  # the same folds' probabilities
+    _predict(capsys, cfg, "--set", "predict.output=probabilities")  # the same folds' probabilities
     probs = _submission(tmp_path)
     assert (labels["target"] == (probs["target"] >= threshold).astype(int)).all()
     (tmp_path / "outputs" / "table" / "cv.json").unlink()
@@ -154,6 +159,7 @@ def _multi_label_images(root: Path, n: int = 48, columns: bool = False) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_separated_multi_labels_end_to_end(tmp_path, capsys):
     root = _multi_label_images(tmp_path / "data" / "planet")
     assert (pd.read_csv(root / "train.csv")["tags"].isna()).any()  # some rows have no label at all
@@ -179,6 +185,7 @@ def test_separated_multi_labels_end_to_end(tmp_path, capsys):
     assert "Per-class F1 (support)" in page and page.count("data:image/png") >= 5
 
 
+@pytest.mark.slow
 def test_multi_label_class_columns_get_a_probability_per_class(tmp_path, capsys):
     root = _multi_label_images(tmp_path / "data" / "leaves", columns=True)
     cfg = write_yaml(tmp_path / "l.yaml", image_config(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import CLASSES, fold_state, image_config, write_yaml
 
 from competition import train
 from competition.config import load_config
@@ -24,7 +25,6 @@ from competition.models.build import check_model
 from competition.tasks import open_competition
 from competition.training import disk_space
 from competition.training.disk_space import checkpoint_size, estimate_run_bytes
-from tests.conftest import CLASSES, fold_state, image_config, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = r"(\d+(?:\.\d)? (?:B|kB|MB|GB))"
@@ -59,6 +59,7 @@ def leftovers(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_fit_is_refused_before_it_writes_anything(image_comp, tmp_path, small_disk):
     cfg, root = image_comp
     disk = small_disk("8m")
@@ -95,6 +96,7 @@ def _config(tmp_path: Path, root: Path, output_dir: Path) -> Path:
     return write_yaml(tmp_path / f"{output_dir.name}.yaml", cfg)
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_the_run_stops_in_one_line_and_resume_finishes(
         image_comp, tmp_path, small_disk, monkeypatch, capsys):
     _, root = image_comp
@@ -163,6 +165,7 @@ def test_a_decode_cache_that_does_not_fit_fails_in_one_line_and_leaves_nothing(i
     assert os.listdir(disk) == []
 
 
+@pytest.mark.slow
 def test_tensorboard_on_a_full_disk_is_one_line_without_a_thread_traceback(tmp_path, small_disk):
     """TensorBoard's writer thread meets the full disk first; the CLI still prints one line."""
     disk = small_disk("1m")

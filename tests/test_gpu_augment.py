@@ -60,6 +60,7 @@ def test_hflip_alone_mirrors_or_keeps_each_image():
     assert 0 < sum(mirrored) < 16
 
 
+@pytest.mark.slow
 def test_training_and_prediction_through_the_device_path(image_comp, tmp_path):
     cfg_path, root = image_comp
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -118,14 +119,16 @@ def test_the_device_path_and_albumentations_move_pixels_alike(size, augment):
         assert gap.max() < 0.06, (axis, gap.max(), np.quantile(xa, [0.1, 0.5, 0.9]), np.quantile(xb, [0.1, 0.5, 0.9]))
 
 
+@pytest.mark.slow
 def test_rows_held_on_the_device_or_streamed_train_exactly_as_the_dataloader_path(image_comp, tmp_path, caplog):
     # On a GPU the fold's uint8 rows live there (or stream from the cache through pinned memory);
-    # on the CPU the same code runs with CPU tensors: every path must give the very same weights.
+    # on the CPU the same code runs with CPU tensors: every path must give the very same weights,
+    # over an epoch of each stage.
     _, root = image_comp
     weights = {}
     for mode in ("off", "on", "stream"):
         cfg = image_config(tmp_path, root, name=f"rows_{mode}", image={"size": 24, "augment": ["random_resized_crop", "hflip"]},
-                           train={"cache": "auto", "device_augment": "on", "cache_on_device": mode, "epochs": 2,
+                           train={"cache": "auto", "device_augment": "on", "cache_on_device": mode, "epochs": 1,
                                   "num_workers": 2})
         with caplog.at_level("INFO"):
             assert train.main(["--config", str(write_yaml(tmp_path / f"{mode}.yaml", cfg)), "--fold", "0"]) == 0

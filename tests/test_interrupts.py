@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM, sent for real to a training (or predict) process: it stops at the end of the
 current step, says where and how to continue, exits 130 / 143, and --resume ends as a run never
-interrupted would. A second Ctrl-C exits at once."""
+interrupted would. A second Ctrl-C exits at once. Training gets its signal from itself, after the
+step a test names (core.interrupts.TEST_FAULT), so the tests know where it stops."""
 from __future__ import annotations
 
 import os
@@ -11,47 +12,24 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import image_config, write_yaml
+from conftest import image_config, kill_training, write_yaml
 
 from competition import train
+from competition.core import interrupts
 from competition.io.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+STEPS = 3  # optimizer steps an epoch: fold 0's 18 training rows in batches of 8
 
 
 def _config(tmp_path, root, out: str, minutes: float):
-    cfg = image_config(tmp_path, root, train={"epochs": 3, "freeze_epochs": 1, "batch_size": 2, "patience": 0,
+    cfg = image_config(tmp_path, root, train={"epochs": 2, "freeze_epochs": 1, "patience": 0,
                                               "checkpoint_every_minutes": minutes})
     cfg["output_dir"] = str(tmp_path / out)
     return write_yaml(tmp_path / f"{out}.yaml", cfg)
-
-
-def _start(cfg: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "competition.train", "--config", str(cfg), "--fold", "0"],
-                            env=ENV, cwd=cfg.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(fold_dir: Path, epochs: int, proc: subprocess.Popen) -> None:
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        try:
-            if torch.load(fold_dir / "last.pt", weights_only=True)["epoch"] >= epochs:
-                return
-        except (FileNotFoundError, RuntimeError, EOFError, KeyError):
-            pass
-        time.sleep(0.02)
-    raise AssertionError("the run ended or stalled before it could be interrupted")
-
-
-def _interrupt_training(cfg: Path, fold_dir: Path, sig: signal.Signals) -> tuple[int, str]:
-    """Start training fold 0, send `sig` once two epochs are saved; (exit code, last stderr line)."""
-    proc = _start(cfg)
-    _wait_for(fold_dir, 2, proc)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    return proc.returncode, _last_line(err)
 
 
 def _last_line(stderr: str) -> str:
@@ -72,34 +50,52 @@ def _same_weights(a, b) -> None:
         assert torch.equal(tensor, b.model_state_dict[key]), key
 
 
+@pytest.fixture
+def signal_handlers():
+    """SIGINT and SIGTERM handlers put back after a test that signals its own process (a stopped
+    run leaves its own in place, for a second signal during the shutdown)."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+@pytest.mark.slow
 def test_ctrl_c_mid_epoch_saves_the_step_and_resume_ends_bit_identical(image_comp, tmp_path):
     _, root = image_comp
     ref = _uninterrupted(tmp_path, root, 1e-6)  # a mid-epoch last.pt after every step
     cfg = _config(tmp_path, root, "run", 1e-6)
     fold_dir = tmp_path / "run" / "shapes" / "fold0"
-    code, line = _interrupt_training(cfg, fold_dir, signal.SIGINT)
+    # A real process that gets SIGINT after the first step of epoch 3 (stage 2).
+    code, _, err = kill_training(cfg, fold_dir, after_step=2 * STEPS + 1, sig=signal.SIGINT)
+    line = _last_line(err)
     assert code == 130, line
-    assert line.startswith("interrupted (SIGINT): fold 0 stopped after ") and "batches of epoch" in line, line
+    assert line.startswith("interrupted (SIGINT): fold 0 stopped after 1 of 3 batches of epoch 3"), line
     command = line.split("continue with: ")[1]
     assert command.startswith("python -m competition.train") and command.endswith("--resume")
     saved = load_checkpoint(fold_dir / "last.pt")
-    assert saved.batches_done > 0 and not saved.finished  # stopped inside an epoch, and saved there
+    assert (saved.epoch, saved.batches_done, saved.finished) == (2, 1, False)  # stopped inside epoch 3, saved there
     assert not list(fold_dir.glob(".*.tmp"))
     # The printed command, run as printed, finishes as the uninterrupted run did.
     assert train.main(shlex.split(command)[3:]) == 0
     _same_weights(load_checkpoint(fold_dir / "last.pt"), ref)
 
 
-def test_sigterm_without_mid_epoch_checkpoints_resumes_from_the_last_epoch(image_comp, tmp_path):
+def test_sigterm_without_mid_epoch_checkpoints_resumes_from_the_last_epoch(image_comp, tmp_path, monkeypatch, capsys,
+                                                                          signal_handlers):
     _, root = image_comp
     ref = _uninterrupted(tmp_path, root, 0)
     cfg = _config(tmp_path, root, "run", 0)
     fold_dir = tmp_path / "run" / "shapes" / "fold0"
-    code, line = _interrupt_training(cfg, fold_dir, signal.SIGTERM)
+    # This process sends itself SIGTERM after the first step of epoch 3 (core.interrupts.TEST_FAULT).
+    monkeypatch.setattr(interrupts, "TEST_FAULT", (2 * STEPS + 1, signal.SIGTERM))
+    code = train.main(["--config", str(cfg), "--fold", "0"])
+    line = _last_line(capsys.readouterr().err)
     assert code == 143, line
-    assert line.startswith("interrupted (SIGTERM): fold 0 stopped"), line
+    assert line.startswith("interrupted (SIGTERM): fold 0 stopped in epoch 3 (1 of 3 batches, not saved"), line
     saved = load_checkpoint(fold_dir / "last.pt")
-    assert saved.batches_done == 0 and saved.epoch >= 2  # the last epoch boundary, whole
+    assert (saved.epoch, saved.batches_done) == (2, 0)  # the last epoch boundary, whole
+    monkeypatch.setattr(interrupts, "TEST_FAULT", None)
     assert train.main(["--config", str(cfg), "--fold", "0", "--resume"]) == 0
     _same_weights(load_checkpoint(fold_dir / "last.pt"), ref)
 
@@ -121,9 +117,9 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert err.strip().splitlines() == [err.strip()] and err.startswith("interrupted again (SIGINT): stopped at once")
 
 
-def test_an_interrupted_predict_writes_no_submission(image_comp, tmp_path):
-    cfg, _ = image_comp
-    assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
+@pytest.mark.slow
+def test_an_interrupted_predict_writes_no_submission(trained_image_comp, tmp_path):
+    cfg, _ = trained_image_comp
     out = tmp_path / "sub.csv"
     proc = subprocess.Popen([sys.executable, "-m", "competition.predict", "--config", str(cfg), "--output", str(out)],
                             env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -57,6 +57,7 @@ def padded(tmp_path: Path) -> tuple[Path, Path]:
     return write_yaml(tmp_path / "pad.yaml", cfg), root
 
 
+@pytest.mark.slow
 def test_ids_and_labels_keep_their_text_through_train_predict_and_blend(padded, tmp_path, capsys):
     cfg, root = padded
     train_ids, test_ids = _column(root / "train.csv", "key"), _column(root / "test.csv", "key")

@@ -99,3 +99,12 @@ def test_no_command_imports_another():
     assert {"competition.train", "competition.predict", "competition.board", "competition.package"} <= commands
     wrong = [f"{m} imports {t}" for m in sorted(commands) for t in sorted(_imports(_modules()[m])) if t in commands - {m}]
     assert wrong == []
+
+
+def test_the_tests_import_their_shared_helpers_one_way():
+    """`from conftest import …`: pytest has imported tests/conftest.py as `conftest`, and
+    `tests.conftest` would load a second copy of it beside the one whose fixtures run."""
+    wrong = [f"{p.name} imports {node.module}" for p in sorted(Path(__file__).parent.glob("test_*.py"))
+             for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests"]
+    assert wrong == []

@@ -46,6 +46,7 @@ def _noise(stderr: str) -> list[str]:
             if "warn" in line.lower() or "urlopen" in line or "Traceback" in line or line.startswith("error")]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(no_network_reason() is not None, reason=str(no_network_reason()))
 def test_train_and_predict_without_network_are_quiet(image_comp, tmp_path):
     """Local pretrained weights too: a `model.pretrained_file` must not send timm to the hub."""

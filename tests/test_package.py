@@ -72,6 +72,7 @@ def _listing(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
+@pytest.mark.slow
 def test_packaged_predict_runs_offline_in_a_fresh_environment(trained, tmp_path):
     pkg = tmp_path / "pkg"
     assert package.main(["--config", str(trained["config"]), "--output", str(pkg)]) == 0

@@ -23,6 +23,8 @@ from competition.io.files import write_text
 from competition.io.runs import folds_digest
 from competition.tasks import open_competition
 
+pytestmark = pytest.mark.slow  # a shared module fixture trains two runs; bind mounts in a namespace
+
 
 def _umount(where: Path) -> None:
     if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:

@@ -39,6 +39,7 @@ def drawn_fraction(shot: Path) -> float:
     return float((np.abs(pixels - pixels[0, 0]).sum(-1) > 30).mean())
 
 
+@pytest.mark.slow
 @needs_browser
 def test_the_check_sees_console_errors_and_a_blank_page(tmp_path):
     """The two checks below can fail: a page with a console error and an uncaught exception is
@@ -50,10 +51,10 @@ def test_the_check_sees_console_errors_and_a_blank_page(tmp_path):
     assert drawn_fraction(tmp_path / "bad.png") < 0.001
 
 
+@pytest.mark.slow
 @needs_browser
-def test_predict_writes_a_report_that_renders(image_comp, tmp_path, capsys):
-    cfg, _ = image_comp
-    assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
+def test_predict_writes_a_report_that_renders(trained_image_comp, tmp_path, capsys):
+    cfg, _ = trained_image_comp
     assert predict.main(["--config", str(cfg)]) == 0
     report = tmp_path / "outputs" / "shapes" / "report.html"
     assert f"report: {report}" in capsys.readouterr().out
@@ -79,9 +80,8 @@ def test_a_table_report_says_why_it_has_no_grad_cam(table_comp, tmp_path):
     assert "Per-class precision and recall" in page and "<h2>Mistakes</h2>" not in page
 
 
-def test_no_report_from_a_submission_only_predict(image_comp, tmp_path):
-    cfg, _ = image_comp
-    assert train.main(["--config", str(cfg), "--fold", "0"]) == 0
+def test_no_report_from_a_submission_only_predict(trained_image_comp, tmp_path):
+    cfg, _ = trained_image_comp
     assert predict.main(["--config", str(cfg), "--folds", "0", "--no-cv", "--output", str(tmp_path / "s.csv")]) == 0
     assert (tmp_path / "s.csv").is_file() and not (tmp_path / "outputs" / "shapes" / "report.html").exists()
 

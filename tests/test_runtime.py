@@ -31,6 +31,7 @@ def _faults(mode: str) -> tuple[str, int]:
     return made, int(faults)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings exist on Linux only")
 def test_large_buffers_are_reused_instead_of_faulted_in_each_time():
     made, kept = _faults("on")

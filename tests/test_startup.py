@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CLASSES, image_config, write_yaml
 
 from competition.config import TASK_CHECKS
 from competition.core.choices import AUGMENTATION_NAMES, TTA_VIEW_NAMES
@@ -22,7 +23,6 @@ from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
 from competition.io.prob_columns import oof_frame
 from competition.io.runs import RunKey, RunRecord, config_digest, stamp
 from competition.tasks import TASKS
-from tests.conftest import CLASSES, image_config, write_yaml
 
 COMMANDS = ("train", "predict", "explain", "board", "blend", "folds", "import_folders", "package")
 HEAVY = ("torch", "timm", "albumentations", "cv2", "sklearn", "matplotlib", "tensorboard")
@@ -74,6 +74,7 @@ def _write_run(cfg: dict, run_dir: Path) -> float:
     return hits / 24
 
 
+@pytest.mark.slow
 def test_help_of_every_command_and_the_board_load_none_of_the_heavy_libraries(tmp_path):
     root = tmp_path / "data" / "shapes"  # never read: no folds.csv there, nothing to compare with
     empty = write_yaml(tmp_path / "empty.yaml", image_config(tmp_path, root, output_dir=str(tmp_path / "none")))

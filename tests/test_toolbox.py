@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import image_config, kill_training, table_config, write_yaml
+from conftest import image_config, kill_training, make_table_competition, table_config, write_yaml
 from torch import nn
 
 from competition import predict, train
@@ -27,6 +27,7 @@ TOOLS = {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "mix_off_epochs": 1, "ema_deca
          "clip_grad_norm": 1.0, "sampler": "balanced", "class_weights": "balanced", "loss": "focal"}
 
 
+@pytest.mark.slow
 def test_every_tool_at_once_trains_predicts_and_scores_the_ema(image_comp, tmp_path, capsys, caplog):
     _, root = image_comp
     cfg = write_yaml(tmp_path / "tools.yaml", image_config(
@@ -45,11 +46,10 @@ def test_every_tool_at_once_trains_predicts_and_scores_the_ema(image_comp, tmp_p
     assert predict.main(["--config", str(cfg), "--folds", "0", "--output", str(tmp_path / "sub.csv")]) == 0
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_bit_identical_with_mixup_ema_accumulation_and_a_balanced_sampler(image_comp, tmp_path):
     _, root = image_comp
-    # 2 + 5 epochs, killed after the third: four epochs of stage 2 for the kill to land in, even
-    # when a busy machine lets the run go on for a while after the third was saved.
-    tools = {**TOOLS, "loss": "cross_entropy", "epochs": 5, "freeze_epochs": 2, "warmup_epochs": 0.5}
+    tools = {**TOOLS, "loss": "cross_entropy", "epochs": 3, "freeze_epochs": 1, "warmup_epochs": 0.5}
     configs = {}
     for out in ("ref", "run"):
         cfg = image_config(tmp_path, root, train=tools, image={"size": 40, "augment": ["hflip", "affine"]})
@@ -59,8 +59,11 @@ def test_kill_and_resume_is_bit_identical_with_mixup_ema_accumulation_and_a_bala
     ref = load_checkpoint(tmp_path / "ref" / "shapes" / "fold0" / "best.pt")
 
     fold_dir = tmp_path / "run" / "shapes" / "fold0"
-    code, killed_after, err = kill_training(configs["run"], fold_dir, 3)
-    assert code == -signal.SIGKILL and 3 <= killed_after < 7, f"not killed in stage 2: exit {code} after " \
+    # Killed after the first optimizer step of epoch 4 (2 steps an epoch: 3 batches of 8 of fold 0's
+    # 18 rows, 2 batches a step): inside stage 2 (epochs 2-4), last.pt at epoch 3 or, while its files
+    # are still being written, 2.
+    code, killed_after, err = kill_training(configs["run"], fold_dir, after_step=3 * 2 + 1)
+    assert code == -signal.SIGKILL and killed_after in (2, 3), f"not killed in stage 2: exit {code} after " \
                                                                f"{killed_after} epochs\n{err}"
     assert train.main(["--config", str(configs["run"]), "--fold", "0", "--resume"]) == 0
     got = load_checkpoint(fold_dir / "best.pt")
@@ -232,19 +235,29 @@ def test_sizes_that_cannot_work_are_refused(image_comp, capsys, sets, culprit):
 # --- pseudo-labels ---------------------------------------------------------------------------
 
 
-def _pseudo_file(tmp_path, table_comp, capsys) -> Path:
-    """Probabilities for the test rows, as predict writes them."""
-    cfg, _ = table_comp
-    assert train.main(["--config", str(cfg)]) == 0
+@pytest.fixture(scope="module")
+def pseudo_probs(tmp_path_factory) -> str:
+    """Probabilities for table_comp's test rows, as predict writes them (trained once a module)."""
+    tmp = tmp_path_factory.mktemp("pseudo")
+    cfg = write_yaml(tmp / "table.yaml", table_config(tmp, make_table_competition(tmp / "data" / "table")))
+    out = tmp / "pseudo.csv"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        assert train.main(["--config", str(cfg)]) == 0
+        assert predict.main(["--config", str(cfg), "--set", "predict.output=probabilities", "--output", str(out)]) == 0
+    return out.read_text()
+
+
+def _pseudo_file(tmp_path, pseudo_probs: str) -> Path:
     out = tmp_path / "pseudo.csv"
-    assert predict.main(["--config", str(cfg), "--set", "predict.output=probabilities", "--output", str(out)]) == 0
-    capsys.readouterr()
+    out.write_text(pseudo_probs)
     return out
 
 
-def test_pseudo_labelled_rows_train_in_every_fold_and_never_reach_validation_or_cv(table_comp, tmp_path, capsys, caplog):
+def test_pseudo_labelled_rows_train_in_every_fold_and_never_reach_validation_or_cv(table_comp, tmp_path, capsys, caplog,
+                                                                                  pseudo_probs):
     cfg, root = table_comp
-    pseudo = _pseudo_file(tmp_path, table_comp, capsys)
+    pseudo = _pseudo_file(tmp_path, pseudo_probs)
     sets = ["--set", "name=pseudo", "--set", f"data.pseudo_labels={pseudo}", "--set", "train.mixup_alpha=0.2"]
     with caplog.at_level("INFO"):
         assert train.main(["--config", str(cfg), *sets]) == 0
@@ -285,9 +298,10 @@ def test_pseudo_labelled_images_join_the_device_path(image_comp, tmp_path, capsy
     (lambda df, train_ids: df.assign(target=[1.5, *df["target"][1:]]), ["line 2", "must lie in [0, 1]"]),
     (lambda df, train_ids: df.rename(columns={"target": "other"}), ["expected a column per class"]),
 ])
-def test_a_bad_pseudo_label_file_is_refused_before_anything_is_written(table_comp, tmp_path, capsys, edit, culprits):
+def test_a_bad_pseudo_label_file_is_refused_before_anything_is_written(table_comp, tmp_path, capsys, edit, culprits,
+                                                                        pseudo_probs):
     cfg, root = table_comp
-    pseudo = _pseudo_file(tmp_path, table_comp, capsys)
+    pseudo = _pseudo_file(tmp_path, pseudo_probs)
     edit(pd.read_csv(pseudo), pd.read_csv(root / "train.csv")["key"].tolist()).to_csv(pseudo, index=False)
     assert train.main(["--config", str(cfg), "--set", "name=bad", "--set", f"data.pseudo_labels={pseudo}"]) == 2
     err = capsys.readouterr().err.strip()
@@ -298,9 +312,8 @@ def test_a_bad_pseudo_label_file_is_refused_before_anything_is_written(table_com
 # --- warm starts -----------------------------------------------------------------------------
 
 
-def test_a_warm_start_begins_each_fold_from_the_same_fold_of_another_run(image_comp, tmp_path, capsys, caplog):
-    cfg, root = image_comp
-    assert train.main(["--config", str(cfg), "--fold", "all"]) == 0
+def test_a_warm_start_begins_each_fold_from_the_same_fold_of_another_run(trained_image_comp, tmp_path, caplog):
+    cfg, _ = trained_image_comp  # run "shapes", both folds trained
     # Progressive resizing: the same backbone at a larger size, starting from run "shapes"; with a
     # learning rate near zero, each fold ends where the other run's fold did.
     sets = ["--set", "name=bigger", "--set", "model.init_from=shapes", "--set", "image.size=40", "--set",
@@ -315,9 +328,8 @@ def test_a_warm_start_begins_each_fold_from_the_same_fold_of_another_run(image_c
         torch.testing.assert_close(warm[key], start[key], atol=1e-6, rtol=0)
 
 
-def test_a_warm_start_from_a_run_on_other_folds_is_refused(image_comp, tmp_path, capsys):
-    cfg, root = image_comp
-    assert train.main(["--config", str(cfg), "--fold", "0"]) == 0
+def test_a_warm_start_from_a_run_on_other_folds_is_refused(trained_image_comp, tmp_path, capsys):
+    cfg, _ = trained_image_comp  # run "shapes", trained on the split in folds.csv
     from competition import folds as folds_cli
 
     assert folds_cli.main(["--config", str(cfg), "--force", "--set", "seed=999"]) == 0  # another split

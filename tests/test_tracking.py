@@ -3,21 +3,19 @@ read back by TensorBoard's own reader and by a real `tensorboard --logdir` serve
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from competition import train
 
-
-def test_tensorboard_shows_scalars_figures_and_hparams(image_comp, tmp_path):
-    cfg_path, _ = image_comp
-    assert train.main(["--config", str(cfg_path), "--fold", "0"]) == 0
+def test_tensorboard_shows_scalars_figures_and_hparams(trained_image_comp, tmp_path):
     events = EventAccumulator(str(tmp_path / "outputs" / "shapes" / "fold0" / "tb"), size_guidance={"images": 0})
     events.Reload()
     tags = events.Tags()
@@ -47,9 +45,9 @@ def _get(url: str, data: bytes | None = None):
         return json.loads(resp.read())
 
 
-def test_a_real_tensorboard_server_reads_the_logs(image_comp, tmp_path):
-    cfg_path, _ = image_comp
-    assert train.main(["--config", str(cfg_path), "--fold", "0"]) == 0
+@pytest.mark.slow
+def test_a_real_tensorboard_server_reads_the_logs(trained_image_comp, tmp_path):
+    shutil.rmtree(tmp_path / "outputs" / "shapes" / "fold1")  # one fold's logs, as `train --fold 0` leaves them
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path / "outputs"), "--host", "127.0.0.1",

@@ -55,6 +55,7 @@ def run_files(fold_dir: Path) -> list[Path]:
     return sorted(fold_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+@pytest.mark.slow
 def test_offline_run_holds_what_tensorboard_shows(image_comp, tmp_path):
     cfg, _ = image_comp
     assert train.main(["--config", str(cfg), "--fold", "0", "--set", "tracking.wandb=offline"]) == 0
@@ -90,15 +91,16 @@ def _own_service_env() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "PYTHONPATH": str(REPO)}
 
 
-
-
+@pytest.mark.slow
 def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path):
-    """Killed after its first epoch (SIGKILL) and resumed: the same run id, its epochs continuing."""
+    """Killed in its last epoch (SIGKILL) and resumed: the same run id, its epochs continuing."""
     _, root = image_comp
     cfg = write_yaml(tmp_path / "run.yaml", image_config(tmp_path, root, train={"epochs": 2, "freeze_epochs": 1},
                                                          tracking={"wandb": "offline"}))
     fold_dir = tmp_path / "outputs" / "shapes" / "fold0"
-    code, killed_after, err = kill_training(cfg, fold_dir, 1, env=_own_service_env())
+    # After the first step of epoch 3 (3 steps an epoch: fold 0's 18 rows in batches of 8); last.pt
+    # holds epoch 2, or 1 while epoch 2's files are still being written.
+    code, killed_after, err = kill_training(cfg, fold_dir, after_step=2 * 3 + 1, env=_own_service_env())
     assert code == -signal.SIGKILL and 1 <= killed_after < 3, f"not killed part-way: exit {code} after " \
                                                                f"{killed_after} epochs\n{err}"
     first_id = json.loads((fold_dir / "wandb.json").read_text())["id"]
@@ -115,6 +117,7 @@ def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path):
     assert json.loads((fold_dir / "wandb.json").read_text())["id"] != first_id
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(no_network_reason() is not None, reason=str(no_network_reason()))
 def test_offline_wandb_needs_no_network(image_comp, tmp_path):
     """In a network namespace with no route, an offline run trains and logs without a complaint."""

@@ -10,6 +10,26 @@ import threading
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report them
 
 
+def _read_test_fault() -> tuple[int, signal.Signals] | None:
+    step = os.environ.get("COMPETITION_TEST_KILL_AFTER_STEP")
+    if not step:
+        return None
+    return int(step), signal.Signals[os.environ.get("COMPETITION_TEST_KILL_SIGNAL", "SIGKILL")]
+
+
+# For the tests only: COMPETITION_TEST_KILL_AFTER_STEP=N makes a training process send itself
+# COMPETITION_TEST_KILL_SIGNAL (SIGKILL unless it names SIGINT or SIGTERM) right after its fold's
+# N-th optimizer step, so that the kill-and-resume and interrupt tests stop a run where they mean
+# to instead of racing a timer. Read once, at import; unset, each step pays one comparison.
+TEST_FAULT = _read_test_fault()
+
+
+def fault_after_step(step: int) -> None:
+    """For the tests only (TEST_FAULT): signal this process after the fold's optimizer step `step`."""
+    if TEST_FAULT is not None and step == TEST_FAULT[0]:
+        os.kill(os.getpid(), TEST_FAULT[1])
+
+
 class Interrupted(BaseException):
     """A command stopped by SIGINT or SIGTERM. A BaseException, like KeyboardInterrupt: no
     `except Exception` may swallow it. `message` is the one line the CLI prints."""

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from competition.core.distributed import mix_seed
 from competition.core.errors import CompetitionError
+from competition.core.interrupts import fault_after_step
 from competition.core.runtime import autocast, probabilities, show_progress, to_device
 
 
@@ -70,6 +71,7 @@ class Optimization:
             self.scheduler.step()
         if self.ema is not None:
             self.ema.update(unwrap_model(model), step=self.steps)
+        fault_after_step(self.steps)  # does nothing outside the tests (core.interrupts.TEST_FAULT)
 
 
 def _group_sizes(loader, accum_steps: int) -> list[int]:
