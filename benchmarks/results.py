@@ -38,3 +38,12 @@ def write_section(title: str, body: str) -> None:
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
     write_text(RESULTS, text)
+
+
+def publish(title: str, body: str, print_only: bool) -> None:
+    """Print the section (print_only: a partial or trial run), else write it into RESULTS.md."""
+    if print_only:
+        print(body)
+    else:
+        write_section(title, body)
+        print(f"wrote section '{title}' of benchmarks/RESULTS.md")

@@ -28,7 +28,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from results import machine_name, write_section  # noqa: E402
+from results import machine_name, publish  # noqa: E402
 from transfer_hymenoptera import PLACEHOLDERS, build_pool, run_variant  # noqa: E402
 
 from competition import import_folders  # noqa: E402
@@ -171,11 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"backbone": backbone, "variant": variant, **row})
                 print(json.dumps(rows[-1]), flush=True)
     body = render(rows, len(train_rows), len(val_rows), args.n_splits, command)
-    if args.no_write:
-        print(body)
-    else:
-        write_section(TITLE, body)
-        print(f"wrote section '{TITLE}' of benchmarks/RESULTS.md")
+    publish(TITLE, body, print_only=args.no_write)
     return 0
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from results import machine_name, write_section  # noqa: E402
+from results import machine_name, publish  # noqa: E402
 
 from competition import import_folders, predict, train  # noqa: E402
 from competition.config import load_config  # noqa: E402
@@ -232,11 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             held = heldout(data, weights, args.n_splits, work / "heldout", args.set)
             print(json.dumps(held), flush=True)
     body = render(rows, n_train, n_test, pool["left_out"], skipped, args.n_splits, command, held)
-    if args.no_write or args.set:
-        print(body)
-    else:
-        write_section(TITLE, body)
-        print(f"wrote section '{TITLE}' of benchmarks/RESULTS.md")
+    publish(TITLE, body, print_only=args.no_write or args.set)
     return 0
 
 
