@@ -24,6 +24,7 @@ from competition.core.choices import (
     TARGET_FORMATS,
     TTA_VIEW_NAMES,
     WANDB_MODES,
+    choice,
 )
 from competition.core.config import Config, build_config
 from competition.core.errors import CompetitionError
@@ -111,30 +112,24 @@ def _apply_override(data: dict, override: str) -> str:
     return dotted
 
 
-def _choice(key: str, value: str, options: typing.Iterable[str]) -> None:
-    options = list(options)
-    if value not in options:
-        raise CompetitionError(f"config key {key}: {value!r} is not one of {', '.join(options)}")
-
-
 def validate(cfg: Config) -> None:
     """Every choice against its table, every number in its range, every key that needs another."""
     check_run_name(cfg.name, "config key name")
     if cfg.model.init_from is not None:
         check_run_name(cfg.model.init_from, "config key model.init_from")
-    _choice("task", cfg.task, TASK_CHECKS)
-    _choice("data.target_format", cfg.data.target_format, TARGET_FORMATS)
-    _choice("predict.output", cfg.predict.output, OUTPUTS)
-    _choice("folds.strategy", cfg.folds.strategy, FOLD_STRATEGIES)
-    _choice("train.metric", cfg.train.metric, METRICS)
-    _choice("train.cache", cfg.train.cache, CACHE_MODES)
-    _choice("train.device_augment", cfg.train.device_augment, DEVICE_AUGMENT_MODES)
-    _choice("train.cache_on_device", cfg.train.cache_on_device, CACHE_ON_DEVICE)
-    _choice("tracking.wandb", cfg.tracking.wandb, WANDB_MODES)
+    choice("task", cfg.task, TASK_CHECKS)
+    choice("data.target_format", cfg.data.target_format, TARGET_FORMATS)
+    choice("predict.output", cfg.predict.output, OUTPUTS)
+    choice("folds.strategy", cfg.folds.strategy, FOLD_STRATEGIES)
+    choice("train.metric", cfg.train.metric, METRICS)
+    choice("train.cache", cfg.train.cache, CACHE_MODES)
+    choice("train.device_augment", cfg.train.device_augment, DEVICE_AUGMENT_MODES)
+    choice("train.cache_on_device", cfg.train.cache_on_device, CACHE_ON_DEVICE)
+    choice("tracking.wandb", cfg.tracking.wandb, WANDB_MODES)
     for name in cfg.image.augment:
-        _choice("image.augment", name, AUGMENTATION_NAMES)
+        choice("image.augment", name, AUGMENTATION_NAMES)
     for name in cfg.predict.tta:
-        _choice("predict.tta", name, TTA_VIEW_NAMES)
+        choice("predict.tta", name, TTA_VIEW_NAMES)
     _check_image_size(cfg)
     for key, value in {
         "train.batch_size": cfg.train.batch_size,
@@ -195,9 +190,9 @@ def _check_range(key: str, value: float, low: float, high: float, high_open: boo
 def _check_toolbox(cfg: Config) -> None:
     """The training toolbox's keys: choices, ranges, and the combinations that mean nothing."""
     t = cfg.train
-    _choice("train.sampler", t.sampler, SAMPLERS)
-    _choice("train.class_weights", t.class_weights, CLASS_WEIGHTS)
-    _choice("train.loss", t.loss, LOSSES)
+    choice("train.sampler", t.sampler, SAMPLERS)
+    choice("train.class_weights", t.class_weights, CLASS_WEIGHTS)
+    choice("train.loss", t.loss, LOSSES)
     for key, value, high, open_ in (("train.mixup_alpha", t.mixup_alpha, 100.0, False),
                                     ("train.cutmix_alpha", t.cutmix_alpha, 100.0, False),
                                     ("train.mix_prob", t.mix_prob, 1.0, False), ("train.ema_decay", t.ema_decay, 1.0, True),

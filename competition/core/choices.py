@@ -32,7 +32,7 @@ KEPT_FOLDS = "folds"  # output_dir/folds/<data folder's name>/folds.csv, a read-
 
 def choice(key: str, value: str, options) -> None:
     """A config key's value must be one of `options`; the error lists them."""
-    from competition.core.errors import CompetitionError
+    from competition.core.errors import CompetitionError  # the names above stay importable alone
 
     options = list(options)
     if value not in options:
