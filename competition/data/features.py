@@ -285,3 +285,13 @@ class TabularPreprocessor:
         if not columns:
             return np.zeros((len(frame), 0), dtype=np.float32)
         return np.column_stack(columns).astype(np.float32)
+
+
+def check_rows(cfg: Config, comp, native: bool = False, per_class: int = 20) -> tuple[np.ndarray, np.ndarray, TabularPreprocessor]:
+    """(features, class indices) of a few real rows of each class, through a preprocessor fit on them:
+    what a model fit once per fold is test-fit on, so a bad model.params value is named before a run writes."""
+    y = comp.target.encode(comp.train)
+    rows = np.concatenate([np.flatnonzero(y == k)[:per_class] for k in range(len(comp.classes))])
+    sample = comp.train.iloc[rows]
+    pre = TabularPreprocessor.fit(sample, feature_columns(cfg, comp.train), load_feature_hook(cfg), native=native)
+    return pre.transform(sample), y[rows], pre

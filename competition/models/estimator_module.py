@@ -10,7 +10,7 @@ from torch import nn
 from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.data.competition import Competition
-from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
+from competition.data.features import TabularPreprocessor, check_rows, load_feature_hook
 from competition.data.folds import folds_trained_on
 from competition.io.checkpoints import FoldState
 from competition.models.estimators import make_estimator
@@ -23,13 +23,10 @@ def check_estimator(cfg: Config, comp: Competition, per_class: int = 20) -> None
     """scikit-learn checks parameter values, and how they fit the table (one monotonic constraint
     per feature, categorical feature indices), when it fits: a fit on a few real rows of each class,
     through the preprocessor, names a bad value now, before a run writes anything."""
-    y = comp.target.encode(comp.train)
-    rows = np.concatenate([np.flatnonzero(y == k)[:per_class] for k in range(len(comp.classes))])
-    sample = comp.train.iloc[rows]
-    pre = TabularPreprocessor.fit(sample, feature_columns(cfg, comp.train), load_feature_hook(cfg))
+    x, y, _ = check_rows(cfg, comp, per_class=per_class)
     est = make_estimator(cfg, 0)
     try:
-        est.fit(pre.transform(sample), y[rows])
+        est.fit(x, y)
     except (ValueError, TypeError) as exc:
         raise CompetitionError(f"config key model.params: {type(est).__name__} refuses them: "
                                f"{str(exc).strip().splitlines()[0][:300]}") from None

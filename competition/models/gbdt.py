@@ -26,7 +26,7 @@ from competition.core.config import Config
 from competition.core.distributed import mix_seed
 from competition.core.errors import CompetitionError
 from competition.data.competition import Competition
-from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
+from competition.data.features import TabularPreprocessor, check_rows
 from competition.models.gbdt_libraries import LIBRARIES, library
 
 # Rounds without a better validation loss before a fit stops, where train.patience is not set: at
@@ -34,10 +34,6 @@ from competition.models.gbdt_libraries import LIBRARIES, library
 # every fit at its start.
 ROUND_PATIENCE = 100
 STORED_KEYS = {"library", "version", "text", "sha256", "best_iteration", "categorical", "features", "classes"}
-
-
-def is_gbdt(cfg: Config) -> bool:
-    return cfg.task == "tabular" and cfg.model.name in LIBRARIES
 
 
 def threads(cfg: Config) -> int:
@@ -64,17 +60,13 @@ def gbdt_params(cfg: Config, fold: int) -> dict:
 def check_gbdt(cfg: Config, comp: Competition, per_class: int = 20) -> None:
     """The libraries check parameter values when they fit: a three-round fit on a few real rows of
     each class, through the preprocessor, names a bad value now, before a run writes anything."""
-    y = comp.target.encode(comp.train)
-    rows = np.concatenate([np.flatnonzero(y == k)[:per_class] for k in range(len(comp.classes))])
-    sample = comp.train.iloc[rows]
-    pre = TabularPreprocessor.fit(sample, feature_columns(cfg, comp.train), load_feature_hook(cfg), native=True)
+    x, y, pre = check_rows(cfg, comp, native=True, per_class=per_class)
     lib, params = library(cfg.model.name), gbdt_params(cfg, 0)
     for key in lib.rounds:
         if isinstance(params.get(key), int) and not isinstance(params[key], bool) and params[key] > 3:
             params[key] = 3
-    x = pre.transform(sample)
     try:
-        lib.fit(params, (x, y[rows]), (x, y[rows]), pre.categorical_indices, len(comp.classes), 0)
+        lib.fit(params, (x, y), (x, y), pre.categorical_indices, len(comp.classes), 0)
     except lib.errors() as exc:
         raise CompetitionError(f"config key model.params: {cfg.model.name} refuses them: {_first_line(exc)}") from None
 
