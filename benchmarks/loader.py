@@ -28,7 +28,7 @@ from competition.config import config_from_dict  # noqa: E402
 from competition.core.distributed import SeededSampler  # noqa: E402
 from competition.core.runtime import keep_freed_memory  # noqa: E402
 from competition.data.datasets import build_loader  # noqa: E402
-from competition.data.folds import load_or_create_folds  # noqa: E402
+from competition.data.splits import load_or_create_folds  # noqa: E402
 from competition.models.build import build_model, preprocessing  # noqa: E402
 from competition.tasks import TASKS, open_competition  # noqa: E402
 

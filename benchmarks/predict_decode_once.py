@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from results import machine_name, write_section  # noqa: E402
 
 from competition.config import config_from_dict  # noqa: E402
-from competition.core.config import config_to_dict  # noqa: E402
+from competition.core.schema import config_to_dict  # noqa: E402
 from competition.data.images import load_image  # noqa: E402
 from competition.data.transforms import INTERPOLATIONS, tta_views  # noqa: E402
 from competition.inference.ensemble import load_fold_models, predict_test, trained_folds  # noqa: E402

@@ -18,8 +18,8 @@ from competition.io.runs import BLENDS
 if TYPE_CHECKING:
     import numpy as np
 
-    from competition.core.config import Config
-    from competition.data.competition import Competition
+    from competition.core.schema import Config
+    from competition.data.folder import Competition
     from competition.experiments.inputs import BlendInputs
     from competition.inference.submission import Layout
 

@@ -28,7 +28,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if not rows:
         print(f"no runs under {cfg.output_dir} yet: python -m competition.train starts one")
         return 0
-    from competition.data.folds import folds_path, split_digest  # pandas: read folds.csv only with rows to mark
+    from competition.data.splits import folds_path, split_digest  # pandas: read folds.csv only with rows to mark
 
     # The competition at hand: its folds.csv is the split the others are compared with.
     reference = split_digest(cfg)

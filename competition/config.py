@@ -26,11 +26,11 @@ from competition.core.choices import (
     WANDB_MODES,
     choice,
 )
-from competition.core.config import Config, build_config
 from competition.core.errors import CompetitionError
 from competition.core.keeping import check_keeping
 from competition.core.metrics import METRICS, check_target_keys
 from competition.core.patterns import pattern_fields
+from competition.core.schema import Config, build_config
 from competition.io.runs import check_run_name
 from competition.models.tables import check_model_params
 

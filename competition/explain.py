@@ -42,7 +42,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # The work's modules load once the arguments parse: `--help` loads no torch.
     from competition.core.distributed import device_for, init_world
-    from competition.data.folds import parse_folds
+    from competition.data.splits import parse_folds
     from competition.inference.ensemble import load_fold_models, trained_folds
     from competition.inference.gradcam import explain_fold, panels_rgb
     from competition.io.runs import submission_thresholds

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # The work's modules load once the arguments parse: `--help` loads no torch.
-    from competition.data.folds import folds_path, load_or_create_folds
+    from competition.data.splits import folds_path, load_or_create_folds
     from competition.tasks import open_competition
 
     cfg = load_config(args.config, args.overrides)

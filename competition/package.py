@@ -14,8 +14,8 @@ from pathlib import Path
 
 import competition
 from competition.config import add_config_arguments, add_run_argument, command_config
-from competition.core.config import Config, config_to_dict
 from competition.core.errors import CompetitionError, run_cli
+from competition.core.schema import Config, config_to_dict
 from competition.io.checkpoints import BEST, check_compatible, copy_checkpoint, load_checkpoint
 from competition.io.disk import DiskFull
 from competition.io.files import atomic_dir, write_text, write_yaml
@@ -218,7 +218,7 @@ def _write_package(out: Path, cfg: Config, checkpoints: list[tuple[int, Path]], 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # The work's modules load once the arguments parse: `--help` loads no torch.
-    from competition.data.folds import parse_folds
+    from competition.data.splits import parse_folds
     from competition.inference.ensemble import trained_folds
 
     cfg = command_config(args)

@@ -12,8 +12,8 @@ from competition.config import add_config_arguments, add_run_argument, command_c
 from competition.core.errors import run_cli
 
 if TYPE_CHECKING:
-    from competition.core.config import Config
-    from competition.data.competition import Competition
+    from competition.core.schema import Config
+    from competition.data.folder import Competition
     from competition.inference.submission import Layout
     from competition.tasks import Task
 
@@ -57,7 +57,7 @@ def _main(argv: Sequence[str] | None) -> int:
     # The work's modules load once the arguments parse: `--help` loads no torch.
     from competition.core.distributed import device_for, init_world
     from competition.core.runtime import keep_freed_memory
-    from competition.data.folds import parse_folds
+    from competition.data.splits import parse_folds
     from competition.inference.ensemble import load_fold_models, trained_folds
     from competition.inference.submission import check_destination, checked_solution, layout_of
     from competition.io.disk import check_writable

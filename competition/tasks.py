@@ -16,15 +16,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from competition.core.choices import CACHE_DIR
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
+from competition.core.schema import Config
 from competition.data.batch_augment import BatchAugment, use_device_augment
 from competition.data.cache import cache_bytes, cache_bytes_to_build, image_cache
-from competition.data.competition import Competition, load_competition, require_columns
 from competition.data.datasets import CachedRows, ImageDataset, JoinedRows, TabularDataset
 from competition.data.device_rows import DeviceRows, residence
 from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
+from competition.data.folder import Competition, load_competition, require_columns
 from competition.data.images import UndecodableImages, build_image_column, check_images_decode, hw, image_paths
 from competition.data.pseudo import read_pseudo_labels
 from competition.data.targets import line_of

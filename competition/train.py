@@ -15,9 +15,9 @@ from competition.core.errors import EXIT_USAGE, CompetitionError, run_cli
 if TYPE_CHECKING:
     import pandas as pd
 
-    from competition.core.config import Config
     from competition.core.distributed import World
-    from competition.data.competition import Competition
+    from competition.core.schema import Config
+    from competition.data.folder import Competition
     from competition.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ def check_not_running(cfg: Config, folds: list[int]) -> None:
 
 def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = False) -> tuple[Task, Competition, pd.DataFrame]:
     """Every check comes before the first write: a refused run leaves no config.yaml or checkpoint."""
-    from competition.core.config import config_to_dict
-    from competition.data.folds import folds_path, load_or_create_folds
+    from competition.core.schema import config_to_dict
     from competition.data.pseudo import read_pseudo_labels
+    from competition.data.splits import folds_path, load_or_create_folds
     from competition.inference.submission import layout_of
     from competition.io.disk import WRITABLE_OUTPUT, check_writable
     from competition.io.files import write_yaml
@@ -150,11 +150,11 @@ def _main(argv: Sequence[str] | None) -> int:
     from competition.core.distributed import device_for, init_world
     from competition.core.interrupts import GracefulStop, Interrupted
     from competition.core.runtime import keep_freed_memory
-    from competition.data.folds import load_or_create_folds, parse_folds
+    from competition.data.splits import load_or_create_folds, parse_folds
     from competition.io.disk import DiskFull
     from competition.models.tables import one_fit_family
     from competition.tasks import open_competition
-    from competition.training.engine import Diverged
+    from competition.training.epoch import Diverged
     from competition.training.estimator_fold import fit_estimator_fold
     from competition.training.fold import fit_fold
 

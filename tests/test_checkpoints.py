@@ -14,8 +14,8 @@ from conftest import fold_state, refused
 
 from competition import predict, train
 from competition.config import load_config
-from competition.core.config import config_to_dict
 from competition.core.errors import CompetitionError
+from competition.core.schema import config_to_dict
 from competition.io.checkpoints import BEST, FORMAT, LAST, FoldLock, check_compatible, load_checkpoint, save_checkpoint
 from competition.io.files import torch_save
 

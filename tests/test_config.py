@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from competition.config import ConfigLoader, load_config, shipped_configs
-from competition.core.config import Config, TrainConfig, build_config, config_to_dict, flat_config
 from competition.core.errors import CompetitionError
+from competition.core.schema import Config, TrainConfig, build_config, config_to_dict, flat_config
 from competition.training.stages import plan_stages
 
 

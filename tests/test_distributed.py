@@ -19,7 +19,7 @@ from competition.config import config_from_dict
 from competition.data.batch_augment import BatchAugment
 from competition.data.datasets import ImageDataset
 from competition.data.transforms import build_eval_transform
-from competition.inference.engine import predict_probs
+from competition.inference.forward import predict_probs
 from competition.models.build import build_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from competition import predict, train
 from competition.models import estimator_module
 from competition.training import fold
-from competition.training.engine import PROGRESS_EVERY, LossCheck, NonFiniteLoss, Optimization, train_one_epoch
+from competition.training.epoch import PROGRESS_EVERY, LossCheck, NonFiniteLoss, Optimization, train_one_epoch
 
 
 def test_the_first_non_finite_loss_is_named_by_its_batch():

@@ -11,8 +11,8 @@ from conftest import refused
 
 from competition import blend, package, predict, train
 from competition.config import load_config
-from competition.data.competition import load_competition
 from competition.data.features import TabularPreprocessor, feature_columns
+from competition.data.folder import load_competition
 from competition.models.estimators import ESTIMATORS, make_estimator
 
 

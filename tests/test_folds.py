@@ -10,7 +10,7 @@ from competition import folds as folds_cli
 from competition import train
 from competition.config import load_config
 from competition.core.errors import CompetitionError
-from competition.data.folds import load_or_create_folds, make_folds
+from competition.data.splits import load_or_create_folds, make_folds
 from competition.data.targets import Target
 
 TARGET = Target("single", ["circle", "cross", "square"], "label")

@@ -13,7 +13,7 @@ from PIL import Image
 from competition import import_folders, predict, train
 from competition.config import load_config
 from competition.data import importing
-from competition.data.competition import load_competition
+from competition.data.folder import load_competition
 
 CLASSES = {"cat": (230, 60, 40), "dog": (40, 80, 230)}
 

@@ -16,8 +16,8 @@ from conftest import refused, table_config, write_yaml
 from competition import blend, folds, predict, train
 from competition.config import config_from_dict
 from competition.core.errors import CompetitionError
-from competition.data.competition import read_csv
 from competition.data.features import typed_as_read
+from competition.data.folder import read_csv
 from competition.data.targets import read_target
 from competition.inference.submission import validate_submission
 from competition.io.checkpoints import FoldState, check_compatible

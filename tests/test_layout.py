@@ -101,6 +101,16 @@ def test_no_command_imports_another():
     assert wrong == []
 
 
+def test_every_module_name_exists_once():
+    """One name, one module: `folds` is the command and `data.splits` the fold assignment, not two `folds`."""
+    names: dict[str, list[str]] = {}
+    for module in _modules():
+        if not module.endswith("__main__") and module != "competition":
+            names.setdefault(module.rsplit(".", 1)[-1], []).append(module)
+    assert {k: v for k, v in names.items() if len(v) > 1 and k != "__init__"} == {}
+    assert "competition" not in {m.split(".")[-1] for m in _modules() if m != "competition"}
+
+
 def test_the_tests_import_their_shared_helpers_one_way():
     """`from conftest import …`: pytest has imported tests/conftest.py as `conftest`, and
     `tests.conftest` would load a second copy of it beside the one whose fixtures run."""

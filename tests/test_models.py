@@ -18,7 +18,7 @@ from competition.data.targets import Target
 from competition.data.transforms import build_train_transform
 from competition.models.build import build_model, preprocessing
 from competition.models.summary import model_summary
-from competition.training.engine import Optimization, train_one_epoch
+from competition.training.epoch import Optimization, train_one_epoch
 from competition.training.stages import (
     backbone_parameters,
     head_parameters,

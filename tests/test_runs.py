@@ -11,7 +11,7 @@ from conftest import refused
 
 from competition import folds, predict, train
 from competition.core.errors import CompetitionError
-from competition.data.competition import read_csv
+from competition.data.folder import read_csv
 from competition.io.runs import HASH_COLUMNS, RunKey, RunRecord, frame_key, stamp
 
 

@@ -18,7 +18,7 @@ from conftest import CLASSES, image_config, write_yaml
 
 from competition.config import TASK_CHECKS
 from competition.core.choices import AUGMENTATION_NAMES, TTA_VIEW_NAMES
-from competition.core.config import build_config, config_to_dict
+from competition.core.schema import build_config, config_to_dict
 from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
 from competition.io.prob_columns import oof_frame
 from competition.io.runs import RunKey, RunRecord, config_digest, stamp
@@ -84,7 +84,9 @@ def test_help_of_every_command_and_the_board_load_none_of_the_heavy_libraries(tm
 
     report = probe([(f"{c} --help", c, ["--help"]) for c in COMMANDS]
                    + [("empty board", "board", ["--config", str(empty)]),
-                      ("board", "board", ["--config", str(with_run), "--format", "csv"])])
+                      ("board", "board", ["--config", str(with_run), "--format", "csv"]),
+                      ("competition --help", "__main__", ["--help"]),
+                      ("competition board", "__main__", ["board", "--config", str(empty)])])
 
     for c in COMMANDS:
         step = report[f"{c} --help"]
@@ -92,11 +94,25 @@ def test_help_of_every_command_and_the_board_load_none_of_the_heavy_libraries(tm
         assert step["loaded"] == [], f"{c} --help loads {step['loaded']}"
     assert report["empty board"]["code"] == 0 and "no runs under" in report["empty board"]["out"]
     assert report["empty board"]["loaded"] == [], report["empty board"]["loaded"]  # not even pandas
+    # `competition COMMAND` is the command itself, and its own help lists every command
+    assert report["competition --help"]["code"] == 0 and report["competition --help"]["loaded"] == []
+    assert all(f"  {c} " in report["competition --help"]["out"] for c in COMMANDS), report["competition --help"]
+    assert report["competition board"] == report["empty board"]
     board = report["board"]
     assert board["code"] == 0 and board["loaded"] == ["pandas"], board  # the CSVs, and nothing heavier
     rows = pd.read_csv(io.StringIO(board["out"]))
     assert rows["name"].tolist() == ["shapes"] and rows["cv_from"].tolist() == ["best epochs"]
     assert rows["cv"].iloc[0] == pytest.approx(cv, abs=1e-9) and rows["seconds"].iloc[0] == 14.0
+
+
+def test_the_console_script_runs_the_commands(tmp_path):
+    """`make install` puts `competition` beside the interpreter: `competition folds` is `python -m competition.folds`."""
+    script = Path(sys.executable).parent / "competition"
+    assert script.is_file(), f"{script}: the console script is missing; run make install"
+    proc = subprocess.run([str(script), "folds", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "python -m competition.folds" in proc.stdout, proc.stderr
+    proc = subprocess.run([str(script), "fold"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown command 'fold'" in proc.stderr and "folds" in proc.stderr
 
 
 def test_each_choice_table_is_keyed_by_the_names_the_config_accepts():

@@ -14,8 +14,8 @@ from conftest import image_config, kill_training, make_table_competition, table_
 from torch import nn
 
 from competition import predict, train
-from competition.core.config import TrainConfig
 from competition.core.distributed import SeededSampler
+from competition.core.schema import TrainConfig
 from competition.io.checkpoints import load_checkpoint
 from competition.training.imbalance import class_weights, sampler_weights
 from competition.training.losses import FocalLoss

@@ -15,7 +15,7 @@ TTA_VIEW_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose")  #
 
 # Modes that the code they name branches on.
 TARGET_FORMATS = ("single", "multi_label")  # data.target_format: data.targets
-FOLD_STRATEGIES = ("stratified", "group", "stratified_group", "kfold", "multilabel_stratified")  # folds.strategy: data.folds
+FOLD_STRATEGIES = ("stratified", "group", "stratified_group", "kfold", "multilabel_stratified")  # folds.strategy: data.splits
 OUTPUTS = ("auto", "labels", "probabilities")  # predict.output: inference.submission
 CACHE_MODES = ("auto", "off")  # train.cache: data.cache
 DEVICE_AUGMENT_MODES = ("auto", "on", "off")  # train.device_augment: data.batch_augment
@@ -27,7 +27,7 @@ WANDB_MODES = ("off", "offline", "online")  # tracking.wandb: io.wandb_runs
 
 # The kit's own folders under output_dir, which no run may be named after.
 CACHE_DIR = "cache"  # output_dir/cache: every decode cache (and the image check's markers): data.cache
-KEPT_FOLDS = "folds"  # output_dir/folds/<data folder's name>/folds.csv, a read-only data folder's split: data.folds
+KEPT_FOLDS = "folds"  # output_dir/folds/<data folder's name>/folds.csv, a read-only data folder's split: data.splits
 
 
 def choice(key: str, value: str, options) -> None:

@@ -3,8 +3,8 @@ training/head_fit.py and training/averaging.py), checked without loading what im
 from __future__ import annotations
 
 from competition.core.choices import TTA_VIEW_NAMES, choice
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.schema import Config
 
 HEAD_FITS = ("sgd", "logreg")  # training.head_fit
 AVERAGES = ("off", "top_k", "greedy_soup")  # training.averaging

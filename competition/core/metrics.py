@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.schema import Config
 
 SINGLE, BINARY, MULTI = "single", "binary", "multi_label"  # BINARY: single-label with two classes
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # per-class candidates for multi-label F1

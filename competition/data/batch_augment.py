@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from competition.core.config import Config
+from competition.core.schema import Config
 from competition.data.images import Size, hw
 from competition.data.transforms import AFFINE, FLIP_P, RRC_RATIO, RRC_SCALE
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from competition.core.choices import CACHE_DIR
-from competition.core.config import Config
+from competition.core.schema import Config
 from competition.data.images import Size, UndecodableImages, decode_each, hw, load_image, size_name
 from competition.io.disk import reserve
 from competition.io.files import atomic_path, write_json

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.keys import number_of
+from competition.core.schema import Config
 
 log = logging.getLogger(__name__)
 

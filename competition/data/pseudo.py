@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
-from competition.data.competition import Competition, read_csv, require_columns, text_columns
+from competition.core.schema import Config
+from competition.data.folder import Competition, read_csv, require_columns, text_columns
 from competition.data.targets import Target, line_of
 
 

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.keys import class_order, number_of, plain, text_of
 from competition.core.metrics import BINARY, MULTI, SINGLE
+from competition.core.schema import Config
 
 
 def line_of(index: int) -> int:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.keys import text_of
-from competition.data.competition import Competition, read_csv, text_columns
-from competition.data.folds import folds_path, split_digest
+from competition.core.schema import Config
+from competition.data.folder import Competition, read_csv, text_columns
+from competition.data.splits import folds_path, split_digest
 from competition.inference.predictions import OOF, TEST_PROBS
 from competition.io.prob_columns import read_oof_probs
 from competition.io.runs import HASH_COLUMNS, RUN_FILE, RunRecord, frame_key

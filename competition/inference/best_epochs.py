@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS, Metric
-from competition.data.competition import Competition, read_csv
+from competition.core.schema import Config
+from competition.data.folder import Competition, read_csv
 from competition.data.targets import Target
 from competition.io.prob_columns import read_oof_probs
 from competition.io.runs import HASH_COLUMNS, RunKey, frame_key

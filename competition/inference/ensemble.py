@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.runtime import amp_dtype_for
-from competition.data.competition import Competition
+from competition.core.schema import Config
 from competition.data.datasets import build_loader
+from competition.data.folder import Competition
 from competition.data.transforms import tta_views
-from competition.inference.engine import predict_probs
+from competition.inference.forward import predict_probs
 from competition.io.checkpoints import BEST, FoldState, check_compatible, load_checkpoint
 from competition.io.runs import check_same_run, check_trained_with, own_config_hint
 from competition.tasks import Task

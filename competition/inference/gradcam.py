@@ -19,11 +19,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from competition.core.config import Config  # noqa: E402
 from competition.core.errors import CompetitionError  # noqa: E402
 from competition.core.metrics import decide  # noqa: E402
 from competition.core.runtime import to_device  # noqa: E402
-from competition.data.competition import Competition, read_csv, text_columns, train_rows  # noqa: E402
+from competition.core.schema import Config  # noqa: E402
+from competition.data.folder import Competition, read_csv, text_columns, train_rows  # noqa: E402
 from competition.data.images import hw  # noqa: E402
 from competition.io.checkpoints import FoldState  # noqa: E402
 from competition.io.prob_columns import read_oof_probs  # noqa: E402

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from competition.core.config import Config
-from competition.data.competition import Competition
+from competition.core.schema import Config
+from competition.data.folder import Competition
 from competition.inference.validation import OutOfFold
 from competition.io.files import write_csv
 from competition.io.prob_columns import oof_frame

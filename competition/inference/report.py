@@ -21,10 +21,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
 
-from competition.core.config import Config, config_to_dict  # noqa: E402
 from competition.core.errors import CompetitionError  # noqa: E402
 from competition.core.metrics import UNBOUNDED_METRICS, decide  # noqa: E402
-from competition.data.competition import Competition, read_csv, text_columns, train_rows  # noqa: E402
+from competition.core.schema import Config, config_to_dict  # noqa: E402
+from competition.data.folder import Competition, read_csv, text_columns, train_rows  # noqa: E402
 from competition.data.images import image_paths, load_image  # noqa: E402
 from competition.inference.gradcam import explain_fold, panels_rgb  # noqa: E402
 from competition.io.files import write_text  # noqa: E402

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.keys import text_of
 from competition.core.metrics import PROBABILITY_METRICS, Metric, decide
-from competition.data.competition import Competition, read_csv, read_solution
+from competition.core.schema import Config
+from competition.data.folder import Competition, read_csv, read_solution
 from competition.data.targets import Target
 from competition.io.disk import check_writable
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from competition.core.config import Config
 from competition.core.metrics import METRICS
-from competition.data.competition import Competition
-from competition.data.folds import folds_trained_on
+from competition.core.schema import Config
+from competition.data.folder import Competition
+from competition.data.splits import folds_trained_on
 from competition.inference.ensemble import predict_rows
 from competition.inference.submission import Layout, render
 from competition.io.checkpoints import BEST

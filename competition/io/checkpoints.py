@@ -18,9 +18,9 @@ from typing import Any
 import filelock
 
 from competition import __version__
-from competition.core.config import Config, build_config
 from competition.core.errors import CompetitionError
 from competition.core.keys import number_of, text_of
+from competition.core.schema import Config, build_config
 from competition.io.files import atomic_path, torch_save
 
 BEST, LAST = "best.pt", "last.pt"

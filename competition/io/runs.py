@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from competition.core.choices import CACHE_DIR, KEPT_FOLDS
-from competition.core.config import Config, build_config, config_to_dict, flat_config
 from competition.core.errors import CompetitionError
 from competition.core.keys import text_of
 from competition.core.metrics import METRICS
+from competition.core.schema import Config, build_config, config_to_dict, flat_config
 from competition.io.checkpoints import BEST, LAST, FoldLock, FoldState, load_checkpoint
 from competition.io.files import write_json
 

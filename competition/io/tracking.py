@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from competition.core.config import Config, flat_config  # noqa: E402
 from competition.core.metrics import decide  # noqa: E402
+from competition.core.schema import Config, flat_config  # noqa: E402
 from competition.io.disk import no_space_error  # noqa: E402
 from competition.io.files import write_csv  # noqa: E402
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from competition.core.config import Config, config_to_dict
 from competition.core.errors import CompetitionError
+from competition.core.schema import Config, config_to_dict
 from competition.io.files import write_json
 
 log = logging.getLogger(__name__)

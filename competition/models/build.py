@@ -13,8 +13,8 @@ from urllib.request import getproxies
 import timm
 from torch import nn
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.schema import Config
 from competition.models.mlp import TABULAR_MODELS, TabularMLP
 from competition.models.tables import FAMILIES, one_fit_family
 

@@ -7,11 +7,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
-from competition.data.competition import Competition
+from competition.core.schema import Config
 from competition.data.features import TabularPreprocessor, check_rows, load_feature_hook
-from competition.data.folds import folds_trained_on
+from competition.data.folder import Competition
+from competition.data.splits import folds_trained_on
 from competition.io.checkpoints import FoldState
 from competition.models.estimators import make_estimator
 

@@ -14,8 +14,8 @@ that checking a config stays light; fitting, wrapping and refitting are in model
 """
 from __future__ import annotations
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.schema import Config
 
 
 # scikit-learn is imported when a model is made: it costs a second of every run's start.

@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from competition.core.config import Config
 from competition.core.distributed import mix_seed
 from competition.core.errors import CompetitionError
-from competition.data.competition import Competition
+from competition.core.schema import Config
 from competition.data.features import TabularPreprocessor, check_rows
+from competition.data.folder import Competition
 from competition.models.gbdt_libraries import LIBRARIES, library
 
 # Rounds without a better validation loss before a fit stops, where train.patience is not set: at

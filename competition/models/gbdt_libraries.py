@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.schema import Config
 
 log = logging.getLogger(__name__)
 

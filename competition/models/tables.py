@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
+from competition.core.schema import Config
 from competition.models.estimators import ESTIMATORS, check_estimator_params
 from competition.models.gbdt_libraries import LIBRARIES, check_gbdt_params
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from competition.core.config import TrainConfig
 from competition.core.errors import CompetitionError
+from competition.core.schema import TrainConfig
 from competition.io.checkpoints import BEST, LAST, checkpoint_bytes, load_checkpoint
 from competition.io.files import write_bytes, write_csv, write_json
 

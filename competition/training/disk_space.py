@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
-from competition.data.competition import Competition
+from competition.core.schema import Config
+from competition.data.folder import Competition
 from competition.io.checkpoints import BEST, LAST
 from competition.io.disk import free_space, human_bytes
 from competition.tasks import Task

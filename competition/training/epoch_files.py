@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from competition.core.config import Config, config_to_dict, flat_config
 from competition.core.errors import CompetitionError
+from competition.core.schema import Config, config_to_dict, flat_config
 from competition.io.checkpoints import BEST, LAST, FoldState, copy_checkpoint, load_checkpoint
 from competition.io.files import write_bytes, write_csv
 from competition.io.tracking import write_summary

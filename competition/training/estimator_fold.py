@@ -12,17 +12,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from competition.core.config import Config, config_to_dict
 from competition.core.distributed import World, barrier
 from competition.core.metrics import METRICS
-from competition.data.competition import Competition
+from competition.core.schema import Config, config_to_dict
 from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
+from competition.data.folder import Competition
 from competition.io.checkpoints import LAST, FoldLock, FoldState, checkpoint_bytes, load_checkpoint
 from competition.io.prob_columns import oof_frame
 from competition.io.runs import RunKey, stamp
 from competition.models.tables import one_fit_family
 from competition.tasks import Task
-from competition.training.engine import Diverged
+from competition.training.epoch import Diverged
 from competition.training.epoch_files import FoldResult, check_resume_config, write_epoch
 
 log = logging.getLogger(__name__)

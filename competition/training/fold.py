@@ -18,7 +18,6 @@ import torch
 from timm.utils import random_seed, unwrap_model
 from torch import nn
 
-from competition.core.config import EPOCH_PATIENCE, Config, config_to_dict
 from competition.core.distributed import (
     ShardSampler,
     World,
@@ -32,8 +31,9 @@ from competition.core.distributed import (
 from competition.core.interrupts import Interrupted
 from competition.core.metrics import METRICS
 from competition.core.runtime import amp_dtype_for
-from competition.data.competition import Competition, read_csv
+from competition.core.schema import EPOCH_PATIENCE, Config, config_to_dict
 from competition.data.datasets import build_loader
+from competition.data.folder import Competition, read_csv
 from competition.io.checkpoints import (
     LAST,
     FoldLock,
@@ -46,9 +46,9 @@ from competition.io.runs import RunKey, stamp
 from competition.io.tracking import FoldTracker
 from competition.models.summary import model_summary
 from competition.tasks import Task
-from competition.training import engine
+from competition.training import epoch as epochs
 from competition.training.averaging import Combiner, KeptWeights, combines, finish_fold
-from competition.training.engine import Diverged, EpochControl, NonFiniteLoss, Optimization, evaluate, train_one_epoch
+from competition.training.epoch import Diverged, EpochControl, NonFiniteLoss, Optimization, evaluate, train_one_epoch
 from competition.training.epoch_files import FoldResult, resume_point, write_epoch
 from competition.training.head_fit import ProbeRows
 from competition.training.stages import EarlyStopping, Stage, plan_stages, train_mode
@@ -316,7 +316,7 @@ class FoldRun:
                           batch_transform=self.data.eval_transform, multi_label=self.comp.target.multi_label)
         probs = gather_rows(result["probs"], len(self.data.valid_ds), self.world)
         loss = all_mean(result["loss"], len(result["targets"]), self.world)
-        if (what := engine.non_finite(probs, loss, self.data.valid_ids, when)) is not None:
+        if (what := epochs.non_finite(probs, loss, self.data.valid_ids, when)) is not None:
             self._diverged(what)  # scoring NaNs would end in scikit-learn's traceback
         return self.metric.best(self.data.valid_targets, probs), loss, probs
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from competition.core.config import TrainConfig
+from competition.core.schema import TrainConfig
 from competition.data.targets import Target
 
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 
-from competition.core.config import TrainConfig
 from competition.core.distributed import mix_seed
+from competition.core.schema import TrainConfig
 
 
 class BatchMix:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from competition.core.config import TrainConfig
+from competition.core.schema import TrainConfig
 
 
 @dataclass(frozen=True)

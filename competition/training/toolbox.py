@@ -9,10 +9,10 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from competition.core.config import Config
 from competition.core.distributed import SeededSampler, World, mix_seed
+from competition.core.schema import Config
 from competition.data.targets import Target
-from competition.training.engine import Optimization
+from competition.training.epoch import Optimization
 from competition.training.imbalance import class_weights, sampler_weights
 from competition.training.losses import eval_loss, train_loss
 from competition.training.mixing import BatchMix

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 from torch import nn
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
-from competition.data.folds import folds_path
+from competition.core.schema import Config
+from competition.data.splits import folds_path
 from competition.io.checkpoints import BEST, FoldState, load_checkpoint
 from competition.io.runs import folds_digest
 

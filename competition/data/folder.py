@@ -13,9 +13,9 @@ import pandas as pd
 # kept for every column but the text ones (its public default cannot be set per column).
 from pandas._libs.parsers import STR_NA_VALUES
 
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.keys import text_of
+from competition.core.schema import Config
 from competition.data.demos import DEMOS, build_demo
 from competition.data.targets import Target, line_of, read_target
 

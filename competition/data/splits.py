@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 
 from competition.core.choices import KEPT_FOLDS
-from competition.core.config import Config
 from competition.core.errors import CompetitionError
 from competition.core.keys import number_of, text_of
-from competition.data.competition import read_csv
+from competition.core.schema import Config
+from competition.data.folder import read_csv
 from competition.data.targets import Target
 from competition.io.disk import cannot_write
 from competition.io.files import write_csv
