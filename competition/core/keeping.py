@@ -3,6 +3,7 @@ training/head_fit.py and training/averaging.py), checked without loading what im
 from __future__ import annotations
 
 from competition.core.choices import TTA_VIEW_NAMES, choice
+from competition.core.durations import parse_duration
 from competition.core.errors import CompetitionError
 from competition.core.schema import Config
 
@@ -34,6 +35,11 @@ def check_keeping(cfg: Config, staged: bool) -> None:
     if len(set(sides)) == 2 and swapping:
         raise CompetitionError(f"config key train.head_fit_views: {', '.join(swapping)} swap height and width, and "
                                f"image.size {cfg.image.size} is not square")
+    if t.keep_top_k < 0:
+        raise CompetitionError(f"config key train.keep_top_k: the number of best epochs whose weights are kept, 0 or "
+                               f"more; got {t.keep_top_k}")
+    if t.time_limit is not None:
+        parse_duration(t.time_limit, "config key train.time_limit")
     if t.average_k < 2:
         raise CompetitionError(f"config key train.average_k: must be at least 2 epochs to average, got {t.average_k}")
     if t.average != "off" and t.epochs + t.freeze_epochs < 2:

@@ -103,6 +103,10 @@ class TrainConfig:
     average: str = "off"  # off | top_k | greedy_soup: best.pt is an average of the fold's best epochs' weights
     average_k: int = 5  # epochs kept for train.average (the K best by validation score)
     interpolate: str = "off"  # off | auto: best.pt mixes stage-1 and stage-2 weights at the α best on validation
+    # Seconds each fold may train (or 90s, 20m, 2h): it stops at the end of the step that reaches
+    # them, exit 0, keeping its best epoch so far; --resume continues it. None = no limit.
+    time_limit: float | str | None = None
+    keep_top_k: int = 0  # also keep the K best epochs' weights (fold<k>/kept/epoch<N>.pt); 0 = only best.pt and last.pt
     # last.pt within an epoch this often (and where Ctrl-C stops): on for epochs longer than this; 0 = off
     checkpoint_every_minutes: float = 30.0
     num_workers: int = 2
