@@ -268,6 +268,8 @@ class TabularTask(Task):
             pre.n_features,
             pre.state,
             {},
+            # the labelled training rows: train.average / train.interpolate recompute the MLP's BatchNorm statistics on them
+            probe_ds=TabularDataset(train_df, pre, comp.target.encode(train_df)),
         )
         return build_model(cfg, len(comp.classes), pre.n_features, load_pretrained=False), data
 

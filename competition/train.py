@@ -118,7 +118,11 @@ def _report(cfg: Config, comp: Competition, results) -> None:
     from competition.inference.best_epochs import cv_report
 
     for r in results:
-        print(f"fold {r.fold}: best {cfg.train.metric} {r.best_metric:.5f} at epoch {r.best_epoch}")
+        stopped = f" (stopped by train.time_limit {cfg.train.time_limit}; --resume continues it)" if r.stopped_by else ""
+        if r.best_metric is None:
+            print(f"fold {r.fold}: no epoch ended{stopped}")
+        else:
+            print(f"fold {r.fold}: best {cfg.train.metric} {r.best_metric:.5f} at epoch {r.best_epoch}{stopped}")
     report = cv_report(cfg, comp, list(range(cfg.folds.n_splits)))
     if len(report["folds"]) == cfg.folds.n_splits:
         print(f"CV {report['metric']}: {report['cv']:.5f} over {report['oof_rows']} out-of-fold rows")

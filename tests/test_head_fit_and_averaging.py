@@ -186,13 +186,14 @@ def test_resume_after_a_stop_mid_fold_and_before_the_combination_is_exact(image_
     want = load_checkpoint(tmp_path / "ref" / "shapes" / "fold0" / "best.pt")
     cfg, fold_dir = _run(tmp_path, root, "run", **keys), tmp_path / "run" / "shapes" / "fold0"
 
+    from competition.training import averaging
     from competition.training import fold as fold_module
-    real_epoch, real_finish = fold_module.FoldRun._run_epoch, fold_module.finish_fold
+    real_epoch, real_finish = fold_module.FoldRun._run_epoch, averaging.finish_fold
 
     def stop_after_epoch_1(self, stage, e, *args):
         stop = real_epoch(self, stage, e, *args)
         if e + 1 == 1:
-            self.writer.wait()
+            self.saver.wait()
             raise KeyboardInterrupt
         return stop
 
@@ -203,10 +204,10 @@ def test_resume_after_a_stop_mid_fold_and_before_the_combination_is_exact(image_
     assert train.main(["--config", str(cfg), "--fold", "0"]) == 130
     assert {p.name for p in (fold_dir / "kept").iterdir()} == {"epoch1.pt"}
     monkeypatch.setattr(fold_module.FoldRun, "_run_epoch", real_epoch)
-    monkeypatch.setattr(fold_module, "finish_fold", stop_before)
+    monkeypatch.setattr(averaging, "finish_fold", stop_before)
     assert train.main(["--config", str(cfg), "--fold", "0", "--resume"]) == 130
     assert not load_checkpoint(fold_dir / "last.pt").finished
-    monkeypatch.setattr(fold_module, "finish_fold", real_finish)
+    monkeypatch.setattr(averaging, "finish_fold", real_finish)
     assert train.main(["--config", str(cfg), "--fold", "0", "--resume"]) == 0
     got = load_checkpoint(fold_dir / "best.pt")
     assert got.metric == want.metric and load_checkpoint(fold_dir / "last.pt").finished

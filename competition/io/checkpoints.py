@@ -66,6 +66,9 @@ class FoldState:
     batches_done: int = 0
     epoch_loss_total: float = 0.0
     epoch_samples: int = 0
+    # "time_limit": train.time_limit stopped this unfinished fold (best.pt holds its best epoch so far;
+    # --resume continues it). None: it trained on, or stopped otherwise.
+    stopped_by: str | None = None
     kit_version: str = __version__
     # The run this fold belongs to (io.runs): its training-relevant config's hash and its folds.csv's.
     config_hash: str | None = None

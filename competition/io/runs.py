@@ -38,7 +38,8 @@ RUN_FILES = (RUN_FILE, "config.yaml", CV_FILE, "oof.csv", "test_probs.csv")
 NOT_TRAINING = (
     "name", "output_dir", "submission_dir", "data.root", "data.test_csv", "data.sample_submission",
     "data.solution", "data.sample_target_column", "data.image_pattern", "data.test_image_pattern", "data.demo", "data.max_classes", "folds", "train.num_workers", "train.cache",
-    "train.cache_on_device", "train.compile", "train.checkpoint_every_minutes", "tracking", "predict",
+    "train.cache_on_device", "train.compile", "train.checkpoint_every_minutes", "train.time_limit", "train.keep_top_k",
+    "tracking", "predict",
 )
 
 

@@ -26,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.utils import random_seed
 from torch import nn
 
+from competition.core.distributed import mix_seed
 from competition.core.errors import CompetitionError
 from competition.core.schema import TrainConfig
 from competition.io.checkpoints import BEST, LAST, checkpoint_bytes, load_checkpoint
 from competition.io.files import write_bytes, write_csv, write_json
+from competition.training.callbacks import Callback, FoldRun, Stop
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,19 @@ def _rank(rows: list[dict], higher_is_better: bool) -> list[dict]:
     return sorted(rows, key=key)
 
 
+def keeps(t: TrainConfig) -> bool:
+    """Whether the fold keeps epochs' weights under kept/: to combine them, or because train.keep_top_k asks."""
+    return combines(t) or t.keep_top_k > 0
+
+
+def top_k_epochs(t: TrainConfig, history: list[dict], higher_is_better: bool) -> set[int]:
+    """train.keep_top_k: the K best epochs so far, which stay under kept/ when the fold ends."""
+    return {r["epoch"] for r in _rank(history, higher_is_better)[:t.keep_top_k]}
+
+
 def kept_epochs(t: TrainConfig, history: list[dict], higher_is_better: bool) -> set[int]:
-    """The epochs whose weights the end of the fold may need, given the history so far."""
-    need: set[int] = set()
+    """The epochs whose weights the end of the fold may need (or train.keep_top_k keeps), given the history so far."""
+    need = top_k_epochs(t, history, higher_is_better)
     if t.average != "off":
         need |= {r["epoch"] for r in _rank(history, higher_is_better)[:t.average_k]}
     if t.interpolate != "off":
@@ -70,8 +83,10 @@ def kept_epochs(t: TrainConfig, history: list[dict], higher_is_better: bool) -> 
 
 
 def kept_files(t: TrainConfig) -> int:
-    """Most files under kept/ at once (one more while one is replaced): for the disk estimate."""
-    return ((t.average_k if t.average != "off" else 0) + (2 if t.interpolate != "off" else 0) + 1) if combines(t) else 0
+    """Most files under a fold's kept/ at once (one more while one is replaced): for the disk estimate."""
+    if not keeps(t):
+        return 0
+    return (t.average_k if t.average != "off" else 0) + (2 if t.interpolate != "off" else 0) + t.keep_top_k + 1
 
 
 @dataclass
@@ -118,8 +133,12 @@ class KeptWeights:
             raise CompetitionError(f"{path} not found: the kept weights of epoch {epoch} are gone; train the fold again")
         return torch.load(path, map_location="cpu", weights_only=True)
 
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+    def keep_only(self, epochs: set[int]) -> None:
+        """The fold has ended: only these epochs' files stay (train.keep_top_k's), none when it is 0."""
+        if not epochs:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            KeptWrites(self.folder, 0, None, epochs).prune()
 
 
 def average_states(states: list[dict]) -> dict:
@@ -251,7 +270,7 @@ def finish_fold(kept: KeptWeights, history: list[dict], c: Combiner, oof_of: Cal
     done, t = combine(kept.t, history, kept, c), kept.t
     if oof_of is not None:
         write_combined(kept.folder.parent, done, oof_of(done.result.probs))
-        kept.remove()
+        kept.keep_only(top_k_epochs(t, history, c.higher))
     r = done.record
     parts = [f"{t.average} of epochs {', '.join(map(str, r['averaged']['members']))}"] if "averaged" in r else []
     if "interpolated" in r:
@@ -275,3 +294,20 @@ def write_combined(fold_dir: Path, done: Combined, oof) -> None:
     write_json(fold_dir / "averaging.json", done.record)
     last.finished = True
     write_bytes(fold_dir / LAST, checkpoint_bytes(last))
+
+
+class Averaging(Callback):
+    """train.average / train.interpolate as a callback of the fold loop: when the fold has trained
+    to its end, best.pt becomes the combination of its kept weights. A fold the time limit (or a
+    signal) stopped is not at its end: its best epoch stays best.pt, and --resume continues it."""
+
+    def __init__(self, kept: KeptWeights):
+        self.kept = kept
+
+    def on_fit_end(self, loop: FoldRun, stop: Stop | None) -> None:
+        if stop is not None:
+            return
+        random_seed(mix_seed(loop.cfg.seed, loop.fold, loop.state.epoch, 3))  # dropout while BatchNorm statistics are recomputed
+        combiner = Combiner(loop.model, loop.score, loop.probe.recompute_bn, self.kept.higher)
+        done = finish_fold(self.kept, loop.state.history, combiner, loop.oof if loop.world.is_main else None)
+        loop.state.stopper.best_metric, loop.state.stopper.best_loss = done.score, done.loss

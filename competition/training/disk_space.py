@@ -76,7 +76,8 @@ def estimate_run_bytes(cfg: Config, task: Task, comp: Competition, folds: list[i
     3. the decode cache when it still has to be built (`Task.prepare_bytes`);
     4. oof.csv, summary.csv, TensorBoard events and config.yaml: small, estimated generously;
     5. with train.average / train.interpolate, the weights a fold keeps under kept/ (the model's
-       tensors alone, no optimizer state), removed when the fold ends: one fold's at a time.
+       tensors alone, no optimizer state), removed when the fold ends: one fold's at a time; with
+       train.keep_top_k, its K best epochs' stay, in every fold.
     """
     files = 1 + sum(max(0, 2 - _checkpoints_in_place(cfg.fold_dir(f))) for f in folds)
     epochs = cfg.train.freeze_epochs + cfg.train.epochs
@@ -85,7 +86,8 @@ def estimate_run_bytes(cfg: Config, task: Task, comp: Competition, folds: list[i
             + oof_rows * (len(comp.classes) + 2) * OOF_CELL + 64 * 1024)
     tensors = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]  # a GBDT's text is extra state
     weights = sum(t.numel() * t.element_size() for t in tensors)
-    kept = kept_files(cfg.train) * (weights + PER_TENSOR * len(tensors) + PER_CHECKPOINT)
+    kept_now = kept_files(cfg.train) + cfg.train.keep_top_k * (len(folds) - 1)  # finished folds keep their top k
+    kept = kept_now * (weights + PER_TENSOR * len(tensors) + PER_CHECKPOINT)
     return SpaceEstimate(checkpoint_size(model), files, task.prepare_bytes(cfg, comp), logs, kept)
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -86,23 +85,19 @@ def _group_sizes(loader, accum_steps: int) -> list[int]:
 
 @dataclass
 class EpochControl:
-    """Where an epoch starts and when it pauses. A resumed epoch starts at `first_batch` with the
-    loss so far; every batch's global random state (dropout, drop path) comes from (`seed`, its
-    number), so the batches after a mid-epoch checkpoint draw as they would have; `stop()` is asked
-    after each optimizer step (an interrupt); `save(...)` writes a mid-epoch checkpoint every
-    `save_every_s` seconds."""
+    """Where an epoch starts and what it asks after each step. A resumed epoch starts at
+    `first_batch` with the loss so far; every batch's global random state (dropout, drop path)
+    comes from (`seed`, its number), so the batches after a mid-epoch checkpoint draw as they
+    would have. `after_step(batches, loss_total, samples, check_losses)` runs after every optimizer
+    step but the epoch's last (the fold loop's step hooks: mid-epoch saves, stop requests) and
+    returns True to end the epoch there; `loss_total` is a device tensor, read only when needed, and
+    `check_losses()` raises NonFiniteLoss for any bad batch so far (call it before saving)."""
 
     first_batch: int = 0
     loss_total: float = 0.0
     samples: int = 0
     seed: int | None = None
-    stop: Callable[[], bool] | None = None
-    save_every_s: float = 0.0
-    save: Callable[[int, float, int], None] | None = None  # (batches done, loss total, samples)
-
-    def save_due(self, saved_at: float) -> bool:
-        """Whether a mid-epoch checkpoint is due, the last one having been saved at `saved_at`."""
-        return self.save is not None and bool(self.save_every_s) and time.monotonic() - saved_at >= self.save_every_s
+    after_step: Callable[[int, torch.Tensor, int, Callable[[], None]], bool] | None = None
 
 
 # The progress bar reads the loss off the device this often: reading it makes the host wait for
@@ -156,14 +151,14 @@ def train_one_epoch(
     Batches are (x, y), or (x, y, seeds) when `batch_transform(x, seeds)` augments on the device;
     `mix(x, y)` (training.mixing.BatchMix) then mixes the batch on the device and softens its targets.
     Returns the mean loss, the samples seen, each group's learning rate at the last step, the
-    batches done and whether `control.stop()` ended the epoch early.
+    batches done and whether `control.after_step` ended the epoch early.
     """
     control = control or EpochControl()
     # The running loss stays on the device: reading it each step would make the CPU wait for the GPU.
     total = torch.full((), control.loss_total, dtype=torch.float64, device=device)
     count, lrs, first = control.samples, {}, control.first_batch
     groups = _group_sizes(loader, opt.accum_steps)
-    n_batches, saved_at, checked = len(loader) + first, time.monotonic(), LossCheck(device, first, len(loader))
+    n_batches, checked = len(loader) + first, LossCheck(device, first, len(loader))
     opt.optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, leave=False, initial=first, total=n_batches, disable=not show_progress())
     for i, batch in enumerate(bar, start=first):
@@ -190,12 +185,8 @@ def train_one_epoch(
             continue
         lrs = {group.get("name", str(k)): group["lr"] for k, group in enumerate(opt.optimizer.param_groups)}
         opt.step(model)
-        if i + 1 < n_batches and control.stop is not None and control.stop():
-            return _epoch_result(total, count, lrs, i + 1, checked, stopped=True)  # the stop saves last.pt
-        if i + 1 < n_batches and control.save_due(saved_at):
-            checked.check()
-            control.save(i + 1, float(total), count)
-            saved_at = time.monotonic()
+        if i + 1 < n_batches and control.after_step is not None and control.after_step(i + 1, total, count, checked.check):
+            return _epoch_result(total, count, lrs, i + 1, checked, stopped=True)  # the loop saves where it stopped
     return _epoch_result(total, count, lrs, n_batches, checked, stopped=False)
 
 

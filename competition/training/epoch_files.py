@@ -15,7 +15,7 @@ from competition.io.tracking import write_summary
 
 # Keys a resumed run may change; anything else must match the interrupted run's config.
 RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.cache_on_device", "train.epochs", "train.patience",
-                  "train.checkpoint_every_minutes",
+                  "train.checkpoint_every_minutes", "train.time_limit", "train.keep_top_k",
                   "predict", "tracking"}
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,9 @@ class FoldResult:
     """What a fold's training reports: its best score and epoch."""
 
     fold: int
-    best_metric: float
+    best_metric: float | None  # None: stopped before its first epoch ended
     best_epoch: int
+    stopped_by: str | None = None  # "time_limit": train.time_limit ended the fold before its last epoch
 
 
 def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:

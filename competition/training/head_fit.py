@@ -178,4 +178,5 @@ class ProbeRows:
         from torch.optim.swa_utils import update_bn
 
         with torch.no_grad():
-            update_bn((self.batch_transform(to_device(b[0], self.device)) for b in self.loader()), model)
+            transform = self.batch_transform or (lambda x: x)  # a table's rows need none
+            update_bn((transform(to_device(b[0], self.device)) for b in self.loader()), model)

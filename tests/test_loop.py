@@ -1,0 +1,91 @@
+"""The fold loop's policies: train.time_limit stops a fold cleanly (exit 0, its best epoch kept for
+predict, --resume finishing it exactly as a run never stopped), and train.keep_top_k keeps the K best
+epochs' weights, pruning the rest."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from conftest import image_config, table_config, write_yaml
+
+from competition import predict, train
+from competition.io.checkpoints import load_checkpoint
+from competition.training import callbacks
+
+
+def _steps_clock():
+    """A clock that advances one second each time it is read: the time limit counts the loop's
+    questions (fit start, then once after every step but an epoch's last, and at every epoch's end)."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0
+        return now[0]
+    return clock
+
+
+@pytest.mark.slow
+def test_the_time_limit_stops_a_fold_cleanly_and_resume_finishes_it_exactly(image_comp, tmp_path, monkeypatch, capsys):
+    _, root = image_comp
+    keys = {"freeze_epochs": 1, "epochs": 2, "keep_top_k": 2}  # 3 epochs of 3 steps
+
+    def config(out: str, **more):
+        cfg = image_config(tmp_path, root, train=keys | more, predict={"tta": [], "batch_size": 16})
+        cfg["output_dir"] = str(tmp_path / out)
+        return write_yaml(tmp_path / f"{out}.yaml", cfg)
+
+    ref, run = config("ref"), config("run", time_limit="3.5s")
+    assert train.main(["--config", str(ref), "--fold", "0"]) == 0
+    monkeypatch.setattr(callbacks.TimeLimit, "clock", staticmethod(_steps_clock()))
+    capsys.readouterr()
+    # read at the start (1), after steps 1-2 of epoch 1 (2, 3), at its end (4), after step 1 of epoch 2 (5: 4 s > 3.5)
+    assert train.main(["--config", str(run), "--fold", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "fold 0: best accuracy" in out and "at epoch 1 (stopped by train.time_limit 3.5s; --resume continues it)" in out
+    fold_dir = tmp_path / "run" / "shapes" / "fold0"
+    last, best = load_checkpoint(fold_dir / "last.pt"), load_checkpoint(fold_dir / "best.pt")
+    assert (last.stopped_by, last.finished, last.epoch, last.batches_done) == ("time_limit", False, 1, 1)
+    assert best.epoch == best.best_epoch == 1 and (fold_dir / "oof.csv").is_file()
+    assert {p.name for p in (fold_dir / "kept").iterdir()} == {"epoch1.pt"}
+    assert predict.main(["--config", str(run), "--output", str(tmp_path / "sub.csv")]) == 0  # both folds' epoch 1
+    assert len(pd.read_csv(tmp_path / "sub.csv")) == 9
+
+    monkeypatch.undo()
+    assert train.main(["--config", str(run), "--fold", "0", "--resume", "--set", "train.time_limit=null"]) == 0
+    want = load_checkpoint(tmp_path / "ref" / "shapes" / "fold0" / "last.pt")
+    got = load_checkpoint(fold_dir / "last.pt")
+    assert got.finished and got.stopped_by is None and got.history[-1]["metric"] == want.history[-1]["metric"]
+    for key, tensor in want.model_state_dict.items():  # bit-identical to the run never stopped
+        assert torch.equal(tensor, got.model_state_dict[key]), key
+
+    # keep_top_k: the two best epochs by score (then lower validation loss), each as best.pt would hold it
+    summary = pd.read_csv(fold_dir / "summary.csv").sort_values(["metric", "val_loss"], ascending=[False, True])
+    top = summary.epoch.head(2).tolist()
+    assert sorted(p.name for p in (fold_dir / "kept").iterdir()) == sorted(f"epoch{e}.pt" for e in top)
+    kept = torch.load(fold_dir / "kept" / f"epoch{top[0]}.pt", weights_only=True)
+    best = load_checkpoint(fold_dir / "best.pt")
+    assert best.best_epoch == top[0]
+    assert all(torch.equal(kept[k], v) for k, v in best.model_state_dict.items())
+
+
+def test_keep_top_k_survives_averaging_which_prunes_the_rest(table_comp, tmp_path):
+    _, root = table_comp
+    cfg = table_config(tmp_path, root, train={"epochs": 4, "average": "top_k", "average_k": 3, "keep_top_k": 1})
+    path = write_yaml(tmp_path / "avg.yaml", cfg)
+    assert train.main(["--config", str(path), "--fold", "0"]) == 0
+    fold_dir = tmp_path / "outputs" / "table" / "fold0"
+    summary = pd.read_csv(fold_dir / "summary.csv").sort_values(["metric", "val_loss"], ascending=[False, True])
+    assert [p.name for p in (fold_dir / "kept").iterdir()] == [f"epoch{summary.epoch.iloc[0]}.pt"]
+    assert (fold_dir / "averaging.json").is_file()  # best.pt is the average of three; kept/ holds the best one
+
+
+@pytest.mark.parametrize("key, value, said", [("time_limit", "5 minutes", "train.time_limit"),
+                                              ("time_limit", 0, "train.time_limit"),
+                                              ("keep_top_k", -1, "train.keep_top_k")])
+def test_nonsense_time_limits_and_top_k_are_refused(table_comp, tmp_path, capsys, key, value, said):
+    from conftest import refused
+
+    _, root = table_comp
+    path = write_yaml(tmp_path / "bad.yaml", table_config(tmp_path, root, train={key: value}))
+    refused(capsys, train.main(["--config", str(path), "--fold", "0"]), said)
+    assert not (tmp_path / "outputs").exists()
