@@ -36,8 +36,7 @@ from competition.core.runtime import amp_dtype_for  # noqa: E402
 from competition.data.datasets import CachedRows, build_loader  # noqa: E402
 from competition.data.device_rows import DeviceRows  # noqa: E402
 from competition.data.splits import load_or_create_folds  # noqa: E402
-from competition.models.build import build_model  # noqa: E402
-from competition.tasks import open_competition  # noqa: E402
+from competition.tasks import build_model, open_competition  # noqa: E402
 from competition.training.epoch import Optimization, train_one_epoch  # noqa: E402
 from competition.training.stages import param_groups, set_stage, stage_schedule, train_mode  # noqa: E402
 

@@ -29,8 +29,8 @@ from competition.core.distributed import SeededSampler  # noqa: E402
 from competition.core.runtime import keep_freed_memory  # noqa: E402
 from competition.data.datasets import build_loader  # noqa: E402
 from competition.data.splits import load_or_create_folds  # noqa: E402
-from competition.models.build import build_model, preprocessing  # noqa: E402
-from competition.tasks import TASKS, open_competition  # noqa: E402
+from competition.models.contract import data_config  # noqa: E402
+from competition.tasks import TASKS, build_model, open_competition  # noqa: E402
 
 TITLE = "Training loader: decode cache against a plain PIL loader"
 
@@ -123,7 +123,7 @@ def main() -> None:
         cfg = config_from_dict(raw)
         _, comp = open_competition(cfg)
         df = load_or_create_folds(cfg, comp.train, comp.target)
-        prep = preprocessing(build_model(cfg, len(comp.classes), load_pretrained=False), args.size)
+        prep = data_config(build_model(cfg, len(comp.classes), load_pretrained=False), args.size)
 
         # 1. Kit, cache cold: building the cache is part of the first pass.
         start = time.perf_counter()

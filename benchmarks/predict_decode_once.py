@@ -32,8 +32,8 @@ from competition.data.images import load_image  # noqa: E402
 from competition.data.transforms import INTERPOLATIONS, tta_views  # noqa: E402
 from competition.inference.ensemble import load_fold_models, predict_test, trained_folds  # noqa: E402
 from competition.io.checkpoints import BEST, FoldState, save_checkpoint  # noqa: E402
-from competition.models.build import build_model, preprocessing  # noqa: E402
-from competition.tasks import open_competition  # noqa: E402
+from competition.models.contract import data_config  # noqa: E402
+from competition.tasks import build_model, open_competition  # noqa: E402
 
 TITLE = "Prediction: each test image decoded once for every fold and view"
 
@@ -58,7 +58,7 @@ def fake_fold_checkpoints(cfg, classes: list, folds: int) -> None:
         model = build_model(cfg, len(classes), load_pretrained=False)
         save_checkpoint(cfg.fold_dir(fold) / BEST, FoldState(
             fold=fold, config=config_to_dict(cfg), classes=classes, metric_name="accuracy", higher_is_better=True,
-            preprocessing=preprocessing(model, cfg.image.size), preprocessor=None, in_features=None, epoch=1,
+            preprocessing=data_config(model, cfg.image.size), preprocessor=None, in_features=None, epoch=1,
             stage=2, stage_complete=True, finished=True, loss=0.0, metric=0.0, best_metric=0.0, best_epoch=1,
             best_loss=0.0, bad_epochs=0, history=[], model_state_dict=model.state_dict(), optimizer_state_dict={},
         ))

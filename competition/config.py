@@ -22,6 +22,7 @@ from competition.core.choices import (
     OUTPUTS,
     SAMPLERS,
     TARGET_FORMATS,
+    TASK_KINDS,
     TTA_VIEW_NAMES,
     WANDB_MODES,
     choice,
@@ -32,7 +33,7 @@ from competition.core.metrics import METRICS, check_target_keys
 from competition.core.patterns import pattern_fields
 from competition.core.schema import Config, build_config
 from competition.io.runs import check_run_name
-from competition.models.tables import check_model_params
+from competition.models.tables import check_model_params, check_no_model_params
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -117,7 +118,7 @@ def validate(cfg: Config) -> None:
     check_run_name(cfg.name, "config key name")
     if cfg.model.init_from is not None:
         check_run_name(cfg.model.init_from, "config key model.init_from")
-    choice("task", cfg.task, TASK_CHECKS)
+    choice("task", cfg.task, TASK_KINDS)
     choice("data.target_format", cfg.data.target_format, TARGET_FORMATS)
     choice("predict.output", cfg.predict.output, OUTPUTS)
     choice("folds.strategy", cfg.folds.strategy, FOLD_STRATEGIES)
@@ -163,8 +164,7 @@ def validate(cfg: Config) -> None:
         raise CompetitionError("config key data.max_classes: must be at least 2")
     check_target_keys(cfg)
     _check_toolbox(cfg)
-    check_keeping(cfg, staged=cfg.task == "image")  # an image model has a pretrained body to freeze
-    check_model_params(cfg)
+    check_keeping(cfg, staged=TASK_KINDS[cfg.task].staged)  # a pretrained body to freeze, or none
     TASK_CHECKS[cfg.task](cfg)
 
 
@@ -219,6 +219,7 @@ def _check_toolbox(cfg: Config) -> None:
 
 
 def _check_image_keys(cfg: Config) -> None:
+    check_no_model_params(cfg)  # a timm model takes none
     if not cfg.data.image_column:
         raise CompetitionError("config key data.image_column: an image task needs the image path column")
     if cfg.data.features:
@@ -229,6 +230,7 @@ def _check_image_keys(cfg: Config) -> None:
 
 
 def _check_tabular_keys(cfg: Config) -> None:
+    check_model_params(cfg)  # for the models fit once per fold (models/tables.py), and only them
     if cfg.train.freeze_bn:
         raise CompetitionError("config key train.freeze_bn: applies to image backbones; a tabular MLP learns its BatchNorm statistics")
     for key, value in (("train.cutmix_alpha", cfg.train.cutmix_alpha), ("train.layer_decay", cfg.train.layer_decay),
@@ -243,8 +245,9 @@ def _check_tabular_keys(cfg: Config) -> None:
         raise CompetitionError("config keys data.image_pattern / data.test_image_pattern: build image paths, for image tasks")
 
 
-# The task kinds (config key task) and the keys each needs or refuses; tasks.TASKS implements each
-# kind. These checks live here rather than on the Task objects so that checking a config loads no torch.
+# The task kinds (config key task, core.choices.TASK_KINDS) and the keys each needs or refuses;
+# tasks.TASKS implements each kind. These checks live here rather than on the Task objects so that
+# checking a config loads no torch.
 TASK_CHECKS = {"image": _check_image_keys, "tabular": _check_tabular_keys}
 
 

@@ -20,7 +20,6 @@ from competition.io.checkpoints import BEST, check_compatible, copy_checkpoint, 
 from competition.io.disk import DiskFull
 from competition.io.files import atomic_dir, write_text, write_yaml
 from competition.io.runs import CV_FILE, check_trained_with, own_config_hint, stored_thresholds
-from competition.models.tables import one_fit_family
 
 RUNS = "outputs"  # the packaged config's output_dir: fold checkpoints under <package>/outputs/<name>/
 OOF = "oof.csv"  # a fold's out-of-fold rows: predict's CV report
@@ -220,16 +219,13 @@ def _main(argv: Sequence[str] | None) -> int:
     # The work's modules load once the arguments parse: `--help` loads no torch.
     from competition.data.splits import parse_folds
     from competition.inference.ensemble import trained_folds
+    from competition.tasks import task_of
 
     cfg = command_config(args)
     out = Path(args.output)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise CompetitionError(f"--output {out} exists and is not an empty folder: give a new one (nothing was written)")
-    family = one_fit_family(cfg)
-    if family is not None and not family.stored:
-        raise CompetitionError(f"config key model.name: {cfg.model.name} folds are refit from train.csv and folds.csv when "
-                               f"predict runs (no pickled model is kept), and a package predicts without folds.csv: "
-                               f"package a run of mlp or of a timm model")
+    task_of(cfg).check_package(cfg)  # a model refit at predict needs folds.csv, which a package lacks
     hook = hook_file(cfg)
     folds = parse_folds(args.folds, cfg.folds.n_splits)
     checkpoints = trained_folds(cfg, folds, explicit=args.folds != "all")

@@ -65,8 +65,6 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = F
     from competition.io.files import write_yaml
     from competition.io.runs import check_new_run, start_run
     from competition.io.wandb_runs import check_wandb
-    from competition.models.build import check_model
-    from competition.models.tables import one_fit_family
     from competition.tasks import open_competition
     from competition.training.disk_space import check_disk_space
     from competition.training.warm_start import check_warm_starts
@@ -75,13 +73,11 @@ def prepare_run(cfg: Config, folds: list[int], resume: bool, overwrite: bool = F
     task, comp = open_competition(cfg)
     layout_of(cfg, comp)  # a sample predict could not fill is refused before the first fold trains
     # A resumed fold takes its weights from last.pt: no pretrained download needed.
-    model = check_model(cfg, len(comp.classes), load_pretrained=not resume)
+    model = task.check_model(cfg, len(comp.classes), load_pretrained=not resume)
     check_wandb(cfg)
     check_disk_space(cfg, task, comp, folds, model)  # before the decode cache, the first thing written
     task.prepare(cfg, comp)
-    family = one_fit_family(cfg)
-    if family is not None:
-        family.check(cfg, comp)
+    task.check_fit(cfg, comp)  # a model fit once per fold: a small fit on real rows
     read_pseudo_labels(cfg, comp)  # a bad pseudo-label file fails before anything is written
     if resume:
         check_resumable(cfg, comp, folds)
@@ -156,11 +152,9 @@ def _main(argv: Sequence[str] | None) -> int:
     from competition.core.runtime import keep_freed_memory
     from competition.data.splits import load_or_create_folds, parse_folds
     from competition.io.disk import DiskFull
-    from competition.models.tables import one_fit_family
     from competition.tasks import open_competition
     from competition.training.epoch import Diverged
-    from competition.training.estimator_fold import fit_estimator_fold
-    from competition.training.fold import fit_fold
+    from competition.training.trainers import TRAINERS
 
     keep_freed_memory()  # before the big allocations: see core/runtime.py
     cfg = load_config(args.config, args.overrides)
@@ -183,8 +177,8 @@ def _main(argv: Sequence[str] | None) -> int:
              len(comp.classes), device, f", {world.size} processes" if world.distributed else "")
     try:
         with GracefulStop() as stop_request:
-            # models fit once per fold have their own fold trainer; a torch model's stops at a signal's next step
-            fit = fit_estimator_fold if one_fit_family(cfg) else functools.partial(fit_fold, stop=stop_request)
+            # the task's fold trainer; the torch loop stops at a signal's next step
+            fit = functools.partial(TRAINERS[task.trainer], stop=stop_request)
             results = [fit(cfg, task, comp, df, f, device=device, world=world, resume=args.resume) for f in folds]
     except Interrupted as exc:
         exc.message = f"{exc.message}; continue with: {resume_command(argv)}"

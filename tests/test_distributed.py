@@ -20,7 +20,7 @@ from competition.data.batch_augment import BatchAugment
 from competition.data.datasets import ImageDataset
 from competition.data.transforms import build_eval_transform
 from competition.inference.forward import predict_probs
-from competition.models.build import build_model
+from competition.tasks import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,6 @@ from competition.data.cache import build_cache
 from competition.data.images import image_paths
 from competition.io.checkpoints import checkpoint_bytes, load_checkpoint
 from competition.io.disk import DiskFull, human_bytes
-from competition.models.build import check_model
 from competition.tasks import open_competition
 from competition.training import disk_space
 from competition.training.disk_space import checkpoint_size, estimate_run_bytes
@@ -195,7 +194,7 @@ def test_the_estimate_counts_the_checkpoints_a_run_adds(image_comp):
     """Two per fold and one being replaced; a fold's existing checkpoints are replaced, not added to."""
     cfg = load_config(str(image_comp[0]), [])
     task, comp = open_competition(cfg)
-    model = check_model(cfg, len(comp.classes))
+    model = task.check_model(cfg, len(comp.classes))
     assert estimate_run_bytes(cfg, task, comp, [0, 1], model).checkpoint_files == 5
     fold0 = cfg.fold_dir(0)
     fold0.mkdir(parents=True)

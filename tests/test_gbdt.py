@@ -3,6 +3,7 @@ no refit), categorical columns as categories, missing values left to the library
 and the same predict, blend and package as every other model."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import pytest
 import torch
 from conftest import make_table_competition, refused, table_config, write_yaml
 
-from competition import blend, package, predict, train
+from competition import blend, board, package, predict, train
 from competition.config import load_config
 from competition.data.features import TabularPreprocessor
 from competition.models.gbdt import gbdt_params, stopping_rounds
@@ -85,6 +86,10 @@ def test_predict_uses_the_stored_models_and_they_blend(runs, capsys):
     record = json.loads((runs["outputs"] / "blends" / "+".join(LIBRARIES) / "blend.json").read_text())
     assert record["blend_cv"]["cv"] >= max(r["cv"] for r in record["runs_cv"].values())
     assert list(pd.read_csv(out)["key"]) == list(pd.read_csv(runs["root"] / "sample_submission.csv")["key"])
+    capsys.readouterr()
+    assert board.main(["--config", str(runs["config"]), "--format", "csv"]) == 0
+    rows = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("name")
+    assert (rows.loc[list(LIBRARIES), "epochs"] == "-").all()  # one fit per fold: no epochs to show
 
 
 def test_each_library_s_package_predicts_alone(runs, tmp_path):

@@ -223,13 +223,12 @@ def test_the_disk_estimate_counts_the_weights_a_fold_keeps(image_comp):
     import io
 
     from competition.config import load_config
-    from competition.models.build import check_model
     from competition.tasks import open_competition
     from competition.training.disk_space import estimate_run_bytes
 
     cfg = load_config(str(image_comp[0]), [])
     task, comp = open_competition(cfg)
-    model = check_model(cfg, len(comp.classes))
+    model = task.check_model(cfg, len(comp.classes))
     assert estimate_run_bytes(cfg, task, comp, [0, 1], model).kept == 0
     soup = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, average="greedy_soup", average_k=3))
     estimate = estimate_run_bytes(soup, task, comp, [0, 1], model)

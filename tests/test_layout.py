@@ -118,3 +118,83 @@ def test_the_tests_import_their_shared_helpers_one_way():
              for node in ast.walk(ast.parse(p.read_text()))
              if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests"]
     assert wrong == []
+
+
+# Where the task kind and the model family may be asked about: the tasks, which implement each kind
+# and pick a family's task (tasks.task_of); the registry of the models fit once per fold; and the
+# board, which reads runs' stored configs without loading torch, so has no task to ask.
+TASK_HOMES = ("competition.tasks",)
+FAMILY_HOMES = ("competition.tasks", "competition.models.tables", "competition.experiments.standings")
+FAMILY_LOOKUPS = {"one_fit_family", "family_named"}  # models.tables: the family of a config, of a name
+
+
+def _model_classes() -> dict[str, str]:
+    """The model classes the kit defines (nn.Module subclasses under competition/models), and the
+    module of each: the one place an isinstance of it may stand (its family's own code)."""
+    return {node.name: module for module, path in _modules().items() if module.startswith("competition.models.")
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ClassDef) and any(ast.unparse(b) in ("nn.Module", "Module") for b in node.bases)}
+
+
+def _is_task_kind(node: ast.AST) -> bool:
+    """`cfg.task`, `config["task"]`, `config.get("task")`: a config's task kind."""
+    if isinstance(node, ast.Attribute):
+        return node.attr == "task"
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value == "task"
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+            and bool(node.args) and isinstance(node.args[0], ast.Constant) and node.args[0].value == "task")
+
+
+def _is_name_literal(node: ast.AST) -> bool:
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return bool(node.elts) and all(_is_name_literal(e) for e in node.elts)
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def _called(node: ast.Call) -> str:
+    return node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+
+
+def task_branches(tree: ast.AST, model_classes: set[str], lookups: set[str]) -> list[str]:
+    """Each line of `tree` that asks which task kind or model family it runs: a task kind compared
+    with a name (`cfg.task == "image"`, `match cfg.task`), an isinstance of one of `model_classes`,
+    a call of one of `lookups` (the family of a config)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            hit = any(_is_task_kind(o) for o in operands) and any(_is_name_literal(o) for o in operands)
+        elif isinstance(node, ast.Match):
+            hit = _is_task_kind(node.subject)
+        elif isinstance(node, ast.Call) and _called(node) == "isinstance" and len(node.args) == 2:
+            classes = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+            hit = any(ast.unparse(c).split(".")[-1] in model_classes for c in classes)
+        else:
+            hit = isinstance(node, ast.Call) and _called(node) in lookups
+        if hit:
+            found.append((node.lineno, f"line {node.lineno}: {ast.unparse(node)[:80]}"))
+    return [line for _, line in sorted(found)]
+
+
+def test_task_and_model_family_branches_live_in_the_tasks():
+    """The kit asks the config's task (train's fold trainer, package's refusal, the report's pictures,
+    the check of a fit) instead of branching on `cfg.task` or on the model family: a new task kind or
+    family is a new Task or registry line, not an edit of each module that would branch on it."""
+    classes = _model_classes()
+    assert {"TabularMLP", "EstimatorModule", "GBDTModule"} <= set(classes)
+    wrong = []
+    for module, path in sorted(_modules().items()):
+        if module.startswith(TASK_HOMES):
+            continue
+        lookups = set() if module.startswith(FAMILY_HOMES) else FAMILY_LOOKUPS
+        others = {name for name, home in classes.items() if home != module}
+        found = task_branches(ast.parse(path.read_text()), others, lookups)
+        wrong += [f"{module} {line}" for line in found]
+    assert wrong == []
+    # the checker sees each kind of branch it is there to refuse, and lets comparisons and registries be
+    code = ('if cfg.task == "image": pass\nif state.config.get("task") in ("tabular",): pass\n'
+            'match cfg.task:\n    case "image": pass\nfamily = one_fit_family(cfg)\nisinstance(m, TabularMLP)\n'
+            'if saved.get("task") != cfg.task: pass\nfit = TASKS[cfg.task]\n')
+    assert [line.split(":")[0] for line in task_branches(ast.parse(code), set(classes), FAMILY_LOOKUPS)] == [
+        "line 1", "line 2", "line 3", "line 5", "line 6"]

@@ -16,8 +16,9 @@ from competition.data.batch_augment import BatchAugment
 from competition.data.datasets import ImageDataset
 from competition.data.targets import Target
 from competition.data.transforms import build_train_transform
-from competition.models.build import build_model, preprocessing
+from competition.models.contract import ClassifierModel, data_config, feature_stages, head_of
 from competition.models.summary import model_summary
+from competition.tasks import TASKS, OneFitTask, TabularTask, build_model, task_of
 from competition.training.epoch import Optimization, train_one_epoch
 from competition.training.stages import (
     backbone_parameters,
@@ -28,6 +29,7 @@ from competition.training.stages import (
     stage_schedule,
     train_mode,
 )
+from competition.training.trainers import TRAINERS
 
 CLASSES = ["circle", "cross", "square"]
 
@@ -36,7 +38,7 @@ def _setup(image_comp, stage):
     cfg = load_config(str(cfg_path))
     torch.manual_seed(0)
     model = build_model(cfg, 3)
-    prep = preprocessing(model, 32)
+    prep = data_config(model, 32)
     train = pd.read_csv(root / "train.csv")
     ds = ImageDataset(train, root, build_train_transform(32, []), Target("single", CLASSES, "label").encode(train))
     set_stage(model, stage)
@@ -91,6 +93,30 @@ def test_tabular_mlp_is_sized_from_the_feature_count():
     model = build_model(cfg, 2, in_features=17)
     assert model(torch.zeros(4, 17)).shape == (4, 2)
     assert model.get_classifier().out_features == 2
+
+
+def test_the_mlp_and_a_timm_backbone_fulfil_one_model_contract():
+    """Freezing and parameter groups (the head), the preprocessing each checkpoint stores and
+    Grad-CAM's stage read every model trained in epochs through models/contract.py."""
+    mlp = build_model(load_config("titanic"), 2, in_features=5)
+    backbone = build_model(load_config("digits", ["model.name=test_resnet"]), 10)
+    assert isinstance(mlp, ClassifierModel) and isinstance(backbone, ClassifierModel)
+    assert head_of(mlp) is mlp.head and head_parameters(mlp) == list(mlp.head.parameters())
+    assert head_of(backbone) is backbone.fc
+    assert data_config(mlp, 32) == {} and feature_stages(mlp) == []  # table features: no picture, no map
+    prep = data_config(backbone, 32)
+    assert prep["size"] == 32 and len(prep["mean"]) == len(prep["std"]) == 3 and prep["interpolation"]
+    assert [s["module"] for s in feature_stages(backbone)][-1] == "layer4"
+
+
+def test_each_table_model_runs_as_its_family_s_task_with_its_own_fold_trainer():
+    mlp, logreg, gbdt = (task_of(load_config("titanic", [f"model.name={n}"])) for n in ("mlp", "logreg", "lightgbm"))
+    assert type(mlp) is TabularTask and mlp.trainer == "epochs"
+    assert isinstance(logreg, OneFitTask) and isinstance(gbdt, OneFitTask) and logreg.trainer == gbdt.trainer == "once"
+    assert "logreg" in logreg.family.names and "lightgbm" in gbdt.family.names
+    assert {t.trainer for t in (mlp, logreg, *TASKS.values())} <= set(TRAINERS)
+    with pytest.raises(CompetitionError, match=r"model\.name: 'tabnet' is not a tabular model \(mlp, logreg, .*lightgbm"):
+        build_model(load_config("titanic", ["model.name=tabnet"]), 2, in_features=5)
 
 
 def test_unknown_timm_model_is_a_config_error():

@@ -22,7 +22,7 @@ from conftest import no_network_reason
 
 from competition.config import config_from_dict
 from competition.core.errors import CompetitionError
-from competition.models.build import check_model
+from competition.tasks import task_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_hub_weights_without_network_fail_at_once_in_one_line(tmp_path, monkeypa
         handler.emit = records.append
         logging.getLogger().addHandler(handler)
         try:
-            check_model(cfg, 3)
+            task_of(cfg).check_model(cfg, 3)
             refusal = "(built)"
         except CompetitionError as exc:
             refusal = str(exc)

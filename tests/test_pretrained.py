@@ -15,7 +15,8 @@ from competition import train
 from competition.config import load_config
 from competition.core.errors import CompetitionError
 from competition.io.checkpoints import load_checkpoint
-from competition.models.build import build_model, preprocessing
+from competition.models.contract import data_config
+from competition.tasks import build_model
 
 HEAD = "fc."  # test_resnet's classifier
 
@@ -63,7 +64,7 @@ def test_pretrained_file_fills_the_backbone_and_the_head_fits_the_classes(tmp_pa
     assert model.get_classifier().out_features == 3
     assert state["fc.weight"].shape == (3, weights["fc.weight"].shape[1])
     # Normalisation follows the weights' own pretrained config (0.5, not ImageNet's 0.485…).
-    prep = preprocessing(model, 32)
+    prep = data_config(model, 32)
     assert prep["mean"] == [0.5, 0.5, 0.5] and prep["std"] == [0.5, 0.5, 0.5]
     assert prep["interpolation"] == "bilinear"
 

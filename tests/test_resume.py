@@ -29,7 +29,7 @@ def test_checkpoint_round_trip_is_weights_only(trained_image_comp, tmp_path):
         assert key in state
     assert isinstance(state["config"], dict) and state["config"]["name"] == "shapes"
     from competition.config import config_from_dict
-    from competition.models.build import build_model
+    from competition.tasks import build_model
 
     model = build_model(config_from_dict(state["config"]), len(state["classes"]), load_pretrained=False)
     model.load_state_dict(state["model_state_dict"])  # strict: every key fits the rebuilt model

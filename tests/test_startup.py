@@ -17,7 +17,7 @@ import pytest
 from conftest import CLASSES, image_config, write_yaml
 
 from competition.config import TASK_CHECKS
-from competition.core.choices import AUGMENTATION_NAMES, TTA_VIEW_NAMES
+from competition.core.choices import AUGMENTATION_NAMES, TASK_KINDS, TTA_VIEW_NAMES
 from competition.core.schema import build_config, config_to_dict
 from competition.data.transforms import AUGMENTATIONS, TTA_VIEWS
 from competition.io.prob_columns import oof_frame
@@ -119,4 +119,5 @@ def test_each_choice_table_is_keyed_by_the_names_the_config_accepts():
     """The config checks names without loading the tables (core.choices); the tables implement them."""
     assert list(AUGMENTATIONS) == list(AUGMENTATION_NAMES)
     assert list(TTA_VIEWS) == list(TTA_VIEW_NAMES)
-    assert list(TASKS) == list(TASK_CHECKS)
+    assert list(TASKS) == list(TASK_CHECKS) == list(TASK_KINDS)
+    assert all(TASKS[k].two_stages == TASK_KINDS[k].staged for k in TASKS)

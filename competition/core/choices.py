@@ -4,9 +4,23 @@ in its errors, importable without the libraries that implement them.
 Checking a config (which every command does, `board` included) and printing `--help` must not
 load torch, albumentations or pandas, so the names live here, in plain Python. Where a table
 implements the choices (`data.transforms.AUGMENTATIONS` and `TTA_VIEWS`), it is keyed by the
-same names, and tests/test_startup.py checks that the two agree (and that `tasks.TASKS` has the
-task kinds of `config.TASK_CHECKS`)."""
+same names, and tests/test_startup.py checks that the two agree (and that `tasks.TASKS` and
+`config.TASK_CHECKS` have the task kinds of `TASK_KINDS`)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """A value of config key `task`, as the config check and the layers below the tasks need it:
+    `tasks.TASKS` implements each kind, and `config.TASK_CHECKS` checks the keys it needs."""
+
+    image_files: bool  # its inputs are image files named by data.image_column, a key column (read as text)
+    staged: bool  # a pretrained body frozen in stage 1 (tasks.base.Task.two_stages)
+
+
+TASK_KINDS = {"image": TaskKind(image_files=True, staged=True), "tabular": TaskKind(image_files=False, staged=False)}
 
 # Implemented by a table keyed by these names.
 AUGMENTATION_NAMES = ("random_resized_crop", "hflip", "vflip", "rotate90", "affine", "color_jitter",

@@ -13,6 +13,7 @@ import pandas as pd
 # kept for every column but the text ones (its public default cannot be set per column).
 from pandas._libs.parsers import STR_NA_VALUES
 
+from competition.core.choices import TASK_KINDS
 from competition.core.errors import CompetitionError
 from competition.core.keys import text_of
 from competition.core.schema import Config
@@ -56,7 +57,7 @@ def text_columns(cfg: Config) -> list[str]:
     """The columns of the competition's CSVs, and of every CSV the kit writes, that hold keys: the id,
     the target's labels (unless it is 0/1 columns), the group and the image path. Read as text."""
     d = cfg.data
-    columns = [d.id_column, d.group_column, d.image_column if cfg.task == "image" else None,
+    columns = [d.id_column, d.group_column, d.image_column if TASK_KINDS[cfg.task].image_files else None,
                None if d.target_columns else d.target_column]
     return [c for c in columns if c]
 

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from competition.core.choices import TASK_KINDS
 from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.io.runs import BLEND_FILE, BLEND_FORMAT, BLENDS, CV_FILE, RunRecord, fold_states
-from competition.models.estimators import ESTIMATORS
+from competition.models.tables import family_named
 
 if TYPE_CHECKING:
     from competition.data.targets import Target
@@ -105,12 +106,12 @@ def run_row(run_dir: Path) -> Row | None:
         if submitted.get("cv") is not None and cv_file.stat().st_mtime >= newest:
             per_fold, pooled, cv_from = submitted["folds"], submitted["cv"], "as submitted"
     metric = METRICS[config["train"]["metric"]]
-    estimator = config["task"] == "tabular" and config["model"]["name"] in ESTIMATORS  # one fit, no epochs
+    one_fit = family_named(config["model"]["name"]) is not None  # one fit, no epochs
     t = config["train"]
-    epochs = "-" if estimator else f"{t['freeze_epochs']}+{t['epochs']}" if t.get("freeze_epochs") else str(t["epochs"])
+    epochs = "-" if one_fit else f"{t['freeze_epochs']}+{t['epochs']}" if t.get("freeze_epochs") else str(t["epochs"])
     seconds, when = _training(run_dir)
     return Row(run_dir.name, config["task"], config["model"]["name"],
-               str(config["image"]["size"]) if config["task"] == "image" else "-", epochs, metric.name,
+               str(config["image"]["size"]) if TASK_KINDS[config["task"]].image_files else "-", epochs, metric.name,
                metric.higher_is_better, per_fold, pooled, cv_from, seconds, when, submission,
                "mixed" if mixed else folds_hash)
 

@@ -2,7 +2,7 @@
 chose, on its most confident mistakes and on a sample of its right answers (`explain`, the report).
 
 Our own few lines rather than the `grad-cam` package (which brings OpenCV and ttach): timm lists
-every model's feature stages (`feature_info`), so one forward hook on the chosen stage and one
+every model's feature stages (`feature_info`, part of the model contract: models/contract.py), so one forward hook on the chosen stage and one
 autograd call give its map and the class score's gradient on it."""
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from competition.io.tracking import (  # noqa: E402
     worst_mistakes,
     wrap_caption,
 )
+from competition.models.contract import feature_stages  # noqa: E402
 from competition.tasks import Task  # noqa: E402
 
 # The map must have this many cells a side to point at a part of the image: at 32 px a ResNet's
@@ -44,8 +45,8 @@ MIN_SIDE = 4
 
 def target_stage(model: nn.Module, name: str, size: int) -> tuple[str, int | None]:
     """(module name, channels) of the deepest feature stage whose map keeps MIN_SIDE cells a side."""
-    info = getattr(model, "feature_info", None)
-    if not isinstance(info, list) or not info or not all(isinstance(i, dict) and "module" in i for i in info):
+    info = feature_stages(model)
+    if not info:
         raise CompetitionError(f"Grad-CAM draws maps over images: model {name!r} lists no feature stages "
                                f"(timm's feature_info), so it has no spatial feature map to explain")
     fit = [i for i in info if size / i.get("reduction", 1) >= MIN_SIDE] or info[:1]

@@ -25,7 +25,6 @@ from competition.core.errors import CompetitionError  # noqa: E402
 from competition.core.metrics import UNBOUNDED_METRICS, decide  # noqa: E402
 from competition.core.schema import Config, config_to_dict  # noqa: E402
 from competition.data.folder import Competition, read_csv, text_columns, train_rows  # noqa: E402
-from competition.data.images import image_paths, load_image  # noqa: E402
 from competition.inference.gradcam import explain_fold, panels_rgb  # noqa: E402
 from competition.io.files import write_text  # noqa: E402
 from competition.io.prob_columns import read_oof_probs  # noqa: E402
@@ -149,15 +148,15 @@ def classes_section(comp: Competition, y: np.ndarray, preds: np.ndarray) -> str:
             f"</div></div>")
 
 
-def mistakes_section(cfg: Config, comp: Competition, y, probs, preds, rows: list[int], limit: int = 12) -> str:
-    if cfg.task != "image":
+def mistakes_section(cfg: Config, task: Task, comp: Competition, y, probs, preds, rows: list[int], limit: int = 12) -> str:
+    picture = task.picture_of(cfg, comp)
+    if picture is None:  # no pictures to show (a table)
         return ""
     multi = comp.target.multi_label
     wrong, _, captions = worst_mistakes(y, probs, preds, comp.classes, multi, limit)
     if not len(wrong):
         return "<h2>Mistakes</h2><p>No out-of-fold row is wrong.</p>"
-    paths = image_paths(comp.train, comp.root, cfg.data.image_column)
-    images = [load_image(paths[rows[i]], 256) for i in wrong]  # a large JPEG may decode at reduced scale
+    images = [picture(rows[i], 256) for i in wrong]
     fig = mistakes_figure(images, captions)
     shown = ("true labels, predicted labels, and the probability of the class furthest from its answer"
              if multi else "true class, predicted class and its probability")
@@ -196,7 +195,7 @@ def write_report(cfg: Config, task: Task, comp: Competition, loaded: list, devic
         f"<h2>Out-of-fold predictions</h2><p class='muted'>{len(y)} rows, each predicted by the fold that did not "
         f"train on it (best epochs){', at the submission thresholds' if thresholds is not None else ''}.</p>",
         classes_section(comp, y, preds),
-        mistakes_section(cfg, comp, y, probs, preds, rows),
+        mistakes_section(cfg, task, comp, y, probs, preds, rows),
         gradcam_section(cfg, task, comp, loaded, device, n_explain, thresholds),
         "<h2>Config</h2><pre>" + html.escape(yaml.safe_dump(config_to_dict(cfg), sort_keys=False)) + "</pre>",
     ]

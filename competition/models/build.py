@@ -1,5 +1,6 @@
-"""Building the model a config describes: a timm backbone (pretrained weights, a fresh head) or the
-table MLP; and the input preprocessing the model's pretrained config asks for."""
+"""The timm family: the image backbone a config names, with its pretrained weights (from the hub, its
+local cache or a file) and a fresh head. timm's models implement the model contract
+(models/contract.py) as they are created."""
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,7 @@ from torch import nn
 
 from competition.core.errors import CompetitionError
 from competition.core.schema import Config
-from competition.models.mlp import TABULAR_MODELS, TabularMLP
-from competition.models.tables import FAMILIES, one_fit_family
+from competition.models.contract import head_of
 
 log = logging.getLogger(__name__)
 
@@ -24,23 +24,6 @@ log = logging.getLogger(__name__)
 def uses_pretrained(cfg: Config) -> bool:
     """A pretrained file implies pretrained weights, whatever model.pretrained says."""
     return cfg.model.pretrained or cfg.model.pretrained_file is not None
-
-
-def build_model(cfg: Config, num_classes: int, in_features: int | None = None, load_pretrained: bool = True) -> nn.Module:
-    """The model a config describes. `load_pretrained=False` when weights come from a checkpoint."""
-    return MODEL_FAMILIES[cfg.task](cfg, num_classes, in_features, load_pretrained)
-
-
-def _table_model(cfg: Config, num_classes: int, in_features: int | None, load_pretrained: bool) -> nn.Module:
-    """The MLP, or a model fit once per fold (not fitted yet: see models/tables.py)."""
-    m = cfg.model
-    family = one_fit_family(cfg)
-    if family is not None:
-        return family.empty(cfg, num_classes)
-    if m.name not in TABULAR_MODELS:
-        names = [*TABULAR_MODELS, *(n for f in FAMILIES for n in f.names)]
-        raise CompetitionError(f"config key model.name: {m.name!r} is not a tabular model ({', '.join(names)})")
-    return TabularMLP(int(in_features), num_classes, list(m.hidden_sizes), m.drop_rate)
 
 
 def hub_unreachable(timeout: float = 3.0) -> bool:
@@ -80,7 +63,9 @@ def hub_offline(on: bool) -> Iterator[None]:
         timm_log.setLevel(level)
 
 
-def _timm_model(cfg: Config, num_classes: int, in_features: int | None, load_pretrained: bool) -> nn.Module:
+def build_timm(cfg: Config, num_classes: int, in_features: int | None, load_pretrained: bool) -> nn.Module:
+    """The timm model of model.name (`in_features` is for tables: unused). `load_pretrained=False` when
+    weights come from a checkpoint."""
     m = cfg.model
     if not timm.is_model(m.name):
         close = timm.list_models(f"*{m.name.split('.')[0][:8]}*")[:5]
@@ -106,7 +91,7 @@ def _timm_model(cfg: Config, num_classes: int, in_features: int | None, load_pre
         # 2. some timm inits scale by fan-out (EfficientNet: ±1/√classes), which for 2 classes
         #    gives logits of ±6 on pretrained features and a head-only stage that barely recovers.
         if pretrained:
-            for layer in model.get_classifier().modules():
+            for layer in head_of(model).modules():
                 if hasattr(layer, "reset_parameters"):
                     layer.reset_parameters()
         return model
@@ -130,27 +115,3 @@ def _timm_model(cfg: Config, num_classes: int, in_features: int | None, load_pre
             f"pretrained weights for {m.name} could not be had{why} download them once, or set "
             f"model.pretrained_file to a local .safetensors/.pth in timm's layout"
         ) from None
-
-
-def check_model(cfg: Config, num_classes: int, load_pretrained: bool = True) -> nn.Module:
-    """Build the model once now (with its pretrained weights), so that an unknown model name or
-    missing or broken weights fail before a run writes anything. Returns it, for sizing its
-    checkpoints (a table's MLP with one input feature: its real width comes with the folds)."""
-    return build_model(cfg, num_classes, in_features=1, load_pretrained=load_pretrained)
-
-
-def preprocessing(model: nn.Module, size: int | list[int]) -> dict:
-    """Normalisation and interpolation from the model's pretrained config, as plain data."""
-    if isinstance(model, TabularMLP):
-        return {}
-    dc = timm.data.resolve_model_data_config(model)
-    return {
-        "mean": [float(v) for v in dc["mean"]],
-        "std": [float(v) for v in dc["std"]],
-        "interpolation": str(dc.get("interpolation", "bilinear")),
-        "size": size if isinstance(size, int) else [int(s) for s in size],  # a side, or [height, width]
-    }
-
-
-# The model family of each task (config key task).
-MODEL_FAMILIES = {"image": _timm_model, "tabular": _table_model}

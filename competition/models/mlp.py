@@ -1,10 +1,12 @@
-"""The table model: an MLP sized from the feature count, with the head where timm models keep theirs."""
+"""The table model trained in epochs: an MLP sized from the feature count. It implements the model
+contract (models/contract.py) as timm models do: the head under get_classifier(), no image
+preprocessing and no feature stages."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-TABULAR_MODELS = ("mlp",)  # config key model.name for a tabular task
+from competition.core.schema import Config
 
 
 class TabularMLP(nn.Module):
@@ -19,6 +21,8 @@ class TabularMLP(nn.Module):
             width = hidden
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, num_classes)
+        self.pretrained_cfg: dict = {}  # table features: no image preprocessing
+        self.feature_info: list[dict] = []  # no spatial feature map
 
     def get_classifier(self) -> nn.Module:
         """The same name timm models use, so freezing and parameter groups treat both alike."""
@@ -26,3 +30,9 @@ class TabularMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+def build_mlp(cfg: Config, num_classes: int, in_features: int | None, load_pretrained: bool) -> TabularMLP:
+    """The MLP of model.hidden_sizes for `in_features` features (no pretrained weights to load)."""
+    m = cfg.model
+    return TabularMLP(int(in_features), num_classes, list(m.hidden_sizes), m.drop_rate)

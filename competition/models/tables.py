@@ -1,7 +1,8 @@
 """The table models fit once per fold rather than trained in epochs, by family: scikit-learn's
 classifiers (refit at predict: models/estimators.py) and the gradient-boosting libraries (stored
-as their own text: models/gbdt.py). The fold trainer, predict, package and the config checks ask
-the family of a config's model, never its name.
+as their own text: models/gbdt.py). A table config whose model.name is one of theirs runs as that
+family's task (tasks.tabular.OneFitTask), which the fold trainer, predict, package and the checks
+ask; nothing else asks the family or the name.
 
 This module holds the names, the flags and the config checks only, so that checking a config
 loads no torch: each family's fitting code is imported when it is first used."""
@@ -65,19 +66,28 @@ FAMILIES = (
 
 
 def one_fit_family(cfg: Config) -> OneFitFamily | None:
-    """The family of a table config's model, or None (the MLP, or an image model)."""
-    if cfg.task != "tabular":
-        return None
-    return next((f for f in FAMILIES if cfg.model.name in f.names), None)
+    """The family a table model's model.name belongs to, or None (a model trained in epochs: the MLP)."""
+    return family_named(cfg.model.name)
+
+
+def family_named(name: str) -> OneFitFamily | None:
+    """The family of a table model's name, where there is no Config to ask with (a run's stored
+    config, read by the board without loading torch)."""
+    return next((f for f in FAMILIES if name in f.names), None)
 
 
 def check_model_params(cfg: Config) -> None:
-    """model.params only reach a model fit once per fold, and must suit it."""
+    """A table model's model.params: only one fit once per fold takes them, and they must suit it."""
     family = one_fit_family(cfg)
     if family is None:
-        if cfg.model.params:
-            names = ", ".join(n for f in FAMILIES for n in f.names)
-            raise CompetitionError(f"config key model.params: passed to scikit-learn and gradient-boosting models only "
-                                   f"({names}), not to {cfg.model.name!r}")
+        check_no_model_params(cfg)
         return
     family.check_params(cfg)
+
+
+def check_no_model_params(cfg: Config) -> None:
+    """model.params only reach a model fit once per fold."""
+    if cfg.model.params:
+        names = ", ".join(n for f in FAMILIES for n in f.names)
+        raise CompetitionError(f"config key model.params: passed to scikit-learn and gradient-boosting models only "
+                               f"({names}), not to {cfg.model.name!r}")

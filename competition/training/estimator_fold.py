@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -15,33 +16,33 @@ import torch
 from competition.core.distributed import World, barrier
 from competition.core.metrics import METRICS
 from competition.core.schema import Config, config_to_dict
-from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
 from competition.data.folder import Competition
 from competition.io.checkpoints import LAST, FoldLock, FoldState, checkpoint_bytes, load_checkpoint
 from competition.io.prob_columns import oof_frame
 from competition.io.runs import RunKey, stamp
-from competition.models.tables import one_fit_family
-from competition.tasks import Task
+from competition.tasks import OneFitTask
 from competition.training.epoch import Diverged
 from competition.training.epoch_files import FoldResult, check_resume_config, write_epoch
 
 log = logging.getLogger(__name__)
 
 
-def fit_estimator_fold(cfg: Config, task: Task, comp: Competition, df: pd.DataFrame, fold: int, *,
-                       device: torch.device, world: World | None = None, resume: bool = False) -> FoldResult:
-    """Fit one fold (under its lock). One process fits: under torchrun the other ranks wait."""
+def fit_estimator_fold(cfg: Config, task: OneFitTask, comp: Competition, df: pd.DataFrame, fold: int, *,
+                       device: torch.device, world: World | None = None, resume: bool = False,
+                       stop: Callable[[], int | None] | None = None) -> FoldResult:
+    """Fit one fold (under its lock). One process fits: under torchrun the other ranks wait. `stop`
+    is the torch loop's (training.fold): one fit has no step between which to stop."""
     world = world or World()
     if not world.is_main:
         barrier(world)
         return FoldResult(fold, float("nan"), 1)
     with FoldLock(cfg.fold_dir(fold)):
-        result = _fit(cfg, comp, df, fold, resume)
+        result = _fit(cfg, task, comp, df, fold, resume)
     barrier(world)
     return result
 
 
-def _fit(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, resume: bool) -> FoldResult:
+def _fit(cfg: Config, task: OneFitTask, comp: Competition, df: pd.DataFrame, fold: int, resume: bool) -> FoldResult:
     fold_dir = cfg.fold_dir(fold)
     for stale in fold_dir.glob(".*.tmp"):  # a killed run's unfinished writes; we hold the lock
         stale.unlink(missing_ok=True)
@@ -53,9 +54,7 @@ def _fit(cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, resume: bo
     began = time.time()
     metric, log_loss = METRICS[cfg.train.metric], METRICS["log_loss"]
     train_rows, valid_rows = df[df.fold != fold], df[df.fold == fold]
-    family = one_fit_family(cfg)
-    pre = TabularPreprocessor.fit(train_rows, feature_columns(cfg, comp.train), load_feature_hook(cfg), family.native)
-    module, probs = family.fit_on_fold(cfg, comp, df, fold, pre)
+    module, probs, pre = task.fit(cfg, comp, df, fold)
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():  # scikit-learn's metrics would end in a traceback; nothing of the fold is written
         raise Diverged(f"fold {fold} diverged: {cfg.model.name} predicts non-finite probabilities for {int(bad.sum())} "

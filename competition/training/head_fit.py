@@ -21,6 +21,7 @@ from torch import nn
 
 from competition.core.errors import CompetitionError
 from competition.core.runtime import to_device
+from competition.models.contract import head_of
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def pooled_features(model: nn.Module, loader, device: torch.device, batch_transf
 
 
 def linear_head(model: nn.Module) -> nn.Linear:
-    head = model.get_classifier()
+    head = head_of(model)
     if not isinstance(head, nn.Linear):
         raise CompetitionError(f"config key train.head_fit: logreg writes a Linear classifier, and "
                                f"{type(model).__name__}'s is a {type(head).__name__} (use sgd)")

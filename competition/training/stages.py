@@ -10,6 +10,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from competition.core.schema import TrainConfig
+from competition.models.contract import head_of
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class EarlyStopping:
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return list(model.get_classifier().parameters())
+    return list(head_of(model).parameters())
 
 
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -97,7 +98,7 @@ def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def _backbone_norm_layers(model: nn.Module) -> list[nn.Module]:
-    head = {id(m) for m in model.get_classifier().modules()}
+    head = {id(m) for m in head_of(model).modules()}
     return [
         m for m in model.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head

@@ -1,112 +1,49 @@
-"""What differs between an image competition and a table: the input columns and their checks, the
-work before training, each fold's datasets and model, and the test inputs. Everything else — folds,
-the training loop, checkpoints, the ensemble and the submission — is shared."""
+"""The image task: image files named by a column (or a pattern), decoded once, a timm backbone
+fine-tuned in two stages, test-time augmentation."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from competition.core.choices import CACHE_DIR
 from competition.core.errors import CompetitionError
-from competition.core.metrics import METRICS
 from competition.core.schema import Config
 from competition.data.batch_augment import BatchAugment, use_device_augment
 from competition.data.cache import cache_bytes, cache_bytes_to_build, image_cache
-from competition.data.datasets import CachedRows, ImageDataset, JoinedRows, TabularDataset
+from competition.data.datasets import CachedRows, ImageDataset
 from competition.data.device_rows import DeviceRows, residence
-from competition.data.features import TabularPreprocessor, feature_columns, load_feature_hook
-from competition.data.folder import Competition, load_competition, require_columns
-from competition.data.images import UndecodableImages, build_image_column, check_images_decode, hw, image_paths
+from competition.data.folder import Competition, require_columns
+from competition.data.images import (
+    UndecodableImages,
+    build_image_column,
+    check_images_decode,
+    hw,
+    image_paths,
+    load_image,
+)
 from competition.data.pseudo import read_pseudo_labels
 from competition.data.targets import line_of
 from competition.data.transforms import build_eval_transform, build_train_transform, decode_side
-from competition.io.checkpoints import FoldState
-from competition.models.build import build_model, preprocessing
-from competition.models.tables import one_fit_family
+from competition.models.build import build_timm
+from competition.models.contract import data_config
+from competition.tasks.base import FoldData, Task, joined, split
 
 log = logging.getLogger(__name__)
 
-@dataclass
-class FoldData:
-    """Everything the training loop needs about one fold's rows."""
-
-    train_ds: Dataset
-    valid_ds: Dataset
-    valid_ids: list
-    train_targets: np.ndarray  # class indices, or a 0/1 matrix for multi-label (data.targets)
-    valid_targets: np.ndarray
-    in_features: int | None  # a table's feature count; None for images
-    preprocessor_state: dict | None  # a table's fitted preprocessing, stored in the checkpoint
-    preprocessing: dict  # an image model's size, mean, std, interpolation; {} for tables
-    train_transform: Callable | None = None  # uint8 batch → normalised (and augmented) on the device
-    eval_transform: Callable | None = None
-    image_of: Callable[[int], np.ndarray] | None = None  # a validation row's picture, for the figures
-    # The labelled training rows as validation sees them (no augmentation): what train.head_fit logreg
-    # fits on and train.average / train.interpolate recompute BatchNorm statistics on. Images only.
-    probe_ds: Dataset | None = None
-
-
-def joined(parts: list[Dataset]) -> Dataset:
-    return parts[0] if len(parts) == 1 else JoinedRows(parts)
-
-
-def split(df: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, validation rows) of `fold`, each with a fresh index."""
-    return df[df.fold != fold].reset_index(drop=True), df[df.fold == fold].reset_index(drop=True)
-
-
-class Task:
-    """The task-specific steps; one instance per task kind in TASKS."""
-
-    name: ClassVar[str]
-    # A pretrained body: stage 1 trains the head on the frozen backbone, stage 2 gives the
-    # backbone lr × backbone_lr_mult, and test-time augmentation applies.
-    two_stages: ClassVar[bool]
-
-    def check_inputs(self, cfg: Config, comp: Competition) -> None:
-        """The input columns of train.csv and test.csv, and what they point at."""
-        raise NotImplementedError
-
-    def prepare(self, cfg: Config, comp: Competition, train: bool = True) -> None:
-        """Work before any fold trains or predicts (decoding every image once); `train=False`
-        when only the test rows will be read."""
-
-    def prepare_bytes(self, cfg: Config, comp: Competition) -> int:
-        """What `prepare` still has to write under output_dir, in bytes."""
-        return 0
-
-    def fold(self, cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, device: torch.device,
-             load_pretrained: bool) -> tuple[nn.Module, FoldData]:
-        """A fold's fresh model and its datasets."""
-        raise NotImplementedError
-
-    def inputs(self, cfg: Config, comp: Competition, state: FoldState, device: torch.device,
-               rows: np.ndarray | None = None) -> tuple[Hashable, Callable[[], tuple[Dataset, Callable | None]]]:
-        """(key, make) for test.csv — or for `rows` of train.csv, a fold's validation rows — as a
-        fold's model sees them: folds with equal keys share one dataset, and `make()` builds it
-        with its batch transform."""
-        raise NotImplementedError
-
-    def tta(self, cfg: Config) -> list[str]:
-        return list(cfg.predict.tta) if self.two_stages else []
-
-    def rebuild_model(self, cfg: Config, comp: Competition, fold_cfg: Config, state: FoldState) -> nn.Module:
-        """A fold's model, rebuilt from the config stored in its checkpoint (weights loaded after)."""
-        return build_model(fold_cfg, len(comp.classes), state.in_features, load_pretrained=False)
-
 
 class ImageTask(Task):
+    """Images named by data.image_column (or built by data.image_pattern), decoded once, into a timm
+    backbone trained in two stages, with test-time augmentation."""
+
     name = "image"
     two_stages = True
+    models = {None: build_timm}  # any name timm knows
 
     def check_inputs(self, cfg: Config, comp: Competition) -> None:
         d, column = cfg.data, cfg.data.image_column
@@ -154,9 +91,9 @@ class ImageTask(Task):
                    for frame in (comp.train, comp.test))
 
     def fold(self, cfg, comp, df, fold, device, load_pretrained):
-        model = build_model(cfg, len(comp.classes), load_pretrained=load_pretrained)
+        model = self.build_model(cfg, len(comp.classes), load_pretrained=load_pretrained)
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        return model, self.fold_data(cfg, comp, df, fold, device, preprocessing(model, cfg.image.size), weights)
+        return model, self.fold_data(cfg, comp, df, fold, device, data_config(model, cfg.image.size), weights)
 
     def fold_data(self, cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, device: torch.device,
                   prep: dict, model_bytes: int = 0) -> FoldData:
@@ -229,78 +166,6 @@ class ImageTask(Task):
         key = (hw(size), tuple(mean), tuple(std), interp)
         return (key if rows is None else (*key, state.fold)), make
 
-
-class TabularTask(Task):
-    name = "tabular"
-    two_stages = False
-
-    def check_inputs(self, cfg: Config, comp: Competition) -> None:
-        features = feature_columns(cfg, comp.train)
-        require_columns(comp.train, comp.train_path, features)
-        require_columns(comp.test, comp.test_path, features)
-
-    def prepare(self, cfg: Config, comp: Competition, train: bool = True) -> None:
-        """One fit on every train row and a transform of the test rows (which have no target):
-        a feature hook that fails, or returns the wrong thing, fails before anything is written."""
-        hook = load_feature_hook(cfg)
-        if hook is not None:
-            TabularPreprocessor.fit(comp.train, feature_columns(cfg, comp.train), hook).transform(comp.test)
-
-    def fold(self, cfg, comp, df, fold, device, load_pretrained):
-        d = cfg.data
-        train_df, valid_df = split(df, fold)
-        pre = TabularPreprocessor.fit(train_df, feature_columns(cfg, comp.train), load_feature_hook(cfg))
-        train_targets, valid_targets = comp.target.encode(train_df), comp.target.encode(valid_df)
-        pseudo = read_pseudo_labels(cfg, comp)
-        if pseudo is None:
-            train_ds = TabularDataset(train_df, pre, train_targets)
-        else:  # fit on the fold's own rows only; the test rows are transformed
-            soft = comp.target.soft(train_targets)
-            train_targets = np.concatenate([soft, pseudo.targets])
-            train_ds = JoinedRows([TabularDataset(train_df, pre, soft),
-                                   TabularDataset(comp.test.iloc[pseudo.rows], pre, pseudo.targets)])
-        data = FoldData(
-            train_ds,
-            TabularDataset(valid_df, pre, valid_targets),
-            valid_df[d.id_column].tolist(),
-            train_targets,
-            valid_targets,
-            pre.n_features,
-            pre.state,
-            {},
-            # the labelled training rows: train.average / train.interpolate recompute the MLP's BatchNorm statistics on them
-            probe_ds=TabularDataset(train_df, pre, comp.target.encode(train_df)),
-        )
-        return build_model(cfg, len(comp.classes), pre.n_features, load_pretrained=False), data
-
-    def rebuild_model(self, cfg, comp, fold_cfg, state):
-        family = one_fit_family(fold_cfg)
-        if family is not None:  # a scikit-learn model refit and checked; a stored GBDT (models/tables.py)
-            return family.rebuild(cfg, comp, fold_cfg, state)
-        return super().rebuild_model(cfg, comp, fold_cfg, state)
-
-    def inputs(self, cfg, comp, state, device, rows=None):
-        # The local config's hook, never one a checkpoint names: a checkpoint must not run code.
-        pre = TabularPreprocessor(state.preprocessor, load_feature_hook(cfg))
-        frame = comp.test if rows is None else comp.train.iloc[rows].reset_index(drop=True)
-        return (state.fold, rows is None), lambda: (TabularDataset(frame, pre), None)
-
-
-# The task kinds (config key task); competition.config checks the keys each needs (TASK_CHECKS).
-TASKS: dict[str, Task] = {"image": ImageTask(), "tabular": TabularTask()}
-
-
-def open_competition(cfg: Config) -> tuple[Task, Competition]:
-    """The config's task and its competition folder, every CSV, the target and the inputs checked."""
-    task = TASKS[cfg.task]
-    comp = load_competition(cfg)
-    metric = METRICS[cfg.train.metric]
-    if comp.target.kind not in metric.formats:
-        raise CompetitionError(f"config key train.metric: {metric.name} scores a binary target; "
-                               f"{comp.train_path} column '{comp.target.column}' has {len(comp.classes)} classes")
-    if cfg.data.positive_class is not None and comp.target.kind != "binary":
-        raise CompetitionError(f"config key data.positive_class: {comp.train_path} column '{comp.target.column}' has "
-                               f"{len(comp.classes)} classes; a positive class applies to two")
-    task.check_inputs(cfg, comp)
-    return task, comp
-
+    def picture_of(self, cfg: Config, comp: Competition) -> Callable[[int, int], np.ndarray] | None:
+        paths = image_paths(comp.train, comp.root, cfg.data.image_column)
+        return lambda row, side: load_image(paths[row], side)  # a large JPEG may decode at reduced scale
