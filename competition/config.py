@@ -238,7 +238,7 @@ def _check_tabular_keys(cfg: Config) -> None:
         if value:
             raise CompetitionError(f"config key {key}: applies to image backbones, not a table's MLP")
     if cfg.data.features:
-        from competition.data.features import check_hook_spec  # pandas: only for a config with a hook
+        from competition.io.hook_file import check_hook_spec
 
         check_hook_spec(cfg.data.features)
     if cfg.data.image_pattern or cfg.data.test_image_pattern:

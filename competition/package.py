@@ -16,10 +16,11 @@ import competition
 from competition.config import add_config_arguments, add_run_argument, command_config
 from competition.core.errors import CompetitionError, run_cli
 from competition.core.schema import Config, config_to_dict
-from competition.io.checkpoints import BEST, check_compatible, copy_checkpoint, load_checkpoint
+from competition.io.checkpoints import BEST, copy_checkpoint, load_checkpoint
 from competition.io.disk import DiskFull
 from competition.io.files import atomic_dir, write_text, write_yaml
-from competition.io.runs import CV_FILE, check_trained_with, own_config_hint, stored_thresholds
+from competition.io.hook_file import check_hook_spec
+from competition.io.runs import CV_FILE, check_trained_with, stored_thresholds
 
 RUNS = "outputs"  # the packaged config's output_dir: fold checkpoints under <package>/outputs/<name>/
 OOF = "oof.csv"  # a fold's out-of-fold rows: predict's CV report
@@ -145,8 +146,7 @@ def check_folds(cfg: Config, checkpoints: list[tuple[int, Path]]) -> None:
     for _, path in checkpoints:
         state = load_checkpoint(path)
         classes = state.classes if classes is None else classes
-        check_compatible(state, path, cfg, classes, own_config_hint(cfg))
-        check_trained_with(cfg, state, path)  # the package's config.yaml is the one given here
+        check_trained_with(cfg, state, path, classes)  # the package's config.yaml is the one given here
 
 
 def hook_file(cfg: Config) -> tuple[Path, Path] | None:
@@ -156,8 +156,6 @@ def hook_file(cfg: Config) -> tuple[Path, Path] | None:
     so the package keeps the file at the same path relative to its config.yaml."""
     if not cfg.data.features:
         return None
-    from competition.data.features import check_hook_spec  # pandas: only for a config with a hook
-
     file, _ = check_hook_spec(cfg.data.features)
     relative = Path(file)
     if relative.is_absolute() or ".." in relative.parts:

@@ -37,13 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_resumable(cfg: Config, comp: Competition, folds: list[int]) -> None:
-    """Each last.pt to resume from must load and hold this model and the data's classes."""
-    from competition.io.checkpoints import LAST, check_compatible, load_checkpoint
+    """Each last.pt to resume from must load and hold this config (io.compatibility.RESUME_MUTABLE
+    aside), the data's classes and this feature hook file."""
+    from competition.io.checkpoints import LAST, load_checkpoint
+    from competition.io.runs import check_resumed
 
     for fold in folds:
         path = cfg.fold_dir(fold) / LAST
         if path.is_file():
-            check_compatible(load_checkpoint(path), path, cfg, comp.classes)
+            check_resumed(cfg, load_checkpoint(path), path, comp.classes)
 
 
 def check_not_running(cfg: Config, folds: list[int]) -> None:

@@ -16,8 +16,9 @@ from competition import predict, train
 from competition.config import load_config
 from competition.core.errors import CompetitionError
 from competition.core.schema import config_to_dict
-from competition.io.checkpoints import BEST, FORMAT, LAST, FoldLock, check_compatible, load_checkpoint, save_checkpoint
+from competition.io.checkpoints import BEST, FORMAT, LAST, FoldLock, load_checkpoint, save_checkpoint
 from competition.io.files import torch_save
+from competition.io.runs import check_trained_with
 
 CLASSES = ["circle", "cross", "square"]
 
@@ -153,7 +154,7 @@ def test_plain_data_that_is_not_a_kit_checkpoint(tmp_path, state, said):
     [
         ({"classes": ["circle", "cross", "hexagon"]}, ["['hexagon'] unknown to the data", "['square'] missing"]),
         ({"classes": ["circle", "cross", "square", "star"]}, ["['star'] unknown to the data"]),
-        ({"model": "resnet18"}, ["model 'resnet18'", "the config says 'test_resnet'"]),
+        ({"model": "resnet18"}, ["was trained with model.name 'resnet18' and the config says 'test_resnet'", "--run"]),
     ],
 )
 def test_predict_refuses_a_checkpoint_that_does_not_match(image_comp, tmp_path, capsys, changes, culprits):
@@ -178,13 +179,13 @@ def test_resume_refuses_a_last_checkpoint_with_classes_unknown_to_the_data(image
 def test_class_order_difference_is_named(image_comp, tmp_path):
     cfg = load_config(str(image_comp[0]))
     state = fold_state(config_to_dict(cfg), ["b", "a"])
-    with pytest.raises(CompetitionError, match=r"class order \['b', 'a'\] vs \['a', 'b'\]"):
-        check_compatible(state, tmp_path / "best.pt", cfg, ["a", "b"])
+    with pytest.raises(CompetitionError, match=r"classes \['b', 'a'\] and train.csv says \['a', 'b'\] \(in another order\)"):
+        check_trained_with(cfg, state, tmp_path / "best.pt", ["a", "b"])
     state.config["task"] = "tabular"
-    with pytest.raises(CompetitionError, match="task 'tabular', the config says 'image'"):
-        check_compatible(state, tmp_path / "best.pt", cfg, ["b", "a"])
+    with pytest.raises(CompetitionError, match="best.pt was trained with task 'tabular' and the config says 'image'; "):
+        check_trained_with(cfg, state, tmp_path / "best.pt", ["b", "a"])
     state.config["task"] = "image"
-    check_compatible(state, tmp_path / "best.pt", cfg, ["b", "a"])  # a match passes
+    check_trained_with(cfg, state, tmp_path / "best.pt", ["b", "a"])  # a match passes
 
 
 def test_save_and_load_round_trip_plain_data_and_tensors(tmp_path):

@@ -105,5 +105,5 @@ def test_package_refuses_a_run_that_predict_must_refit(table_comp, tmp_path, cap
     # --run reads the run's own config (logreg); --config alone says mlp, which the checkpoints refuse.
     refused(capsys, package.main(["--run", "table", "--output", str(tmp_path / "pkg")]), "logreg", "folds.csv", "mlp")
     refused(capsys, package.main(["--config", str(cfg), "--output", str(tmp_path / "pkg")]),
-            "holds model 'logreg', the config says 'mlp'", "--run table")
+            "model.name 'logreg' and the config says 'mlp'", "--run table")
     assert not (tmp_path / "pkg").exists()

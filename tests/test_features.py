@@ -1,14 +1,21 @@
 """Tables: features fit on a fold's training rows only, the Titanic recipe, and a user's own hook."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import fold_state, refused
 
 from competition import predict, train
-from competition.config import shipped_dir
+from competition.config import load_config, shipped_dir
+from competition.core.errors import CompetitionError
+from competition.core.schema import config_to_dict
 from competition.data.features import FeatureHook, TabularPreprocessor
+from competition.io.runs import check_trained_with
 
 
 def titanic() -> FeatureHook:
@@ -153,6 +160,46 @@ def test_predict_never_runs_a_hook_only_a_checkpoint_names(table_comp, tmp_path,
     assert code == 2 and err.startswith("error: --run table: the run was trained with feature hook") and "\n" not in err
     assert "my_features.py:Centred" in err and "--config" in err
     assert not (tmp_path / "hook-ran").exists() and not (tmp_path / "submissions").exists()
+
+
+def test_an_edited_hook_file_is_another_run(table_comp, tmp_path, capsys):
+    """The hook's transform makes every fold's features and, at predict, the test rows': its file's
+    bytes are part of the run, like its config."""
+    cfg = _hook_config(tmp_path, table_comp)
+    run, hook = tmp_path / "outputs" / "table", tmp_path / "experiment" / "my_features.py"
+    assert train.main(["--config", cfg, "--fold", "0"]) == 0
+    sha = hashlib.sha256(hook.read_bytes()).hexdigest()
+    assert json.loads((run / "run.json").read_text())["hook_sha256"] == sha
+    assert torch.load(run / "fold0" / "best.pt", weights_only=True)["preprocessor"]["hook"]["sha256"] == sha
+    assert train.main(["--config", cfg, "--fold", "0", "--resume"]) == 0  # the same file: the run goes on
+    best = (run / "fold0" / "best.pt").read_bytes()
+
+    # The defect: the same config with an edited transform, and folds of both versions in one run.
+    hook.write_text(HOOK.replace('rows["x1"] - state["mean"]', '2 * (rows["x1"] - state["mean"])'))
+    capsys.readouterr()
+    said = f"was trained with feature hook my_features.py:Centred file sha256 {sha[:12]} and {hook} says sha256 "
+    refused(capsys, train.main(["--config", cfg, "--fold", "1"]), f"run.json {said}", "--set name=table-2",
+            "--overwrite")
+    refused(capsys, train.main(["--config", cfg, "--fold", "0", "--resume"]), f"--resume: {run / 'fold0' / 'last.pt'} "
+            f"{said}", "--overwrite")
+    refused(capsys, predict.main(["--config", cfg]), f"best.pt {said}", "put back the file", "retrain the run")
+    assert (run / "fold0" / "best.pt").read_bytes() == best and not list(run.glob("fold1/*.pt"))
+    assert not (tmp_path / "submissions").exists()
+    assert train.main(["--config", cfg, "--fold", "0", "--overwrite"]) == 0
+    edited = hashlib.sha256(hook.read_bytes()).hexdigest()
+    assert json.loads((run / "run.json").read_text())["hook_sha256"] == edited != sha
+
+
+def test_a_checkpoint_that_does_not_record_its_hooks_content_is_not_predicted_on_trust(table_comp, tmp_path):
+    """A kit before the hook's content was recorded: which version trained it is unknown."""
+    cfg = load_config(_hook_config(tmp_path, table_comp))
+    state = fold_state(config_to_dict(cfg), ["0", "1"])
+    state.preprocessor = {"hook": {"spec": "my_features.py:Centred", "state": {}}}
+    with pytest.raises(CompetitionError, match=r"file of unrecorded content \(an older kit trained it\) and .*"
+                                               r"my_features.py says sha256 [0-9a-f]{12}; .*retrain the run"):
+        check_trained_with(cfg, state, tmp_path / "best.pt", ["0", "1"])
+    state.preprocessor["hook"]["sha256"] = hashlib.sha256(HOOK.encode()).hexdigest()
+    check_trained_with(cfg, state, tmp_path / "best.pt", ["0", "1"])  # recorded and the same: predicted
 
 
 BROKEN_HOOKS = {

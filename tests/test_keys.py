@@ -20,8 +20,8 @@ from competition.data.features import typed_as_read
 from competition.data.folder import read_csv
 from competition.data.targets import read_target
 from competition.inference.submission import validate_submission
-from competition.io.checkpoints import FoldState, check_compatible
-from competition.io.runs import RunRecord
+from competition.io.checkpoints import FoldState
+from competition.io.runs import RunRecord, check_trained_with
 
 CLASSES = ["01", "02", "10"]  # as numbers: 1, 2, 10
 
@@ -176,9 +176,9 @@ def test_classes_stored_as_numbers_by_an_older_kit_load_as_text(tmp_path):
     config = table_config(tmp_path, tmp_path)
     state = FoldState.from_dict(fold_state(config, [0, 1]).to_dict(), tmp_path / "best.pt")
     assert state.classes == ["0", "1"]  # Titanic's old checkpoints still match its 0/1 target
-    check_compatible(state, tmp_path / "best.pt", config_from_dict(config), ["0", "1"])
+    check_trained_with(config_from_dict(config), state, tmp_path / "best.pt", ["0", "1"])
     lost = FoldState.from_dict(fold_state(config, [1, 2, 10]).to_dict(), tmp_path / "best.pt")
     with pytest.raises(CompetitionError, match=r"classes \['1', '2'\] unknown.*read as numbers by an older kit"):
-        check_compatible(lost, tmp_path / "best.pt", config_from_dict(config), CLASSES)
+        check_trained_with(config_from_dict(config), lost, tmp_path / "best.pt", CLASSES)
     RunRecord("r", config, "c", "f", [0, 1], "now").write(tmp_path)
     assert RunRecord.read(tmp_path).classes == ["0", "1"]

@@ -7,10 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import image_config, kill_training, write_yaml
+from conftest import fold_state, image_config, kill_training, write_yaml
 
 from competition import train
+from competition.config import config_from_dict
+from competition.core.errors import CompetitionError
 from competition.io.checkpoints import load_checkpoint
+from competition.io.runs import check_resumed, config_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,3 +73,16 @@ def test_resume_refuses_a_changed_config(trained_image_comp, capsys):
     code = train.main(["--config", str(cfg_path), "--fold", "0", "--resume", "--set", "train.lr=0.5"])
     assert code == 2
     assert "train.lr" in capsys.readouterr().err
+
+
+def test_a_resumed_fold_may_change_its_time_limit_and_kept_epochs_and_they_leave_the_run_as_it_is(tmp_path):
+    started = image_config(tmp_path, tmp_path)
+    del started["train"]["num_workers"]  # a last.pt written before a key existed compares as its default
+    state = fold_state(started, ["a", "b"])
+    more = image_config(tmp_path, tmp_path, train={"time_limit": "20m", "keep_top_k": 2, "num_workers": 4})
+    check_resumed(config_from_dict(more), state, tmp_path / "last.pt", ["a", "b"])
+    assert config_digest(more) == config_digest(started)  # the same run: its folds still average together
+    other = image_config(tmp_path, tmp_path, train={"time_limit": "20m", "lr": 0.5})
+    with pytest.raises(CompetitionError, match=r"^--resume: .*last.pt was trained with train.lr 0.003 and the config "
+                                               r"says 0.5; resume with the config"):
+        check_resumed(config_from_dict(other), state, tmp_path / "last.pt", ["a", "b"])

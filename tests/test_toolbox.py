@@ -336,7 +336,7 @@ def test_a_warm_start_from_a_run_on_other_folds_is_refused(trained_image_comp, t
     capsys.readouterr()
     code = train.main(["--config", str(cfg), "--set", "name=warm", "--set", "model.init_from=shapes", "--fold", "0"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "trained on other folds" in err, err
+    assert code == 2 and len(err.splitlines()) == 1 and "best.pt was trained with folds" in err and "folds.csv says" in err, err
     assert not (tmp_path / "outputs" / "warm").exists()
     code = train.main(["--config", str(cfg), "--set", "name=warm", "--set", "model.init_from=nothing", "--fold", "0"])
     assert code == 2 and "nothing/fold0/best.pt not found" in capsys.readouterr().err

@@ -30,6 +30,7 @@ import pandas as pd
 from competition.core.errors import CompetitionError
 from competition.core.keys import number_of
 from competition.core.schema import Config
+from competition.io.hook_file import check_hook_spec, hook_source
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,6 @@ def typed_as_read(rows: pd.DataFrame) -> pd.DataFrame:
         if (numbers.notna() | series.isna()).all():
             out[column] = numbers
     return out
-
-
-def check_hook_spec(spec: str) -> tuple[str, str]:
-    """`path/to/file.py:ClassName` → (path, class name); anything else is a config error."""
-    path, sep, name = spec.rpartition(":")
-    if not sep or not path.endswith(".py") or not name.isidentifier():
-        raise CompetitionError(f"config key data.features: expected path/to/file.py:ClassName, got {spec!r}")
-    return path, name
 
 
 def _where(exc: BaseException, path: Path) -> str:
@@ -105,17 +98,16 @@ class FeatureHook:
 
     def __init__(self, spec: str, source_dir: str | Path = ""):
         self.spec = spec
-        file, name = check_hook_spec(spec)
-        self.path = (Path(source_dir or ".") / file).resolve()
-        if not self.path.is_file():
-            raise CompetitionError(f"config key data.features: {self.path} not found")
-        module_name = "competition_features_" + hashlib.sha1(str(self.path).encode()).hexdigest()[:12]
+        _, name = check_hook_spec(spec)
+        # The bytes that run are the bytes hashed: `sha256` goes into the fit's state and the run's
+        # identity (io.runs), and an edited file is a new module, never the one imported before.
+        self.path, source, self.sha256 = hook_source(spec, source_dir)
+        module_name = "competition_features_" + hashlib.sha1(f"{self.path}:{self.sha256}".encode()).hexdigest()[:12]
         try:
             module = sys.modules.get(module_name)
             if module is None:
-                loader = importlib.util.spec_from_file_location(module_name, self.path)
-                module = importlib.util.module_from_spec(loader)
-                loader.loader.exec_module(module)
+                module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(module_name, self.path))
+                exec(compile(source, str(self.path), "exec"), module.__dict__)
                 sys.modules[module_name] = module
             cls = getattr(module, name)
             self.impl = cls()
@@ -201,7 +193,7 @@ class TabularPreprocessor:
         `native`: steps 2 and 3 leave numbers and missing values as they are and code each text
         column's categories 0, 1, … in one column (`transform` gives NaN for missing or unseen)."""
         state: dict = {"columns": list(columns), "numeric": [], "categorical": [],
-                       "hook": {"spec": hook.spec, "state": hook.fit(df)} if hook else None}
+                       "hook": {"spec": hook.spec, "sha256": hook.sha256, "state": hook.fit(df)} if hook else None}
         if native:
             state["native"] = True
         frame = cls._inputs(df, state, hook)

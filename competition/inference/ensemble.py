@@ -14,8 +14,8 @@ from competition.data.datasets import build_loader
 from competition.data.folder import Competition
 from competition.data.transforms import tta_views
 from competition.inference.forward import predict_probs
-from competition.io.checkpoints import BEST, FoldState, check_compatible, load_checkpoint
-from competition.io.runs import check_same_run, check_trained_with, own_config_hint
+from competition.io.checkpoints import BEST, FoldState, load_checkpoint
+from competition.io.runs import check_same_run, check_trained_with
 from competition.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,7 @@ def load_fold_models(cfg: Config, task: Task, comp: Competition, checkpoints: li
     check_same_run(states)
     loaded = []
     for (fold, path), (_, state) in zip(checkpoints, states, strict=True):
-        check_compatible(state, path, cfg, comp.classes, own_config_hint(cfg))
-        check_trained_with(cfg, state, path)
+        check_trained_with(cfg, state, path, comp.classes)
         fold_cfg = state.restore_config(path)
         model = task.rebuild_model(cfg, comp, fold_cfg, state)
         try:

@@ -1,5 +1,5 @@
 """All checkpoint I/O: the one checkpoint schema (`FoldState`), atomic saves, weights_only loads,
-checks against the config, the fold lock."""
+the fold lock. Whether a checkpoint fits a config is io.compatibility's question."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +19,7 @@ import filelock
 
 from competition import __version__
 from competition.core.errors import CompetitionError
-from competition.core.keys import number_of, text_of
+from competition.core.keys import text_of
 from competition.core.schema import Config, build_config
 from competition.io.files import atomic_path, torch_save
 
@@ -102,6 +102,12 @@ class FoldState:
         # Classes are text; kits before labels were read as text stored a numeric class as a number.
         return cls(**{k: v for k, v in data.items() if k in known and k != "classes"},
                    classes=[text_of(c) for c in data["classes"]])
+
+    @property
+    def hook_sha256(self) -> str | None:
+        """The SHA-256 of the feature hook file the preprocessor was fit with (data.features' content),
+        kept in the hook's part of `preprocessor`; None without a hook, or from a kit before it was kept."""
+        return ((self.preprocessor or {}).get("hook") or {}).get("sha256")
 
     def restore_config(self, path: Path) -> Config:
         """The config this fold was trained with (keys and types checked)."""
@@ -197,45 +203,6 @@ def load_checkpoint(path: str | os.PathLike) -> FoldState:
     except (EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError, IndexError):
         raise CompetitionError(f"{foreign} (not a file written by torch.save, or cut short)") from None
     return FoldState.from_dict(state, path)
-
-
-def check_compatible(state: FoldState, path: Path, cfg: Config, classes: list, hint: str = "") -> None:
-    """A checkpoint must hold the model, task, feature hook and class list the run expects;
-    say what differs (and `hint`, what to do, where the config given is at fault)."""
-    saved = state.config
-    then = f"; {hint}" if hint else ""
-    got_model = saved.get("model", {}).get("name")
-    if got_model != cfg.model.name:
-        raise CompetitionError(f"checkpoint {path} holds model {got_model!r}, the config says {cfg.model.name!r}{then}")
-    if saved.get("task") != cfg.task:
-        raise CompetitionError(f"checkpoint {path} is for task {saved.get('task')!r}, the config says {cfg.task!r}{then}")
-    # A hook is code: it runs only when the local config names it, never because a checkpoint does.
-    hook = saved.get("data", {}).get("features")
-    if hook != cfg.data.features:
-        raise CompetitionError(
-            f"checkpoint {path} was trained with feature hook {hook!r}, the config names {cfg.data.features!r}: "
-            f"set data.features to the same hook (only the local config's hook runs)"
-        )
-    if list(state.classes) != list(classes):
-        got, want = list(state.classes), list(classes)
-        unknown = [c for c in got if c not in want]
-        absent = [c for c in want if c not in got]
-        detail = []
-        if unknown:
-            detail.append(f"classes {unknown} unknown to the data")
-        if absent:
-            detail.append(f"data classes {absent} missing from it")
-        if not detail:
-            detail.append(f"class order {got} vs {want}")
-        elif _same_numbers(got, want):
-            detail.append("its labels were read as numbers by an older kit (retrain the fold)")
-        raise CompetitionError(f"checkpoint {path} does not match train.csv: {'; '.join(detail)}")
-
-
-def _same_numbers(got: list[str], want: list[str]) -> bool:
-    """Two class lists that spell the same numbers differently (`1` and `01`)."""
-    a, b = [number_of(c) for c in got], [number_of(c) for c in want]
-    return None not in a and None not in b and sorted(a) == sorted(b)
 
 
 class FoldLock:

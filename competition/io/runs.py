@@ -15,9 +15,19 @@ from competition.core.choices import CACHE_DIR, KEPT_FOLDS
 from competition.core.errors import CompetitionError
 from competition.core.keys import text_of
 from competition.core.metrics import METRICS
-from competition.core.schema import Config, build_config, config_to_dict, flat_config
+from competition.core.schema import Config, config_to_dict
 from competition.io.checkpoints import BEST, LAST, FoldLock, FoldState, load_checkpoint
+from competition.io.compatibility import (
+    PREDICT,
+    RESUME,
+    SAME_RUN,
+    Trained,
+    check_compatible,
+    differences,
+    training_config,
+)
 from competition.io.files import write_json
+from competition.io.hook_file import hook_digest
 
 if TYPE_CHECKING:  # the frames come from the caller: reading this module's JSON needs no pandas
     import pandas as pd
@@ -31,17 +41,6 @@ HASH_COLUMNS = ("config_hash", "folds_hash")  # stamped on every row of oof.csv 
 # What a run's folder holds besides its fold<K>/ folders: discarded with it by `train --overwrite`.
 CV_FILE = "cv.json"  # outputs/<name>/cv.json: the CV report of the last full predict (its thresholds too)
 RUN_FILES = (RUN_FILE, "config.yaml", CV_FILE, "oof.csv", "test_probs.csv")
-
-# Keys that say where files are, how fast the work runs or what the submission looks like, not what
-# is trained: a run keeps its identity when they change. `folds.*` only matter through folds.csv,
-# whose own hash is part of the identity (an existing folds.csv wins over them).
-NOT_TRAINING = (
-    "name", "output_dir", "submission_dir", "data.root", "data.test_csv", "data.sample_submission",
-    "data.solution", "data.sample_target_column", "data.image_pattern", "data.test_image_pattern", "data.demo", "data.max_classes", "folds", "train.num_workers", "train.cache",
-    "train.cache_on_device", "train.compile", "train.checkpoint_every_minutes", "train.time_limit", "train.keep_top_k",
-    "tracking", "predict",
-)
-
 
 def stored_cv(run_dir: Path) -> dict:
     """The run's cv.json as the last full predict wrote it, or {} before the first one."""
@@ -65,16 +64,14 @@ def stored_thresholds(cfg: Config) -> dict:
     return {"thresholds": thresholds, "folds": {}, "cv": None}
 
 
-def training_config(config: dict) -> dict:
-    """The flattened keys of a stored config that decide what is trained, with the current
-    schema's defaults filled in (a key added to the kit since compares as its default)."""
-    flat = flat_config(config_to_dict(build_config(config)))
-    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(f"{n}.") for n in NOT_TRAINING)}
-
-
-def config_digest(config: dict) -> str:
-    """12 hex digits naming the training-relevant part of a config (a plain dict, as stored)."""
+def config_digest(config: dict, hook: str | None = None) -> str:
+    """12 hex digits naming the training-relevant part of a config (a plain dict, as stored) and, for
+    a run with a feature hook, the content of its file (`hook`: the SHA-256 recorded at training; None
+    without a hook, or where a kit before that did not record it). An edited hook is another run: its
+    `transform` makes the features of every fold, and of the test rows at predict."""
     text = json.dumps(training_config(config), sort_keys=True, default=str)
+    if hook:
+        text += f"\nfeature hook {hook}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -96,19 +93,12 @@ class RunKey:
 
     @classmethod
     def of(cls, cfg: Config, folds: pd.DataFrame) -> RunKey:
-        return cls(config_digest(config_to_dict(cfg)), folds_digest(folds, cfg.data.id_column))
+        """The run `cfg` trains on `folds`, with its hook file as it is on disk."""
+        return cls(config_digest(config_to_dict(cfg), hook_digest(cfg)), folds_digest(folds, cfg.data.id_column))
 
     @classmethod
     def of_state(cls, state: FoldState) -> RunKey:
-        return cls(config_digest(state.config), state.folds_hash)
-
-
-def differences(old: dict, new: dict, limit: int = 5) -> str:
-    """`train.epochs (12 → 1), …`: the training-relevant keys in which two stored configs differ."""
-    a, b = training_config(old), training_config(new)
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    shown = ", ".join(f"{k} ({a.get(k)!r} → {b.get(k)!r})" for k in keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+        return cls(config_digest(state.config, state.hook_sha256), state.folds_hash)
 
 
 def stamp(frame: pd.DataFrame, key: RunKey) -> pd.DataFrame:
@@ -138,11 +128,16 @@ class RunRecord:
     folds_hash: str | None
     classes: list
     created: str
+    hook_sha256: str | None = None  # the feature hook file's SHA-256 (None: no hook, or an older kit's record)
 
     @property
     def key(self) -> RunKey:
         """Recomputed from the stored config, so a kit that adds config keys still matches its old runs."""
-        return RunKey(config_digest(self.config), self.folds_hash)
+        return RunKey(config_digest(self.config, self.hook_sha256), self.folds_hash)
+
+    def trained(self, path: Path) -> Trained:
+        """What the run was trained with, to compare with a config (io.compatibility)."""
+        return Trained.stored(self.config, path, folds=self.folds_hash, hook=self.hook_sha256)
 
     def write(self, run_dir: Path) -> None:
         write_json(Path(run_dir) / RUN_FILE, {"format": RUN_FORMAT, **self.__dict__})
@@ -156,7 +151,8 @@ class RunRecord:
             data = json.loads(path.read_text())
             if data.get("format") != RUN_FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, this kit reads {RUN_FORMAT}")
-            record = cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            record = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k != "hook_sha256"},
+                         hook_sha256=data.get("hook_sha256"))
             # Classes are text; kits before labels were read as text stored a numeric class as a number.
             record.classes = [text_of(c) for c in record.classes]
             return record
@@ -185,25 +181,21 @@ def free_name(cfg: Config) -> str:
 
 def check_new_run(cfg: Config, folds: pd.DataFrame, overwrite: bool, split: Path) -> bool:
     """Whether this config may train folds into cfg.run_dir. A run is one config on one split
-    (`folds`, read from the file `split`): folds of another config (or of other folds) already there
+    (`folds`, read from the file `split`) with one feature hook file: folds of another already there
     are refused in one line, unless `overwrite` says to discard them (the return value: True when
     something is to be discarded)."""
-    key, config = RunKey.of(cfg, folds), config_to_dict(cfg)
+    given = Trained.of_config(cfg, folds=folds_digest(folds, cfg.data.id_column), folds_file=split)
     record = RunRecord.read(cfg.run_dir)
-    others = [(cfg.run_dir / RUN_FILE, record.config, record.key)] if record else [
-        (path, state.config, RunKey.of_state(state)) for path, state in fold_states(cfg.run_dir)]
-    for where, old_config, old_key in others:
-        if old_key.config != key.config:
-            problem = f"was trained with another config ({where}): {differences(old_config, config)}"
-        elif old_key.folds is not None and old_key.folds != key.folds:
-            problem = (f"was trained on other folds ({where} has folds {old_key.folds}, "
-                       f"{split} now gives {key.folds})")
-        else:
-            continue
+    others = [record.trained(cfg.run_dir / RUN_FILE)] if record else [
+        Trained.of_state(state, path) for path, state in fold_states(cfg.run_dir)]
+    advice = (f"{cfg.run_dir} holds another run: train this config under its own name (--set name={free_name(cfg)}) "
+              f"or discard the old run (--overwrite)")
+    for trained in others:
         if overwrite:
-            return True
-        raise CompetitionError(f"{cfg.run_dir} holds a run that {problem}; train this config under its own name "
-                               f"(--set name={free_name(cfg)}) or discard the old run (--overwrite)")
+            if differences(trained, given, SAME_RUN):
+                return True
+            continue
+        check_compatible(Path(trained.name), trained, given, SAME_RUN, advice)
     return False
 
 
@@ -222,7 +214,7 @@ def start_run(cfg: Config, folds: pd.DataFrame, classes: list, discard: bool) ->
     if record is not None and record.key == key:
         return
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    RunRecord(cfg.name, config_to_dict(cfg), key.config, key.folds, list(classes), now).write(run_dir)
+    RunRecord(cfg.name, config_to_dict(cfg), key.config, key.folds, list(classes), now, hook_digest(cfg)).write(run_dir)
 
 
 def forget_unsaved_folds(cfg: Config, folds: list[int]) -> bool:
@@ -253,30 +245,39 @@ def own_config_hint(cfg: Config) -> str:
     return f"give the run's own config: --run {cfg.name} (the config.yaml it was trained with, and any --set)"
 
 
-def check_trained_with(cfg: Config, state: FoldState, path: Path) -> None:
-    """A fold is predicted under the config it was trained with (its training-relevant keys):
-    the metric, the target's format and the rest decide what the submission holds."""
-    given = config_to_dict(cfg)
-    if config_digest(state.config) != config_digest(given):
-        raise CompetitionError(f"{path} was trained with another config than the one given: "
-                               f"{differences(state.config, given)}; {own_config_hint(cfg)}")
+# predict runs the local hook's `transform` on the `fit` state stored in each checkpoint: the stored
+# state is only what `fit` returned, so an edited file would give the model features it never saw.
+HOOK_AT_PREDICT = ("predict runs the local hook file's transform on the fit stored in the checkpoint: name the hook, "
+                   "and put back the file, it was trained with (only the local config's hook runs), or retrain the run")
+
+
+def check_trained_with(cfg: Config, state: FoldState, path: Path, classes: list) -> None:
+    """A fold is predicted under the config it was trained with (its training-relevant keys: the
+    metric, the target's format and the rest decide what the submission holds), on the data's
+    classes, with the feature hook file it was trained with."""
+    check_compatible(path, Trained.of_state(state, path), Trained.of_config(cfg, classes), PREDICT, {
+        "": own_config_hint(cfg), "hook": HOOK_AT_PREDICT,
+        "classes": "train.csv's classes changed since the run trained: put it back, or retrain the run"})
+
+
+def check_resumed(cfg: Config, state: FoldState, path: Path, classes: list | None = None) -> None:
+    """A resumed fold continues under the config it started with (RESUME_MUTABLE aside), on the
+    same classes (when given) and with the same feature hook file."""
+    check_compatible(path, Trained.of_state(state, path), Trained.of_config(cfg, classes), RESUME,
+                     f"resume with the config, data and feature hook it started with, or train afresh (without "
+                     f"--resume) under its own name (--set name={free_name(cfg)}) or with --overwrite")
 
 
 def check_same_run(states: list[tuple[Path, FoldState]]) -> RunKey:
-    """Folds to be averaged, scored or blended together must come from one config on one split;
-    returns that run's key."""
+    """Folds to be averaged, scored or blended together must come from one config on one split,
+    with one feature hook file; returns that run's key."""
     (first_path, first), *rest = states
-    key = RunKey.of_state(first)
+    given = Trained.of_state(first, first_path)
     for path, state in rest:
-        other = RunKey.of_state(state)
-        if other.config != key.config:
-            raise CompetitionError(f"{path} was trained with another config than {first_path}: "
-                                   f"{differences(first.config, state.config)}; folds of different configs are not "
-                                   f"one run: retrain that fold under its run's config, or give each config its own name")
-        if None not in (other.folds, key.folds) and other.folds != key.folds:
-            raise CompetitionError(f"{path} was trained on other folds ({other.folds}) than {first_path} ({key.folds}): "
-                                   f"retrain the run on one folds.csv")
-    return key
+        check_compatible(path, Trained.of_state(state, path), given, SAME_RUN,
+                         "folds of different configs, folds.csv or hook files are not one run: retrain that fold "
+                         "under its run's config, or give each config its own name")
+    return RunKey.of_state(first)
 
 
 # The kit's own folders under output_dir, which no run may take the name of.

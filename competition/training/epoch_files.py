@@ -1,4 +1,4 @@
-"""What a fold writes at the end of each epoch, and what a resumed fold may change of its config."""
+"""What a fold writes at the end of each epoch, and the last.pt a resumed fold continues from."""
 from __future__ import annotations
 
 import logging
@@ -7,16 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from competition.core.errors import CompetitionError
-from competition.core.schema import Config, config_to_dict, flat_config
+from competition.core.schema import Config
 from competition.io.checkpoints import BEST, LAST, FoldState, copy_checkpoint, load_checkpoint
 from competition.io.files import write_bytes, write_csv
+from competition.io.runs import check_resumed
 from competition.io.tracking import write_summary
-
-# Keys a resumed run may change; anything else must match the interrupted run's config.
-RESUME_MUTABLE = {"train.num_workers", "train.cache", "train.cache_on_device", "train.epochs", "train.patience",
-                  "train.checkpoint_every_minutes", "train.time_limit", "train.keep_top_k",
-                  "predict", "tracking"}
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +24,6 @@ class FoldResult:
     best_metric: float | None  # None: stopped before its first epoch ended
     best_epoch: int
     stopped_by: str | None = None  # "time_limit": train.time_limit ended the fold before its last epoch
-
-
-def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
-    """A resumed fold must continue under the config it started with (RESUME_MUTABLE aside)."""
-    now, then = flat_config(config_to_dict(cfg)), flat_config(saved)
-    differ = [
-        k for k in sorted(set(now) | set(then))
-        if now.get(k) != then.get(k) and k not in RESUME_MUTABLE and k.split(".")[0] not in RESUME_MUTABLE
-    ]
-    if differ:
-        shown = ", ".join(f"{k} ({then.get(k)!r} → {now.get(k)!r})" for k in differ[:5])
-        raise CompetitionError(f"--resume: {path} was trained with another config: {shown}")
 
 
 def write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, history: list[dict], kept=None) -> None:
@@ -62,11 +45,12 @@ def write_epoch(fold_dir: Path, checkpoint: bytes, oof: pd.DataFrame | None, his
 
 
 def resume_point(cfg: Config, fold: int) -> FoldState | None:
-    """The fold's last.pt to resume from, checked against the config; None (start afresh) when there is none."""
+    """The fold's last.pt to resume from, checked against the config (io.runs.check_resumed: which keys
+    a resumed run may change is io.compatibility.RESUME_MUTABLE); None (start afresh) when there is none."""
     last = cfg.fold_dir(fold) / LAST
     if not last.is_file():
         log.info("fold %d: no %s to resume from; starting from scratch", fold, last)
         return None
     saved = load_checkpoint(last)
-    check_resume_config(saved.config, cfg, last)
+    check_resumed(cfg, saved, last)
     return saved

@@ -19,10 +19,10 @@ from competition.core.schema import Config, config_to_dict
 from competition.data.folder import Competition
 from competition.io.checkpoints import LAST, FoldLock, FoldState, checkpoint_bytes, load_checkpoint
 from competition.io.prob_columns import oof_frame
-from competition.io.runs import RunKey, stamp
+from competition.io.runs import RunKey, check_resumed, stamp
 from competition.tasks import OneFitTask
 from competition.training.epoch import Diverged
-from competition.training.epoch_files import FoldResult, check_resume_config, write_epoch
+from competition.training.epoch_files import FoldResult, write_epoch
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _fit(cfg: Config, task: OneFitTask, comp: Competition, df: pd.DataFrame, fol
         stale.unlink(missing_ok=True)
     if resume and (fold_dir / LAST).is_file():  # one fit is all there is: a written fold is a finished one
         saved = load_checkpoint(fold_dir / LAST)
-        check_resume_config(saved.config, cfg, fold_dir / LAST)
+        check_resumed(cfg, saved, fold_dir / LAST)
         log.info("fold %d already finished (best %s %.5f)", fold, saved.metric_name, saved.best_metric)
         return FoldResult(fold, saved.best_metric, saved.best_epoch)
     began = time.time()

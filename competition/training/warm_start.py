@@ -10,6 +10,7 @@ from competition.core.errors import CompetitionError
 from competition.core.schema import Config
 from competition.data.splits import folds_path
 from competition.io.checkpoints import BEST, FoldState, load_checkpoint
+from competition.io.compatibility import WARM_START, Trained, check_compatible
 from competition.io.runs import folds_digest
 
 
@@ -22,17 +23,11 @@ def warm_start_state(cfg: Config, classes: list, df: pd.DataFrame, fold: int) ->
     if not path.is_file():
         raise CompetitionError(f"config key model.init_from: {path} not found: train fold {fold} of run {source!r} first")
     state = load_checkpoint(path)
-    if state.folds_hash != folds_digest(df, cfg.data.id_column):
-        raise CompetitionError(
-            f"config key model.init_from: run {source!r} was trained on other folds than {folds_path(cfg)} "
-            f"(its weights have seen rows this fold validates on); warm-start only from a run on the same folds"
-        )
-    if list(state.classes) != list(classes):
-        raise CompetitionError(f"config key model.init_from: run {source!r} has classes {state.classes}, "
-                               f"this competition {list(classes)}")
-    name = state.config.get("model", {}).get("name")
-    if name != cfg.model.name or state.config.get("task") != cfg.task:
-        raise CompetitionError(f"config key model.init_from: run {source!r} trained {name!r}, this config {cfg.model.name!r}")
+    # Its weights must not have seen the rows this fold validates on, and its head must fit the classes.
+    given = Trained.of_config(cfg, classes, folds_digest(df, cfg.data.id_column), folds_path(cfg))
+    check_compatible(path, Trained.of_state(state, path), given, WARM_START,
+                     f"warm-start only from a run of {cfg.model.name} on the same classes and folds.csv (on other "
+                     f"folds its weights have seen rows this fold validates on)")
     return state
 
 
