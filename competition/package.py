@@ -1,6 +1,7 @@
 """`python -m competition.package`: a folder to upload as a Kaggle dataset for code competitions
-(no internet): the kit as a wheel, every trained fold's best checkpoint, the config and its
-feature hook, and a predict.py that installs the wheel offline and writes submission.csv."""
+(no internet): the kit as a wheel, every trained fold's best checkpoint (without what only --resume
+needs), the config and its feature hook, and a predict.py that installs the wheel offline and writes
+submission.csv."""
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,9 @@ import competition
 from competition.config import add_config_arguments, add_run_argument, command_config
 from competition.core.errors import CompetitionError, run_cli
 from competition.core.schema import Config, config_to_dict
-from competition.io.checkpoints import BEST, copy_checkpoint, load_checkpoint
+from competition.io.checkpoints import BEST, checkpoint_bytes, load_checkpoint
 from competition.io.disk import DiskFull
-from competition.io.files import atomic_dir, write_text, write_yaml
+from competition.io.files import atomic_dir, write_bytes, write_text, write_yaml
 from competition.io.hook_file import check_hook_spec
 from competition.io.runs import CV_FILE, check_trained_with, stored_thresholds
 
@@ -149,6 +150,25 @@ def check_folds(cfg: Config, checkpoints: list[tuple[int, Path]]) -> None:
         check_trained_with(cfg, state, path, classes)  # the package's config.yaml is the one given here
 
 
+def ship_checkpoint(src: Path, dst: Path) -> None:
+    """A fold's best.pt as predict needs it (FoldState.for_inference: without the optimizer's
+    moments, the loss scaler and the raw weights under an EMA, a third to a quarter of the bytes),
+    written, then read back as predict reads it (weights_only): the same weights, or no package."""
+    import torch
+
+    state = load_checkpoint(src)
+    # Serialised first, then written as bytes: a full disk is then an OSError (DiskFull), where
+    # torch.save's own writer would fail with a RuntimeError.
+    write_bytes(dst, checkpoint_bytes(state.for_inference()))
+    shipped = load_checkpoint(dst).model_state_dict
+    weights = state.model_state_dict
+    same = shipped.keys() == weights.keys() and all(
+        torch.equal(v, shipped[k]) if torch.is_tensor(v) else v == shipped[k] for k, v in weights.items())
+    if not same:
+        raise CompetitionError(f"{src} written into the package does not read back as the same weights: "
+                               f"nothing was left at the package's folder")
+
+
 def hook_file(cfg: Config) -> tuple[Path, Path] | None:
     """(the feature hook's file, its path relative to the package), or None without a hook.
 
@@ -198,7 +218,7 @@ def _write_package(out: Path, cfg: Config, checkpoints: list[tuple[int, Path]], 
         wheel = build_wheel(tmp)
         for fold, best in checkpoints:
             fold_dir = tmp / RUNS / cfg.name / f"fold{fold}"
-            copy_checkpoint(best, fold_dir / BEST)
+            ship_checkpoint(best, fold_dir / BEST)
             if (cfg.fold_dir(fold) / OOF).is_file():  # predict's CV report; without it, no CV
                 shutil.copyfile(cfg.fold_dir(fold) / OOF, fold_dir / OOF)
         if (cfg.run_dir / CV_FILE).is_file():  # the thresholds predict --no-cv decides at

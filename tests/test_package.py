@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import image_config, make_image_competition, no_network_reason, table_config, write_yaml
 
@@ -127,6 +128,12 @@ def test_a_table_package_carries_its_feature_hook(table_comp, tmp_path):
     pkg = tmp_path / "pkg"
     assert package.main(["--config", str(cfg), "--output", str(pkg)]) == 0
     assert yaml.safe_load((pkg / "config.yaml").read_text())["data"]["features"] == "hooks/feats.py:Feats"
+    for k in (0, 1):  # predict needs the weights, not what --resume continues from
+        shipped, trained = (folder / "table" / f"fold{k}" / "best.pt" for folder in (pkg / "outputs", tmp_path / "outputs"))
+        assert shipped.stat().st_size < trained.stat().st_size
+        state = torch.load(shipped, weights_only=True)
+        assert torch.load(trained, weights_only=True)["optimizer_state_dict"]["state"]  # the run's has AdamW's moments
+        assert (state["optimizer_state_dict"], state["scaler_state_dict"], state["train_state_dict"]) == ({}, None, None)
     shutil.rmtree(hooks)
     shutil.rmtree(tmp_path / "outputs")
     os.chdir(pkg)  # the packaged config's output_dir is relative to the package

@@ -109,6 +109,11 @@ class FoldState:
         kept in the hook's part of `preprocessor`; None without a hook, or from a kit before it was kept."""
         return ((self.preprocessor or {}).get("hook") or {}).get("sha256")
 
+    def for_inference(self) -> FoldState:
+        """The fold as predict needs it: what --resume continues from (the optimizer's moments, the
+        loss scaler, the raw weights under an EMA) left out, the weights that scored kept."""
+        return dataclasses.replace(self, optimizer_state_dict={}, scaler_state_dict=None, train_state_dict=None)
+
     def restore_config(self, path: Path) -> Config:
         """The config this fold was trained with (keys and types checked)."""
         try:
