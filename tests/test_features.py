@@ -15,7 +15,7 @@ from competition.config import load_config, shipped_dir
 from competition.core.errors import CompetitionError
 from competition.core.schema import config_to_dict
 from competition.data.features import FeatureHook, TabularPreprocessor
-from competition.io.runs import check_trained_with
+from competition.io.runs import check_same_run, check_trained_with
 
 
 def titanic() -> FeatureHook:
@@ -200,6 +200,12 @@ def test_a_checkpoint_that_does_not_record_its_hooks_content_is_not_predicted_on
         check_trained_with(cfg, state, tmp_path / "best.pt", ["0", "1"])
     state.preprocessor["hook"]["sha256"] = hashlib.sha256(HOOK.encode()).hexdigest()
     check_trained_with(cfg, state, tmp_path / "best.pt", ["0", "1"])  # recorded and the same: predicted
+    # Folds fit with two versions of the hook are not one run, whatever the config says.
+    other = fold_state(config_to_dict(cfg), ["0", "1"])
+    other.preprocessor = {"hook": {"spec": "my_features.py:Centred", "sha256": "f" * 64, "state": {}}}
+    with pytest.raises(CompetitionError, match=r"fold1.pt was trained with feature hook my_features.py:Centred file "
+                                               r"sha256 ffffffffffff and .*fold0.pt says sha256 [0-9a-f]{12}; "):
+        check_same_run([(tmp_path / "fold0.pt", state), (tmp_path / "fold1.pt", other)])
 
 
 BROKEN_HOOKS = {

@@ -274,9 +274,10 @@ def check_same_run(states: list[tuple[Path, FoldState]]) -> RunKey:
     (first_path, first), *rest = states
     given = Trained.of_state(first, first_path)
     for path, state in rest:
-        check_compatible(path, Trained.of_state(state, path), given, SAME_RUN,
-                         "folds of different configs, folds.csv or hook files are not one run: retrain that fold "
-                         "under its run's config, or give each config its own name")
+        check_compatible(path, Trained.of_state(state, path), given, SAME_RUN, {
+            "": "folds of different configs or hook files are not one run: retrain that fold under its run's "
+                "config, or give each config its own name",
+            "folds": "folds of different folds.csv are not one run: retrain the run on one folds.csv"})
     return RunKey.of_state(first)
 
 
