@@ -166,26 +166,27 @@ def test_an_edited_hook_file_is_another_run(table_comp, tmp_path, capsys):
     """The hook's transform makes every fold's features and, at predict, the test rows': its file's
     bytes are part of the run, like its config."""
     cfg = _hook_config(tmp_path, table_comp)
+    one_epoch = ["--config", cfg, "--set", "train.epochs=1"]
     run, hook = tmp_path / "outputs" / "table", tmp_path / "experiment" / "my_features.py"
-    assert train.main(["--config", cfg, "--fold", "0"]) == 0
+    assert train.main([*one_epoch, "--fold", "0"]) == 0
     sha = hashlib.sha256(hook.read_bytes()).hexdigest()
     assert json.loads((run / "run.json").read_text())["hook_sha256"] == sha
     assert torch.load(run / "fold0" / "best.pt", weights_only=True)["preprocessor"]["hook"]["sha256"] == sha
-    assert train.main(["--config", cfg, "--fold", "0", "--resume"]) == 0  # the same file: the run goes on
+    assert train.main([*one_epoch, "--fold", "0", "--resume"]) == 0  # the same file: the run goes on
     best = (run / "fold0" / "best.pt").read_bytes()
 
     # The defect: the same config with an edited transform, and folds of both versions in one run.
     hook.write_text(HOOK.replace('rows["x1"] - state["mean"]', '2 * (rows["x1"] - state["mean"])'))
     capsys.readouterr()
     said = f"was trained with feature hook my_features.py:Centred file sha256 {sha[:12]} and {hook} says sha256 "
-    refused(capsys, train.main(["--config", cfg, "--fold", "1"]), f"run.json {said}", "--set name=table-2",
+    refused(capsys, train.main([*one_epoch, "--fold", "1"]), f"run.json {said}", "--set name=table-2",
             "--overwrite")
-    refused(capsys, train.main(["--config", cfg, "--fold", "0", "--resume"]), f"--resume: {run / 'fold0' / 'last.pt'} "
+    refused(capsys, train.main([*one_epoch, "--fold", "0", "--resume"]), f"--resume: {run / 'fold0' / 'last.pt'} "
             f"{said}", "--overwrite")
-    refused(capsys, predict.main(["--config", cfg]), f"best.pt {said}", "put back the file", "retrain the run")
+    refused(capsys, predict.main(one_epoch), f"best.pt {said}", "put back the file", "retrain the run")
     assert (run / "fold0" / "best.pt").read_bytes() == best and not list(run.glob("fold1/*.pt"))
     assert not (tmp_path / "submissions").exists()
-    assert train.main(["--config", cfg, "--fold", "0", "--overwrite"]) == 0
+    assert train.main([*one_epoch, "--fold", "0", "--overwrite"]) == 0
     edited = hashlib.sha256(hook.read_bytes()).hexdigest()
     assert json.loads((run / "run.json").read_text())["hook_sha256"] == edited != sha
 
