@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cv", action="store_true",
                         help="write the submission only: no CV as submitted (no pass over the train rows, no "
                         "folds.csv needed, no cv.json written); thresholds come from the last full predict's cv.json")
+    parser.add_argument("--no-report", action="store_true",
+                        help="write no report.html (its Grad-CAM panels cost more than the predictions on a small set)")
     return parser
 
 
@@ -77,11 +79,12 @@ def _main(argv: Sequence[str] | None) -> int:
     log.info("predicting with folds %s on %s", ", ".join(str(f) for f, _ in checkpoints), device)
     solution, solution_path = checked_solution(cfg, comp)
     task.prepare(cfg, comp, train=not args.no_cv)
-    return _predict(cfg, task, comp, layout, loaded, device, (solution, solution_path), args.no_cv, args.output)
+    return _predict(cfg, task, comp, layout, loaded, device, (solution, solution_path), args.no_cv, args.output,
+                    not args.no_report)
 
 
 def _predict(cfg: Config, task: Task, comp: Competition, layout: Layout, loaded: list, device, answers: tuple,
-             no_cv: bool, output: str | None) -> int:
+             no_cv: bool, output: str | None, page: bool = True) -> int:
     """The CV, the submission, the files a blend reads and the report, from the loaded folds;
     `answers`: the test answers and their file (or Nones)."""
     from competition.core.metrics import METRICS
@@ -113,7 +116,7 @@ def _predict(cfg: Config, task: Task, comp: Competition, layout: Layout, loaded:
     if solution is not None:
         lb = leaderboard_score(out, layout, solution, comp.target, METRICS[cfg.train.metric])
     _report(report, submitted, tta, used, out, len(sub), lb, solution_path)
-    if not no_cv:  # the notebook's --no-cv run keeps its time for the test set
+    if not no_cv and page:  # the notebook's --no-cv run keeps its time for the test set
         print(f"report: {write_report(cfg, task, comp, loaded, device, cv, lb)}")
     return 0
 
