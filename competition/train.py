@@ -181,7 +181,13 @@ def _main(argv: Sequence[str] | None) -> int:
         with GracefulStop() as stop_request:
             # the task's fold trainer; the torch loop stops at a signal's next step
             fit = functools.partial(TRAINERS[task.trainer], stop=stop_request)
-            results = [fit(cfg, task, comp, df, f, device=device, world=world, resume=args.resume) for f in folds]
+            results = []
+            for f in folds:
+                results.append(fit(cfg, task, comp, df, f, device=device, world=world, resume=args.resume))
+                # A signal during a one-fit fold (it cannot stop inside its fit), or after a fold's last step:
+                # stop before the next fold. Under torchrun the ranks agree on stopping inside the fold loop.
+                if stop_request() is not None and f != folds[-1] and not world.distributed:
+                    raise Interrupted(stop_request(), f"stopped after fold {f}, before fold {folds[folds.index(f) + 1]}")
     except Interrupted as exc:
         exc.message = f"{exc.message}; continue with: {resume_command(argv)}"
         raise
