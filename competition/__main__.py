@@ -14,6 +14,7 @@ COMMANDS = {
     "folds": "write the fixed k-fold split, folds.csv",
     "board": "every run and blend: CV per fold and pooled, training time, last submission",
     "blend": "blend runs on their out-of-fold predictions and write the submission",
+    "auto": "search recipes and their knobs within a time budget, blend the best, write the submission",
     "explain": "Grad-CAM maps of each fold's most confident validation mistakes",
     "package": "the trained folds, the kit and a predict.py in one folder, for an offline Kaggle notebook",
     "import_folders": "turn class-per-folder images into a Kaggle-layout competition",

@@ -34,6 +34,7 @@ from competition.core.patterns import pattern_fields
 from competition.core.schema import Config, build_config
 from competition.io.runs import check_run_name
 from competition.models.tables import check_model_params, check_no_model_params
+from competition.search.recipes import check_auto_keys
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -165,6 +166,7 @@ def validate(cfg: Config) -> None:
     check_target_keys(cfg)
     _check_toolbox(cfg)
     check_keeping(cfg, staged=TASK_KINDS[cfg.task].staged)  # a pretrained body to freeze, or none
+    check_auto_keys(cfg)
     TASK_CHECKS[cfg.task](cfg)
 
 

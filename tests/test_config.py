@@ -116,11 +116,11 @@ def readme_config_block() -> str:
 
 
 def nested_keys(mapping: dict, prefix: str = "") -> set[str]:
-    """Every key of a nested mapping as section.key; a section that holds a plain mapping
-    (model.params) counts as one key."""
+    """Every key of a nested mapping as section.key; a key that holds a plain mapping (model.params,
+    auto.backbones) counts as one key."""
     out = set()
     for key, value in mapping.items():
-        sub = isinstance(value, dict) and f"{prefix}{key}" != "model.params"
+        sub = isinstance(value, dict) and f"{prefix}{key}" not in ("model.params", "auto.backbones")
         out |= nested_keys(value, f"{prefix}{key}.") if sub else {f"{prefix}{key}"}
     return out
 

@@ -24,8 +24,8 @@ from competition.io.prob_columns import oof_frame
 from competition.io.runs import RunKey, RunRecord, config_digest, stamp
 from competition.tasks import TASKS
 
-COMMANDS = ("train", "predict", "explain", "board", "blend", "folds", "import_folders", "package")
-HEAVY = ("torch", "timm", "albumentations", "cv2", "sklearn", "matplotlib", "tensorboard")
+COMMANDS = ("train", "predict", "explain", "board", "blend", "folds", "import_folders", "package", "auto")
+HEAVY = ("torch", "timm", "albumentations", "cv2", "sklearn", "matplotlib", "tensorboard", "optuna")
 
 # Runs each (label, command, argv) in one fresh interpreter, in order, and prints which of the
 # watched modules each step loaded that were not loaded before it, with what the step printed.

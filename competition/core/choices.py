@@ -42,6 +42,7 @@ WANDB_MODES = ("off", "offline", "online")  # tracking.wandb: io.wandb_runs
 # The kit's own folders under output_dir, which no run may be named after.
 CACHE_DIR = "cache"  # output_dir/cache: every decode cache (and the image check's markers): data.cache
 KEPT_FOLDS = "folds"  # output_dir/folds/<data folder's name>/folds.csv, a read-only data folder's split: data.splits
+AUTO_DIR = "auto"  # output_dir/auto/<name>/: auto's study, trial logs, report (search/)
 
 
 def choice(key: str, value: str, options) -> None:

@@ -131,6 +131,19 @@ class TrackingConfig:
     entity: str | None = None  # the wandb team or user (None: the account's default)
 
 
+@dataclass(frozen=True)
+class AutoConfig:
+    """`python -m competition.auto`: what its search may try (search/recipes.py). Not part of a run's
+    identity: a trial's own model and training keys are."""
+
+    # image: timm backbone → its weights: null (from scratch), timm (timm's own: model.pretrained) or
+    # a local file (model.pretrained_file). Empty: the config's own model.
+    backbones: dict[str, Any] = field(default_factory=dict)
+    # tabular: the models tried (mlp, logreg, random_forest, extra_trees, hist_gbm, lightgbm, catboost,
+    # xgboost). Empty: every one that applies and is installed.
+    models: list[str] = field(default_factory=list)
+
+
 # Fields the kit fills in itself; no file or --set may name them, and they are not saved.
 INTERNAL = {"internal": True}
 
@@ -149,6 +162,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    auto: AutoConfig = field(default_factory=AutoConfig)
     # The folder relative paths of the config file resolve against (its feature hook): the
     # file's own folder, the package's for a shipped config. Empty for a stored config.
     source_dir: str = field(default="", compare=False, metadata=INTERNAL)

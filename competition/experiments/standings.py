@@ -54,7 +54,7 @@ def _stamp(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
-def _target(config: dict, classes: list) -> Target:
+def stored_target(config: dict, classes: list) -> Target:
     """The run's target, rebuilt from its stored config and classes (its data may be elsewhere)."""
     from competition.data.targets import Target
 
@@ -69,7 +69,7 @@ def _best_epoch_scores(run_dir: Path, config: dict, classes: list) -> tuple[dict
     from competition.inference.best_epochs import score_best_epochs
 
     files = {p.parent.name.removeprefix("fold"): p for p in sorted(run_dir.glob("fold*/oof.csv"))}
-    scores = score_best_epochs(files, METRICS[config["train"]["metric"]], _target(config, classes), classes)
+    scores = score_best_epochs(files, METRICS[config["train"]["metric"]], stored_target(config, classes), classes)
     return scores.folds, scores.pooled, len(set(scores.keys.values()) - {None}) > 1
 
 

@@ -22,16 +22,17 @@ from competition.io.hook_file import hook_digest, hook_path
 # whose own hash is part of the identity (an existing folds.csv wins over them). A time limit stops
 # a fold cleanly, as Ctrl-C does, and --resume continues it; kept epochs are files beside best.pt:
 # a resumed run may change both (RESUME_MUTABLE), so they cannot be part of its identity either.
+# `auto.*` says what auto may try next; a trial's own model and training keys are the run's.
 NOT_TRAINING = (
     "name", "output_dir", "submission_dir", "data.root", "data.test_csv", "data.sample_submission",
     "data.solution", "data.sample_target_column", "data.image_pattern", "data.test_image_pattern", "data.demo",
     "data.max_classes", "folds", "train.num_workers", "train.cache", "train.cache_on_device", "train.compile",
-    "train.checkpoint_every_minutes", "train.time_limit", "train.keep_top_k", "tracking", "predict",
+    "train.checkpoint_every_minutes", "train.time_limit", "train.keep_top_k", "tracking", "predict", "auto",
 )
 # Keys a resumed fold may change; anything else must match the config it started with.
 RESUME_MUTABLE = (
     "train.num_workers", "train.cache", "train.cache_on_device", "train.epochs", "train.patience",
-    "train.checkpoint_every_minutes", "train.time_limit", "train.keep_top_k", "predict", "tracking",
+    "train.checkpoint_every_minutes", "train.time_limit", "train.keep_top_k", "predict", "tracking", "auto",
 )
 FIRST = ("task", "model.name", "data.features")  # named before the other keys that differ
 SHOWN = 5  # differences named in one message

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from competition.core.choices import CACHE_DIR, KEPT_FOLDS
+from competition.core.choices import AUTO_DIR, CACHE_DIR, KEPT_FOLDS
 from competition.core.errors import CompetitionError
 from competition.core.keys import text_of
 from competition.core.metrics import METRICS
@@ -282,7 +282,8 @@ def check_same_run(states: list[tuple[Path, FoldState]]) -> RunKey:
 
 
 # The kit's own folders under output_dir, which no run may take the name of.
-KIT_FOLDERS = {BLENDS: "blend records", CACHE_DIR: "the decode cache", KEPT_FOLDS: "the folds.csv of read-only data folders"}
+KIT_FOLDERS = {BLENDS: "blend records", CACHE_DIR: "the decode cache", KEPT_FOLDS: "the folds.csv of read-only data folders",
+               AUTO_DIR: "auto's studies and trial logs"}
 NAME_BYTES = 200  # a file name holds 255 bytes, and a submission's adds its time and score to the run's
 
 

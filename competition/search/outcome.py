@@ -1,0 +1,165 @@
+"""The end of an auto run: the finished trials (every fold trained, then predicted) blended into the
+checked submission through `blend`, and the honest numbers beside the flattering ones — the blend's
+cross-fitted estimate, and how far the best trial's CV drops when the trial is chosen without the rows
+that score it — in summary.json, report.html and on the board."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from competition.core.durations import format_duration
+from competition.core.errors import CompetitionError
+from competition.io.checkpoints import BEST
+from competition.io.files import atomic_path, write_json
+from competition.io.runs import BLEND_FILE, BLENDS, CV_FILE
+from competition.search.search_page import write_page
+from competition.search.study import Search
+from competition.search.trials import run_command
+
+MAX_BLENDED = 20  # the best finished trials offered to the blend's greedy selection
+SUMMARY_FILE, PAGE_FILE = "summary.json", "report.html"
+
+
+def finished(search: Search) -> list:
+    """The study's complete trials whose runs hold every fold's best.pt and predict's files, best first
+    (a trial another process finished counts too)."""
+    from optuna.trial import TrialState
+
+    out = Path(search.cfg.output_dir)
+    n = search.cfg.folds.n_splits
+
+    def whole(t) -> bool:
+        run = out / t.user_attrs.get("run", "")
+        return "run" in t.user_attrs and all((run / f"fold{k}" / BEST).is_file() for k in range(n)) and all(
+            (run / f).is_file() for f in (CV_FILE, "oof.csv", "test_probs.csv"))
+
+    done = [t for t in search.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if whole(t)]
+    return sorted(done, key=lambda t: -t.value if search.metric.higher_is_better else t.value)
+
+
+def _blend(search: Search, runs: list[str], output: str | None) -> dict | None:
+    """`blend` of the runs (its greedy weights, cross-fitted estimate and checked submission): its
+    record, or None when it failed (its line is in logs/blend.log)."""
+    name = f"{search.cfg.name}-auto"
+    argv = [*(["--config", search.config] if search.config else []), *(a for s in search.sets for a in ("--set", s)),
+            *runs, "--name", name, *(["--output", output] if output else [])]
+    with open(search.folder / "logs" / "blend.log", "a", encoding="utf-8") as log:
+        code, error = run_command("blend", argv, log)
+    search.stop.install()
+    if code != 0:
+        print(f"blend failed ({error}): the best trial's submission stands alone", flush=True)
+        return None
+    import json
+
+    return json.loads((Path(search.cfg.output_dir) / BLENDS / name / BLEND_FILE).read_text())
+
+
+def _alone(search: Search, trial, output: str | None) -> Path:
+    """The best trial's own submission (predict checked it) as auto's."""
+    from competition.inference.submission import submission_path
+
+    source = search.folder / "submissions" / f"{trial.user_attrs['run']}.csv"
+    out = Path(output) if output else submission_path(search.cfg.submission_dir, f"{search.cfg.name}-auto", trial.value)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        shutil.copyfile(source, tmp)
+    return out
+
+
+def _kept_oof(search: Search, runs: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The truth and each run's out-of-fold probabilities as predict kept them (oof.csv), rows by id."""
+    from competition.data.folder import read_csv
+    from competition.experiments.standings import stored_target
+    from competition.io.prob_columns import read_oof_probs
+    from competition.io.runs import RunRecord
+
+    out, idc = Path(search.cfg.output_dir), search.cfg.data.id_column
+    record = RunRecord.read(out / runs[0])
+    target = stored_target(record.config, record.classes)
+    frames = [read_csv(out / r / "oof.csv", "out-of-fold file", [idc, *target.label_columns]).set_index(idc)
+              for r in runs]
+    first = frames[0]
+    y = target.encode(first.reset_index(), out / runs[0] / "oof.csv")
+    return y, [read_oof_probs(f.loc[first.index], record.classes) for f in frames]
+
+
+def selection(search: Search, runs: list[str]) -> dict:
+    """The best trial chosen on half the out-of-fold rows and scored on the other half, and the reverse:
+    against the same halves scored where they were chosen, how much the choice among the trials flatters."""
+    metric = search.metric
+    y, oof = _kept_oof(search, runs)
+    first = np.zeros(len(y), dtype=bool)
+    first[np.random.default_rng(search.cfg.seed).permutation(len(y))[: len(y) // 2]] = True
+    pick = max if metric.higher_is_better else min
+    chosen, held, seen = [], [], []
+    for a, b in ((first, ~first), (~first, first)):
+        scores = [metric.best(y[a], p[a]) for p in oof]
+        i = scores.index(pick(scores))
+        chosen.append(runs[i])
+        seen.append(scores[i])
+        held.append(metric(y[b], oof[i][b], metric.fit_thresholds(y[a], oof[i][a])))
+    same, other = float(np.mean(seen)), float(np.mean(held))
+    return {"trials": len(runs), "chosen": chosen, "same_rows": same, "other_rows": other,
+            "drop": same - other if metric.higher_is_better else other - same}
+
+
+def finish(search: Search, url: str, output: str | None) -> dict:
+    """Blend, estimate, write summary.json and report.html; returns the summary."""
+    trials = finished(search)
+    if not trials:
+        raise CompetitionError(f"no trial finished every fold within the budget ({format_duration(search.budget.total)}; "
+                               f"see {search.folder / 'logs'}): give a larger --time-budget, or fewer folds")
+    runs = [t.user_attrs["run"] for t in trials[:MAX_BLENDED]]
+    record = _blend(search, runs, output) if len(runs) >= 2 else None
+    submission = Path(record["submission"]) if record else _alone(search, trials[0], output)
+    best = trials[0]
+    summary = {
+        "study": search.cfg.name, "storage": url, "metric": search.metric.name,
+        "higher_is_better": search.metric.higher_is_better, "budget_seconds": search.budget.total,
+        "trials": _counts(search), "best": {"trial": best.number, "run": best.user_attrs["run"],
+                                            "recipe": best.params["recipe"], "cv": best.value},
+        "blend": None if record is None else {"name": record["name"], "cv": record["blend_cv"]["cv"],
+                                              "cross_fit": record["cross_fit"]["cv"], "weights": record["weights"]},
+        "selection": selection(search, runs), "submission": str(submission),
+    }
+    summary["estimate"] = summary["blend"]["cross_fit"] if record else summary["selection"]["other_rows"]
+    summary["seconds"] = round(search.budget.elapsed(), 2)  # what the page says; summary.json has the end
+    write_page(search.folder / PAGE_FILE, summary, search.study, Path(search.cfg.output_dir))
+    return summary
+
+
+def _counts(search: Search) -> dict:
+    counts: dict[str, int] = {}
+    for t in search.study.get_trials(deepcopy=False):
+        state = t.user_attrs.get("outcome") or t.state.name.lower()
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def report(summary: dict, search: Search) -> None:
+    """The closing lines: the submission, the numbers to trust and those to discount, the board."""
+    from competition.data.splits import split_digest
+    from competition.experiments.standings import board_rows, mark_other_folds, render_board
+
+    m, s, b = summary["metric"], summary["selection"], summary["blend"]
+    best = summary["best"]
+    print(f"best trial {best['trial']} ({best['run']}): {m} {best['cv']:.5f} out of fold, as submitted")
+    print(f"chosen on half the out-of-fold rows and scored on the other half (and the reverse): {m} "
+          f"{s['other_rows']:.5f}, against {s['same_rows']:.5f} where chosen: the choice among {s['trials']} "
+          f"trials flatters the best CV by {s['drop']:.5f}")
+    if b is not None:
+        weights = ", ".join(f"{r} {w:.2f}" for r, w in b["weights"].items() if w > 0)
+        print(f"blend ({weights}): {m} {b['cv']:.5f} with weights fit on the rows it scores; estimate {b['cross_fit']:.5f} "
+              f"(each fold's rows blended with weights fit on the other folds')")
+    print(f"submission: {summary['submission']}")
+    print(f"report: {search.folder / PAGE_FILE}")
+    names = {f"{BLENDS}/{b['name']}"} if b else set()
+    names |= {t.user_attrs["run"] for t in search.study.get_trials(deepcopy=False) if "run" in t.user_attrs}
+    rows = [r for r in board_rows(Path(search.cfg.output_dir)) if r.name in names]
+    mark_other_folds(rows, split_digest(search.cfg))
+    print(render_board(rows, "table", "the competition's folds.csv"))
+    summary["seconds"] = round(search.budget.elapsed(), 2)
+    write_json(search.folder / SUMMARY_FILE, summary)
+    print(f"done in {format_duration(summary['seconds'])} of {format_duration(summary['budget_seconds'])}")

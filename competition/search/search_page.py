@@ -1,0 +1,69 @@
+"""output_dir/auto/<name>/report.html: an auto run on one page — the submission, the honest numbers
+beside the flattering ones, and every trial of the study (recipe, knobs, CV, time, what stopped it),
+linked to each trial's run. Plain HTML, no script, readable offline."""
+from __future__ import annotations
+
+import datetime as dt
+import html
+import os
+from pathlib import Path
+
+from competition.core.durations import format_duration
+from competition.io.files import write_text
+
+STYLE = ("body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse}"
+         "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;font-size:90%}"
+         "tr.complete td:nth-child(5){font-weight:bold}.muted{color:#777}")
+
+
+def _cell(value) -> str:
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _knobs(params: dict) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in params.items() if k != "recipe")
+
+
+def _trial_row(t, out: Path, folder: Path) -> str:
+    a = t.user_attrs
+    state = a.get("outcome") or t.state.name.lower()
+    if "same_as" in a:
+        state = f"the settings of trial {a['same_as']}"
+    run = a.get("run", "")
+    page = out / run / "report.html"
+    link = (f'<a href="{html.escape(os.path.relpath(page, folder))}">{html.escape(run)}</a>' if page.is_file()
+            else html.escape(run))
+    value = "" if t.value is None else f"{t.value:.5f}"
+    seconds = format_duration(a["seconds"]) if "seconds" in a else ""
+    return (f'<tr class="{html.escape(state)}">{_cell(t.number)}<td>{link}</td>{_cell(t.params.get("recipe", ""))}'
+            f'{_cell(_knobs(t.params))}{_cell(value)}{_cell(state)}{_cell(seconds)}{_cell(a.get("error", ""))}</tr>')
+
+
+def _numbers(s: dict) -> str:
+    m, sel, b, best = s["metric"], s["selection"], s["blend"], s["best"]
+    items = [f"best trial {best['trial']} ({best['recipe']}, run {best['run']}): {m} {best['cv']:.5f} out of fold, "
+             f"as submitted",
+             f"chosen on half the out-of-fold rows and scored on the other half, and the reverse: {sel['other_rows']:.5f}, "
+             f"against {sel['same_rows']:.5f} on the rows it was chosen on — the choice among {sel['trials']} "
+             f"finished trials flatters the best CV by {sel['drop']:.5f}"]
+    if b is not None:
+        weights = ", ".join(f"{r} {w:.2f}" for r, w in b["weights"].items() if w > 0)
+        items.append(f"blend {b['name']} ({weights}): {m} {b['cv']:.5f} with weights fit on the rows it scores; "
+                     f"<b>estimate {b['cross_fit']:.5f}</b>: each fold's rows blended with weights fit on the other "
+                     f"folds' (the trials it may use were still chosen on every row)")
+    return "<ul>" + "".join(f"<li>{i if '<b>' in i else html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def write_page(path: Path, summary: dict, study, out: Path) -> None:
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(summary["trials"].items()))
+    rows = "".join(_trial_row(t, out, path.parent) for t in study.get_trials(deepcopy=False))
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = (f"<h1>auto: {html.escape(summary['study'])}</h1>"
+            f"<p class=muted>{now}; study {html.escape(summary['storage'])}; "
+            f"{format_duration(summary['seconds'])} of a {format_duration(summary['budget_seconds'])} budget; "
+            f"trials: {html.escape(counts)}</p>"
+            f"<p>submission: <code>{html.escape(summary['submission'])}</code></p>{_numbers(summary)}"
+            "<h2>Trials</h2><table><tr><th>trial</th><th>run</th><th>recipe</th><th>knobs</th>"
+            f"<th>{html.escape(summary['metric'])}</th><th>outcome</th><th>time</th><th>error</th></tr>{rows}</table>")
+    write_text(path, f"<!doctype html><html><head><meta charset=utf-8><title>auto: {html.escape(summary['study'])}"
+                     f"</title><style>{STYLE}</style></head><body>{body}</body></html>\n")
