@@ -92,7 +92,8 @@ def run_command(name: str, argv: list[str], log: TextIO) -> tuple[int, str | Non
     root = logging.getLogger()
     handlers, level = root.handlers, root.level
     root.handlers, root.level = [logging.StreamHandler(out)], logging.INFO
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the command itself
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the command itself
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             code = main(argv)
@@ -103,7 +104,8 @@ def run_command(name: str, argv: list[str], log: TextIO) -> tuple[int, str | Non
         return 1, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     finally:
         root.handlers, root.level = handlers, level
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():  # a stopped command leaves its own in place
+            signal.signal(signum, handler)
         log.flush()
     return code, out.last_error()
 
