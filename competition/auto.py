@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", default=None, metavar="URL",
                         help="the study's database (default sqlite:///output_dir/auto/<name>/study.db); auto "
                         "processes given the same URL and config share one study, each trial run by one of them")
+    parser.add_argument("--trials", type=int, default=None, metavar="N",
+                        help="stop after N trials of this process, if the budget has not ended it before")
     parser.add_argument("--resume", action="store_true",
                         help="continue the study: first the trials a stop left unfinished, within the budget left")
     return parser
@@ -59,21 +61,24 @@ def _main(argv: Sequence[str] | None) -> int:
     from competition.inference.submission import check_destination
     from competition.io.runs import config_digest
     from competition.search.budget import AutoStop, Budget
-    from competition.search.loop import run_search
+    from competition.search.loop import run_search, warm_up
     from competition.search.outcome import finish, report
     from competition.search.study import Search, applicable, open_study, storage_url
 
     if args.time_budget is not None:
         parse_duration(args.time_budget, "--time-budget")  # a bad budget before anything is written
+    if args.trials is not None and args.trials < 1:
+        raise CompetitionError(f"--trials: at least 1, got {args.trials}")
     cfg = load_config(args.config, args.overrides)
     check_destination(args.output, cfg.submission_dir)
     recipes = applicable(cfg, args.config, args.overrides)
     url = storage_url(cfg, args.storage)
 
     with AutoStop() as stop:
-        search = Search(cfg, args.config, list(args.overrides), recipes, Budget(0.0, began), stop)
+        search = Search(cfg, args.config, list(args.overrides), recipes, Budget(0.0, began), stop, max_trials=args.trials)
         search.study = open_study(search, url, config_digest(config_to_dict(cfg)), args.resume)
         search.budget = Budget(_budget(args, search.study), began)
+        warm_up()  # torch and the rest, before the first trial's clock starts (and before saying it is ready)
         done = sum(t.state.name != "WAITING" for t in search.study.get_trials(deepcopy=False))
         print(f"auto: study {cfg.name} in {url}; {search.metric.name}, "
               f"{'higher' if search.metric.higher_is_better else 'lower'} is better; {cfg.folds.n_splits} folds; "

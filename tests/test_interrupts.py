@@ -19,7 +19,7 @@ from conftest import image_config, kill_training, write_yaml
 from competition import train
 from competition.core import interrupts
 from competition.io.checkpoints import load_checkpoint
-from competition.training import estimator_fold
+from competition.training import trainers
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -142,20 +142,20 @@ def test_ctrl_c_during_a_one_fit_fold_stops_before_the_next_fold(table_comp, tmp
     """A scikit-learn or GBDT fold cannot stop inside its fit: the signal stops training once it ends,
     before the next fold starts, and --resume fits the folds left."""
     cfg, _ = table_comp
-    fit = estimator_fold.fit_estimator_fold
+    fit = trainers.TRAINERS["once"]
 
     def fit_then_signal(*args, **kwargs):
         result = fit(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the fit: handled once the fit returns
         return result
 
-    monkeypatch.setattr(estimator_fold, "fit_estimator_fold", fit_then_signal)
+    monkeypatch.setitem(trainers.TRAINERS, "once", fit_then_signal)
     args = ["--config", str(cfg), "--set", "model.name=logreg"]
     code = train.main(args)
     line = _last_line(capsys.readouterr().err)
     assert code == 130 and line.startswith("interrupted (SIGINT): stopped after fold 0, before fold 1"), line
     run = tmp_path / "outputs" / "table"
     assert (run / "fold0" / "best.pt").is_file() and not (run / "fold1" / "best.pt").exists()
-    monkeypatch.setattr(estimator_fold, "fit_estimator_fold", fit)
+    monkeypatch.setitem(trainers.TRAINERS, "once", fit)
     assert train.main(shlex.split(line.split("continue with: ")[1])[3:]) == 0
     assert (run / "fold1" / "best.pt").is_file()

@@ -109,8 +109,9 @@ def _interrupted(search: Search, signum: int, argv: Sequence[str], where: str) -
 
 
 def warm_up() -> None:
-    """Import what train, predict and blend import when they start, before the first trial's clock: a
-    Ctrl-C (or the watchdog) must never land inside an import, which leaves a module half made."""
+    """Import what train, predict and blend import when they start (the final blend too), before the
+    first trial's clock: a Ctrl-C (or the watchdog) must never land inside an import, which leaves a
+    module half made."""
     import importlib
 
     for name in ("torch", "competition.tasks", "competition.training.fold", "competition.training.estimator_fold",
@@ -121,17 +122,14 @@ def warm_up() -> None:
 
 def run_search(search: Search, argv: Sequence[str]) -> None:
     """Trials until the time for them is spent; a stop raises Interrupted (the CLI's one line)."""
-    warm = False
-    while True:
+    ran = 0
+    while search.max_trials is None or ran < search.max_trials:
         if search.stop.requested is not None:
             raise _interrupted(search, search.stop.requested, argv, "stopped between trials")
         seconds = allotment(search)
-        if seconds is not None and not warm:
-            warm_up()  # its seconds are the budget's, not the first trial's
-            warm, seconds = True, allotment(search)
         if seconds is None:
             return
-        trial = search.study.ask()
+        trial, ran = search.study.ask(), ran + 1
         plan = plan_trial(search, trial, seconds)
         same = same_as(search, trial)
         if same is not None:

@@ -178,15 +178,28 @@ def _pretrained(cfg: Config, backbone: str, weights: str) -> Recipe:
     ), True, derive)
 
 
-def recipes(cfg: Config) -> dict[str, Recipe]:
-    """The recipes of the config's task, in the portfolio's order, as auto.models / auto.backbones name them."""
-    if cfg.task == "image":
-        backbones = cfg.auto.backbones or {cfg.model.name: cfg.model.pretrained_file
-                                           or (TIMM_WEIGHTS if cfg.model.pretrained else None)}
-        return {b: _pretrained(cfg, b, w) if w else _scratch(cfg, b) for b, w in backbones.items()}
+def _image_recipes(cfg: Config) -> dict[str, Recipe]:
+    backbones = cfg.auto.backbones or {cfg.model.name: cfg.model.pretrained_file
+                                       or (TIMM_WEIGHTS if cfg.model.pretrained else None)}
+    return {b: _pretrained(cfg, b, w) if w else _scratch(cfg, b) for b, w in backbones.items()}
+
+
+def _named_table_recipes(cfg: Config) -> dict[str, Recipe]:
     every = _table_recipes(cfg)
     names = cfg.auto.models or [n for n in TABLE_MODELS if n not in GBDT_LIBRARIES or importlib.util.find_spec(n)]
     return {n: every[n] for n in names}
+
+
+# Each task kind (core.choices.TASK_KINDS): the auto key that names what it tries, and its recipes.
+SEARCHES: dict[str, tuple[str, Callable[[Config], dict[str, Recipe]]]] = {
+    "image": ("auto.backbones", _image_recipes),
+    "tabular": ("auto.models", _named_table_recipes),
+}
+
+
+def recipes(cfg: Config) -> dict[str, Recipe]:
+    """The recipes of the config's task, in the portfolio's order, as auto.models / auto.backbones name them."""
+    return SEARCHES[cfg.task][1](cfg)
 
 
 def param_name(recipe: Recipe, knob: Knob) -> str:
@@ -252,12 +265,11 @@ def describe(values: dict) -> str:
 def check_auto_keys(cfg: Config) -> None:
     """auto.models names table recipes; auto.backbones maps timm names to their weights."""
     a = cfg.auto
-    if a.models and cfg.task != "tabular":
-        raise CompetitionError("config key auto.models: names the table models auto tries; an image task tries "
-                               "auto.backbones")
-    if a.backbones and cfg.task != "image":
-        raise CompetitionError("config key auto.backbones: names the image backbones auto tries; a table task tries "
-                               "auto.models")
+    own = SEARCHES[cfg.task][0]
+    for key, value in (("auto.models", a.models), ("auto.backbones", a.backbones)):
+        if value and key != own:
+            raise CompetitionError(f"config key {key}: names what auto tries for another task; a {cfg.task} task "
+                                   f"tries {own}")
     for name in a.models:
         if name not in TABLE_MODELS:
             raise CompetitionError(f"config key auto.models: unknown model {name!r}; valid models are "

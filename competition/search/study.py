@@ -46,6 +46,7 @@ class Search:
     stop: AutoStop
     study: optuna.Study | None = None
     seconds: list[float] = field(default_factory=list)  # the finished trials' durations
+    max_trials: int | None = None  # --trials: this process stops after so many
 
     @property
     def folder(self) -> Path:
