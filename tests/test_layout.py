@@ -1,7 +1,8 @@
 """The tree reads as the data flow: packages by stage, imports pointing one way, short functions.
 
-core ← io ← data ← models ← tasks ← training, inference ← the CLIs and the config loader. A
-module imports its own package and the layers below it; inference never imports training.
+core ← io ← data ← models ← tasks ← training, inference ← experiments (board, blends), search (auto),
+the CLIs and the config loader. A module imports its own package and the layers below it; inference
+never imports training.
 """
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "competition"
-LAYERS = {"core": 0, "io": 1, "data": 2, "models": 3, "tasks": 4, "training": 5, "inference": 5}
 EDGE = 6  # competition.config and the CLIs (train, predict, board, …), which never import each other
+# experiments and search sit at the edge with the commands they serve: search runs the commands
+# (through importlib, never an import) and blends through experiments; nothing below imports either.
+LAYERS = {"core": 0, "io": 1, "data": 2, "models": 3, "tasks": 4, "training": 5, "inference": 5,
+          "experiments": EDGE, "search": EDGE}
 
 
 def _modules() -> dict[str, Path]:

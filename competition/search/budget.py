@@ -29,8 +29,9 @@ class Budget:
     @property
     def reserve(self) -> float:
         """The final step's seconds: a floor and a share of the budget, and as long as the quickest trial's
-        predict took (the blend, too, opens the competition and writes a checked submission)."""
-        return FINAL_SECONDS + FINAL_SHARE * self.total + (self.predict or 0.0)
+        predict took, up to another share (the blend, too, opens the competition and writes a checked
+        submission, but runs no model)."""
+        return FINAL_SECONDS + FINAL_SHARE * self.total + min(self.predict or 0.0, FINAL_SHARE * self.total)
 
     def predicted(self, seconds: float) -> None:
         self.predict = seconds if self.predict is None else min(self.predict, seconds)

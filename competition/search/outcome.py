@@ -5,17 +5,19 @@ that score it — in summary.json, report.html and on the board."""
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 
 from competition.core.durations import format_duration
 from competition.core.errors import CompetitionError
+from competition.core.interrupts import Interrupted
 from competition.io.checkpoints import BEST
 from competition.io.files import atomic_path, write_json
 from competition.io.runs import BLEND_FILE, BLENDS, CV_FILE
 from competition.search.search_page import write_page
-from competition.search.study import Search
+from competition.search.study import LEFT_ATTR, Search
 from competition.search.trials import run_command
 
 MAX_BLENDED = 20  # the best finished trials offered to the blend's greedy selection
@@ -48,6 +50,11 @@ def _blend(search: Search, runs: list[str], output: str | None) -> dict | None:
     with open(search.folder / "logs" / "blend.log", "a", encoding="utf-8") as log:
         code, error = run_command("blend", argv, log)
     search.stop.install()
+    if code in (130, 143):  # a person's Ctrl-C: the trials are in the study, the blend is quick to redo
+        search.study.set_user_attr(LEFT_ATTR, max(search.budget.left(), 0.0))
+        raise Interrupted(signal.SIGTERM if code == 143 else signal.SIGINT, "stopped during the final blend; the "
+                          "study keeps every trial: python -m competition.auto --resume with a --time-budget blends "
+                          "them (and searches on)")
     if code != 0:
         print(f"blend failed ({error}): the best trial's submission stands alone", flush=True)
         return None
@@ -126,6 +133,7 @@ def finish(search: Search, url: str, output: str | None) -> dict:
     }
     summary["estimate"] = summary["blend"]["cross_fit"] if record else summary["selection"]["other_rows"]
     summary["seconds"] = round(search.budget.elapsed(), 2)  # what the page says; summary.json has the end
+    search.study.set_user_attr(LEFT_ATTR, 0.0)  # spent: a later --resume needs a --time-budget
     write_page(search.folder / PAGE_FILE, summary, search.study, Path(search.cfg.output_dir))
     return summary
 

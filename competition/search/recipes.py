@@ -268,7 +268,7 @@ def check_auto_keys(cfg: Config) -> None:
     own = SEARCHES[cfg.task][0]
     for key, value in (("auto.models", a.models), ("auto.backbones", a.backbones)):
         if value and key != own:
-            raise CompetitionError(f"config key {key}: names what auto tries for another task; a {cfg.task} task "
+            raise CompetitionError(f"config key {key}: names what auto tries for another task; task {cfg.task} "
                                    f"tries {own}")
     for name in a.models:
         if name not in TABLE_MODELS:

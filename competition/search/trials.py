@@ -26,6 +26,7 @@ from typing import TextIO
 
 from competition.core.metrics import METRICS
 from competition.core.schema import Config
+from competition.io.checkpoints import BEST
 from competition.io.runs import CV_FILE
 from competition.search.budget import AutoStop, SelfStop, Watchdog
 from competition.search.recipes import Recipe
@@ -170,8 +171,21 @@ def run_trial(plan: Plan, cfg: Config, config: str | None, paths: dict[str, Path
     with open(paths["log"], "a", encoding="utf-8") as log, Watchdog(allotment, own):
         outcome = _steps(plan, cfg, config, paths["submission"], log, own, prune)
         stop.install()  # the commands put theirs in place
+    _release_memory()
     outcome.seconds = time.monotonic() - began
     return outcome
+
+
+def _release_memory() -> None:
+    """The trial's models are gone with its commands: hand their memory back before the next trial
+    (the GPU's cache too, which the next trial's larger backbone may need)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _stopped(own: SelfStop, what: str, error: str | None, steps: dict[int, float], code: int = 130) -> Outcome:
@@ -185,7 +199,8 @@ def _stopped(own: SelfStop, what: str, error: str | None, steps: dict[int, float
 def _steps(plan: Plan, cfg: Config, config: str | None, submission: Path, log: TextIO, own: SelfStop,
            prune: Callable[[dict[int, float]], bool]) -> Outcome:
     base, resume = plan.argv(config), ["--resume"] if plan.resume else []
-    summary = Path(cfg.output_dir) / plan.run / "fold0" / "summary.csv"
+    run_dir = Path(cfg.output_dir) / plan.run
+    summary = run_dir / "fold0" / "summary.csv"
     steps: dict[int, float] = {}
     timings: dict[str, float] = {}
     for what, argv in (("fold 0", ["train", *base, "--fold", "0", *resume]),
@@ -207,5 +222,9 @@ def _steps(plan: Plan, cfg: Config, config: str | None, submission: Path, log: T
         if watch and watch.look():  # the fold's last epochs: its other folds are still to pay
             return _stopped(own, what, None, watch.steps) if own.reason else Outcome(
                 PRUNED, value=watch.steps[max(watch.steps)], steps=watch.steps)
-    cv = json.loads((Path(cfg.output_dir) / plan.run / CV_FILE).read_text())["as_submitted"]["cv"]
+        unfinished = [k for k in range(cfg.folds.n_splits) if not (run_dir / f"fold{k}" / BEST).is_file()]
+        if what == "the other folds" and unfinished:  # its time limit ended a fold inside its first epoch
+            return Outcome(CUT, error=f"fold {', '.join(map(str, unfinished))} ended no epoch within train.time_limit: "
+                                      f"the trial has no model there, and is not predicted or blended", steps=steps)
+    cv = json.loads((run_dir / CV_FILE).read_text())["as_submitted"]["cv"]
     return Outcome(COMPLETE, value=float(cv), steps=steps, timings=timings)
