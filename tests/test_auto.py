@@ -90,7 +90,7 @@ def test_ctrl_c_stops_the_study_in_one_line_and_a_failed_trial_is_recorded_and_s
     # The leftover run under trial 0's name: its one line, in the progress and in the study; the search went on.
     failed = trials[0].user_attrs
     assert trials[0].state.name == "FAIL" and failed["error"].startswith("error: ")
-    assert "table-t000-lightgbm holds a run that was trained with another config" in failed["error"]
+    assert "table-t000-lightgbm/run.json was trained with model.name" in failed["error"]
     assert "trial 0 lightgbm (learning_rate 0.05, num_leaves 31" in out and failed["error"] in out
     assert trials[1].state.name == "COMPLETE" and trials[1].params["recipe"] == "logreg"
     assert trials[2].user_attrs["outcome"] == "interrupted" and "trial 2 mlp" in out
@@ -139,7 +139,7 @@ def test_the_finished_trials_blend_into_a_checked_submission_with_honest_numbers
     out = table_study["resumed"][1] + table_study["joined"][1]
     assert "flatters the best CV by" in out and "estimate" in out and "submission:" in out
     page = (base / "outputs" / "auto" / "table" / "report.html").read_text()
-    assert "table-t000-lightgbm holds a run" in page and "estimate" in page
+    assert "table-t000-lightgbm/run.json was trained with model.name" in page and "estimate" in page
     # Every trial is a run of its own on the board; trials predict without report.html (auto's page links runs).
     for t in table_study["trials"].values():
         if t.user_attrs.get("outcome") == "complete":
