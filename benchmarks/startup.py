@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 from results import machine_name, write_section  # noqa: E402
 
 TITLE = "Start-up: --help and an empty board"
-COMMANDS = ("train", "predict", "explain", "board", "blend", "folds", "import_folders", "package")
+COMMANDS = ("train", "predict", "explain", "board", "blend", "folds", "import_folders", "package", "auto")
 HEAVY = ("torch", "timm", "albumentations", "cv2", "sklearn", "matplotlib", "pandas")
 # Which of HEAVY a command's run loaded: the command as `python -m` runs it, then sys.modules.
 PROBE = """
