@@ -92,12 +92,13 @@ def _tell(search: Search, trial, plan: Plan, outcome: Outcome) -> None:
 
 def resume_command(argv: Sequence[str]) -> str:
     """The command line that continues the study: the same arguments, --resume, the budget left."""
-    args, kept, skip = list(argv), [], False
-    for a in args:
-        if skip or a == "--time-budget" or a.startswith("--time-budget="):
-            skip = a == "--time-budget" and not skip
-            continue
-        kept.append(a)
+    args, kept = list(argv), []
+    while args:
+        a = args.pop(0)
+        if a == "--time-budget":
+            args = args[1:]  # and its value
+        elif not a.startswith("--time-budget="):
+            kept.append(a)
     return shlex.join(["python", "-m", "competition.auto", *kept, *([] if "--resume" in kept else ["--resume"])])
 
 
@@ -122,6 +123,8 @@ def warm_up() -> None:
 
 def run_search(search: Search, argv: Sequence[str]) -> None:
     """Trials until the time for them is spent; a stop raises Interrupted (the CLI's one line)."""
+    from optuna.trial import TrialState
+
     ran = 0
     while search.max_trials is None or ran < search.max_trials:
         if search.stop.requested is not None:
@@ -138,6 +141,11 @@ def run_search(search: Search, argv: Sequence[str]) -> None:
                 trial, state=same.state)
             print(f"trial {trial.number} {plan.recipe.name}: the settings of trial {same.number}, not trained again",
                   flush=True)
+            continue
+        if search.stop.requested is not None:  # Ctrl-C while the trial was being planned: it runs later
+            trial.set_user_attr("outcome", "stopped before it started")
+            search.study.tell(trial, state=TrialState.FAIL)
+            search.study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs))
             continue
         for key, value in {"run": plan.run, "sets": plan.sets, "recipe": plan.recipe.name, "pid": os.getpid(),
                            "host": socket.gethostname()}.items():
