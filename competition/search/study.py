@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 STUDY_FILE = "study.db"
 CONFIG_ATTR, RECIPES_ATTR, LEFT_ATTR = "config_hash", "recipes", "budget_left"
+READY_SECONDS = 30  # how long a process joining a study waits for its creator to enqueue the portfolio
 REDUCTION = 3  # successive halving keeps the best third of the trials at each rung
 TIME_SHARE = 0.8  # of a trial's allotment, the share its folds' train.time_limit may use: the rest is predict's
 
@@ -89,12 +91,13 @@ def _pruner():
         def prune(self, study, trial) -> bool:
             if not super().prune(study, trial):
                 return False
-            reached = study._storage.get_trial(trial._trial_id).system_attrs  # the rungs just recorded
-            rungs = [k for k in reached if k.startswith("completed_rung_")]
+            trials = study.get_trials(deepcopy=False)
+            mine = next(t for t in trials if t.number == trial.number)  # with the rungs just recorded
+            rungs = [k for k in mine.system_attrs if k.startswith("completed_rung_")]
             if not rungs:  # a score that is not a number
                 return True
             rung = max(rungs, key=lambda k: int(k.rsplit("_", 1)[1]))
-            return sum(rung in t.system_attrs for t in study.get_trials(deepcopy=False)) >= REDUCTION
+            return sum(rung in t.system_attrs for t in trials) >= REDUCTION
 
     return SuccessiveHalving(min_resource=1, reduction_factor=REDUCTION)
 
@@ -110,27 +113,36 @@ def open_study(search: Search, url: str, digest: str, resume: bool) -> optuna.St
     sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
                                          n_startup_trials=max(len(search.recipes), 4))
     pruner = _pruner()
-    with FileLock(str(search.folder / ".study.lock")):  # SQLite: two processes creating the tables at once
+    # The lock: two processes of this machine creating SQLite's tables at once. Across machines (another
+    # --storage), the database's own unique study name decides which process creates the study.
+    with FileLock(str(search.folder / ".study.lock")):
         storage = _storage(url)
-        names = optuna.get_all_study_names(storage)
-        if search.cfg.name not in names:
+        if search.cfg.name not in optuna.get_all_study_names(storage):
             if resume:
                 raise CompetitionError(f"--resume: no study {search.cfg.name!r} in {url} to continue; start one "
                                        f"without --resume")
-            study = optuna.create_study(storage=storage, study_name=search.cfg.name, direction=direction,
-                                        sampler=sampler, pruner=pruner)
-            study.set_user_attr(CONFIG_ATTR, digest)
-            study.set_user_attr(RECIPES_ATTR, list(search.recipes))
-            for recipe in search.recipes.values():
-                study.enqueue_trial(portfolio_params(recipe))
-        else:
-            study = optuna.load_study(study_name=search.cfg.name, storage=storage, sampler=sampler, pruner=pruner)
-            _check_same(search, study, url, digest)
-            _continue_abandoned(study)
+            try:
+                study = optuna.create_study(storage=storage, study_name=search.cfg.name, direction=direction,
+                                            sampler=sampler, pruner=pruner)
+            except optuna.exceptions.DuplicatedStudyError:
+                pass
+            else:
+                for recipe in search.recipes.values():
+                    study.enqueue_trial(portfolio_params(recipe))
+                study.set_user_attr(RECIPES_ATTR, list(search.recipes))
+                study.set_user_attr(CONFIG_ATTR, digest)  # last: the study is ready
+                return study
+        study = optuna.load_study(study_name=search.cfg.name, storage=storage, sampler=sampler, pruner=pruner)
+        _check_same(search, study, url, digest)
+        _continue_abandoned(study)
     return study
 
 
 def _check_same(search: Search, study, url: str, digest: str) -> None:
+    for _ in range(READY_SECONDS):  # a study another machine has just created, its portfolio still on its way
+        if CONFIG_ATTR in study.user_attrs:
+            break
+        time.sleep(1)
     old, recipes = study.user_attrs.get(CONFIG_ATTR), study.user_attrs.get(RECIPES_ATTR)
     if old != digest or recipes != list(search.recipes):
         raise CompetitionError(f"study {search.cfg.name!r} in {url} was started with another config or other "
