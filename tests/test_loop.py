@@ -25,17 +25,14 @@ def _steps_clock():
 
 
 @pytest.mark.slow
-def test_the_time_limit_stops_a_fold_cleanly_and_resume_finishes_it_exactly(image_comp, tmp_path, monkeypatch, capsys):
-    _, root = image_comp
-    keys = {"freeze_epochs": 1, "epochs": 2, "keep_top_k": 2}  # 3 epochs of 3 steps
-
-    def config(out: str, **more):
-        cfg = image_config(tmp_path, root, train=keys | more, predict={"tta": [], "batch_size": 16})
-        cfg["output_dir"] = str(tmp_path / out)
-        return write_yaml(tmp_path / f"{out}.yaml", cfg)
-
-    ref, run = config("ref"), config("run", time_limit="3.5s")
-    assert train.main(["--config", str(ref), "--fold", "0"]) == 0
+def test_the_time_limit_stops_a_fold_cleanly_and_resume_finishes_it_exactly(trained_image_comp, tmp_path, monkeypatch,
+                                                                             capsys):
+    """The run of trained_image_comp (two epochs of three steps a fold, never stopped) is the reference:
+    the time limit and keep_top_k change nothing of what is trained."""
+    _, root = trained_image_comp
+    cfg = image_config(tmp_path, root, train={"keep_top_k": 1, "time_limit": "3.5s"})
+    cfg["output_dir"] = str(tmp_path / "run")
+    run = write_yaml(tmp_path / "run.yaml", cfg)
     monkeypatch.setattr(callbacks.TimeLimit, "clock", staticmethod(_steps_clock()))
     capsys.readouterr()
     # read at the start (1), after steps 1-2 of epoch 1 (2, 3), at its end (4), after step 1 of epoch 2 (5: 4 s > 3.5)
@@ -52,20 +49,19 @@ def test_the_time_limit_stops_a_fold_cleanly_and_resume_finishes_it_exactly(imag
 
     monkeypatch.undo()
     assert train.main(["--config", str(run), "--fold", "0", "--resume", "--set", "train.time_limit=null"]) == 0
-    want = load_checkpoint(tmp_path / "ref" / "shapes" / "fold0" / "last.pt")
+    want = load_checkpoint(tmp_path / "outputs" / "shapes" / "fold0" / "last.pt")
     got = load_checkpoint(fold_dir / "last.pt")
     assert got.finished and got.stopped_by is None and got.history[-1]["metric"] == want.history[-1]["metric"]
     for key, tensor in want.model_state_dict.items():  # bit-identical to the run never stopped
         assert torch.equal(tensor, got.model_state_dict[key]), key
 
-    # keep_top_k: the two best epochs by score (then lower validation loss), each as best.pt would hold it
+    # keep_top_k 1: the best epoch by score (then lower validation loss), as best.pt holds it; the other pruned
     summary = pd.read_csv(fold_dir / "summary.csv").sort_values(["metric", "val_loss"], ascending=[False, True])
-    top = summary.epoch.head(2).tolist()
-    assert sorted(p.name for p in (fold_dir / "kept").iterdir()) == sorted(f"epoch{e}.pt" for e in top)
-    kept = torch.load(fold_dir / "kept" / f"epoch{top[0]}.pt", weights_only=True)
+    top = int(summary.epoch.iloc[0])
+    assert [p.name for p in (fold_dir / "kept").iterdir()] == [f"epoch{top}.pt"]
+    kept = torch.load(fold_dir / "kept" / f"epoch{top}.pt", weights_only=True)
     best = load_checkpoint(fold_dir / "best.pt")
-    assert best.best_epoch == top[0]
-    assert all(torch.equal(kept[k], v) for k, v in best.model_state_dict.items())
+    assert best.best_epoch == top and all(torch.equal(kept[k], v) for k, v in best.model_state_dict.items())
 
 
 def test_keep_top_k_survives_averaging_which_prunes_the_rest(table_comp, tmp_path):
