@@ -9,8 +9,12 @@ Variants (overrides on top of the shipped `transfer` config):
   logreg  train.head_fit logreg, stage 1 only: the exact linear probe
   logreg_hflip  the same, fit on each training photo and its mirror image (train.head_fit_views)
   lpft    logreg, then 2 epochs of stage 2, a greedy soup of the epochs and WiSE-FT interpolation
+  logits  train.head_fit_inputs pretrained_logits: the probe on the ImageNet classifier's 1000 logits
+  label_map  train.head_fit_prior label_map: the probe fit towards the ImageNet classes that match
+             ants and bees on each fold's training rows (L2-SP around that zero-shot head)
 
     python benchmarks/transfer_backbones.py [--backbones lite0,lite1,lite2] [--variants anchor,logreg,...]
+        [--rows earlier.jsonl]   # rows printed by earlier invocations, published with this one's
 """
 from __future__ import annotations
 
@@ -52,6 +56,12 @@ VARIANTS = {
     "lpft": ("logreg + 2 stage-2 epochs + greedy soup + interpolation",
              ["train.head_fit=logreg", "train.freeze_epochs=1", "train.epochs=2", "train.average=greedy_soup",
               "train.interpolate=auto"]),
+    "logits": ("head_fit logreg on the ImageNet classifier's 1000 logits (head_fit_inputs pretrained_logits)",
+               ["train.head_fit=logreg", "train.head_fit_inputs=pretrained_logits", "train.freeze_epochs=1",
+                "train.epochs=0", "train.average=off", "train.interpolate=off"]),
+    "label_map": ("head_fit logreg fit towards the matched ImageNet classes (head_fit_prior label_map)",
+                  ["train.head_fit=logreg", "train.head_fit_prior=label_map", "train.freeze_epochs=1", "train.epochs=0",
+                   "train.average=off", "train.interpolate=off"]),
 }
 
 
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-splits", type=int, default=3)
     parser.add_argument("--backbones", default=",".join(BACKBONES))
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--rows", type=Path, help="JSON lines of rows an earlier invocation printed, published too")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
     args = parser.parse_args(argv)
     data = args.shared / "data" / "hymenoptera"
@@ -148,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         f" --{k} {getattr(args, k)}" for k in ("backbones", "variants")
         if getattr(args, k) != ",".join(BACKBONES if k == "backbones" else VARIANTS))
     train_rows, val_rows = photos(data / "train"), photos(data / "val")
-    rows = []
+    rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.startswith("{")] if args.rows else []
+    measured = len(rows)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         build_pool(data, work / "pool", splits=("train",))
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"submission_dir={work / 'submissions'}", "train.num_workers=0"]
         for backbone in args.backbones.split(","):
             weights = args.shared / "weights" / f"{BACKBONES[backbone][0]}.in1k.safetensors"
-            for variant in args.variants.split(","):
+            for variant in filter(None, args.variants.split(",")):
                 began = time.time()
                 if variant == "anchor":
                     cv = untrained_head(BACKBONES[backbone][0], weights, train_rows)
@@ -170,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                     row = run_kit(backbone, variant, common, work, args.n_splits, weights)
                 rows.append({"backbone": backbone, "variant": variant, **row})
                 print(json.dumps(rows[-1]), flush=True)
+    if measured:
+        command += f" (and {measured} rows from earlier invocations: --rows)"
+    order = [*BACKBONES], [*VARIANTS]
+    rows.sort(key=lambda r: (order[0].index(r["backbone"]), order[1].index(r["variant"])))
     body = render(rows, len(train_rows), len(val_rows), args.n_splits, command)
     publish(TITLE, body, print_only=args.no_write)
     return 0
