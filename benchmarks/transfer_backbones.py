@@ -12,6 +12,9 @@ Variants (overrides on top of the shipped `transfer` config):
   logits  train.head_fit_inputs pretrained_logits: the probe on the ImageNet classifier's 1000 logits
   label_map  train.head_fit_prior label_map: the probe fit towards the ImageNet classes that match
              ants and bees on each fold's training rows (L2-SP around that zero-shot head)
+  label_map_resize  the same at the side timm's eval transform resizes to before its centre crop
+             (size / crop_pct: Lite0 256, Lite1 272, Lite2 292), so the objects are as large as the
+             anchor sees them (the kit resizes the whole photo; it does not crop)
 
     python benchmarks/transfer_backbones.py [--backbones lite0,lite1,lite2] [--variants anchor,logreg,...]
         [--rows earlier.jsonl]   # rows printed by earlier invocations, published with this one's
@@ -62,7 +65,19 @@ VARIANTS = {
     "label_map": ("head_fit logreg fit towards the matched ImageNet classes (head_fit_prior label_map)",
                   ["train.head_fit=logreg", "train.head_fit_prior=label_map", "train.freeze_epochs=1", "train.epochs=0",
                    "train.average=off", "train.interpolate=off"]),
+    "label_map_resize": ("label_map at size / crop_pct (the objects as large as the anchor's crop shows them)",
+                         ["train.head_fit=logreg", "train.head_fit_prior=label_map", "train.freeze_epochs=1",
+                          "train.epochs=0", "train.average=off", "train.interpolate=off", "image.size=RESIZE"]),
 }
+
+
+def resize_side(model_name: str, size: int) -> int:
+    """The side timm's eval transform resizes to before its centre crop (timm.data.transforms_factory)."""
+    import math
+
+    import timm
+
+    return math.floor(size / timm.models.get_pretrained_cfg(model_name).crop_pct)
 
 
 def photos(folder: Path) -> list[tuple[Path, str]]:
@@ -111,7 +126,7 @@ def cross_fit_cv(run_dir: Path, n_splits: int) -> float | None:
 def run_kit(backbone: str, variant: str, common: list[str], work: Path, n_splits: int, weights: Path) -> dict:
     name, size = BACKBONES[backbone]
     sets = [*common, f"model.name={name}", f"model.pretrained_file={weights}", f"image.size={size}",
-            *VARIANTS[variant][1]]
+            *(f"image.size={resize_side(name, size)}" if o == "image.size=RESIZE" else o for o in VARIANTS[variant][1])]
     row = run_variant(f"{backbone}-{variant}", [], sets, work)
     sub = pd.read_csv(work / f"{backbone}-{variant}.csv")
     right = sub["label"] == sub["id"].str.split("/").str[0]  # test ids are paths under val/: <class>/<photo>
@@ -130,7 +145,8 @@ def render(rows: list[dict], n_train: int, n_test: int, n_splits: int, command: 
         f"folds through `competition.import_folders`; the tutorial's {n_test} val/ photos held out, predicted by "
         f"each variant's {n_splits}-fold ensemble × TTA (`competition.predict`) and scored against their folder "
         f"names. The anchor row trains nothing: its CV column is its accuracy on the {n_train} train/ photos. Each "
-        f"backbone at its native size (Lite0 224, Lite1 240, Lite2 260 px) except `before` (256 px, as shipped then). "
+        f"backbone at its native size (Lite0 224, Lite1 240, Lite2 260 px) except `before` (256 px, as shipped then) "
+        f"and `label_map_resize` (Lite0 256, Lite1 272, Lite2 292 px). "
         f"'CV, α cross-fit': each fold's interpolation α chosen on the other folds' validation curves instead of "
         f"its own rows (accuracy pooled by rows), the honest counterpart of the CV column for that row.",
         "",
