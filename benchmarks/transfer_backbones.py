@@ -12,6 +12,8 @@ Variants (overrides on top of the shipped `transfer` config):
   logits  train.head_fit_inputs pretrained_logits: the probe on the ImageNet classifier's 1000 logits
   label_map  train.head_fit_prior label_map: the probe fit towards the ImageNet classes that match
              ants and bees on each fold's training rows (L2-SP around that zero-shot head)
+  label_map_crop  label_map on photos cut beforehand (--crop, one backbone) to the central square
+             timm's eval transform keeps: what a centre crop in the kit would give
   label_map_resize  the same at the side timm's eval transform resizes to before its centre crop
              (size / crop_pct: Lite0 256, Lite1 272, Lite2 292), so the objects are as large as the
              anchor sees them (the kit resizes the whole photo; it does not crop)
@@ -68,6 +70,9 @@ VARIANTS = {
     "label_map_resize": ("label_map at size / crop_pct (the objects as large as the anchor's crop shows them)",
                          ["train.head_fit=logreg", "train.head_fit_prior=label_map", "train.freeze_epochs=1",
                           "train.epochs=0", "train.average=off", "train.interpolate=off", "image.size=RESIZE"]),
+    "label_map_crop": ("label_map on photos cut beforehand to their central square at crop_pct (--crop; outside the kit)",
+                       ["train.head_fit=logreg", "train.head_fit_prior=label_map", "train.freeze_epochs=1",
+                        "train.epochs=0", "train.average=off", "train.interpolate=off"]),
 }
 
 
@@ -78,6 +83,23 @@ def resize_side(model_name: str, size: int) -> int:
     import timm
 
     return math.floor(size / timm.models.get_pretrained_cfg(model_name).crop_pct)
+
+
+def centre_crops(data: Path, out: Path, model_name: str) -> Path:
+    """Copies of train/ and val/ (placeholders left out), each photo cut to its central square of side
+    shorter side × crop_pct: what timm's eval transform (resize, then centre crop) keeps of it."""
+    import timm
+    from PIL import Image
+
+    crop_pct = timm.models.get_pretrained_cfg(model_name).crop_pct
+    for split in ("train", "val"):
+        for p, label in photos(data / split):
+            image = Image.open(p).convert("RGB")
+            side = min(image.size) * crop_pct
+            left, top = (image.size[0] - side) / 2, (image.size[1] - side) / 2
+            (out / split / label).mkdir(parents=True, exist_ok=True)
+            image.crop((round(left), round(top), round(left + side), round(top + side))).save(out / split / label / f"{p.stem}.png")
+    return out
 
 
 def photos(folder: Path) -> list[tuple[Path, str]]:
@@ -167,18 +189,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-splits", type=int, default=3)
     parser.add_argument("--backbones", default=",".join(BACKBONES))
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--crop", action="store_true", help="one backbone: train and score on photos cropped to their "
+                        "central square at the weights' crop_pct beforehand (what timm's eval transform shows the anchor)")
     parser.add_argument("--rows", type=Path, help="JSON lines of rows an earlier invocation printed, published too")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
     args = parser.parse_args(argv)
     data = args.shared / "data" / "hymenoptera"
     command = "python benchmarks/transfer_backbones.py" + "".join(
         f" --{k} {getattr(args, k)}" for k in ("backbones", "variants")
-        if getattr(args, k) != ",".join(BACKBONES if k == "backbones" else VARIANTS))
+        if getattr(args, k) != ",".join(BACKBONES if k == "backbones" else VARIANTS)) + (" --crop" if args.crop else "")
     train_rows, val_rows = photos(data / "train"), photos(data / "val")
     rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.startswith("{")] if args.rows else []
     measured = len(rows)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.crop:  # every photo its central square at the backbone's crop_pct, as timm's eval transform sees it
+            data = centre_crops(data, work / "cropped", BACKBONES[args.backbones][0])
         build_pool(data, work / "pool", splits=("train",))
         with contextlib.redirect_stdout(io.StringIO()):
             if import_folders.main([str(work / "pool"), str(work / "comp"), "--test", str(data / "val"), "--link"]) != 0:
@@ -188,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         for backbone in args.backbones.split(","):
             weights = args.shared / "weights" / f"{BACKBONES[backbone][0]}.in1k.safetensors"
             for variant in filter(None, args.variants.split(",")):
+                if args.crop != variant.endswith("_crop"):
+                    raise SystemExit(f"{variant}: --crop goes with the _crop variants, and only with them")
                 began = time.time()
                 if variant == "anchor":
                     cv = untrained_head(BACKBONES[backbone][0], weights, train_rows)
