@@ -47,19 +47,20 @@ TITLE = "Keeping what pretraining knows: backbones on hymenoptera, held out"
 BACKBONES = {"lite0": ("tf_efficientnet_lite0", 224), "lite1": ("tf_efficientnet_lite1", 240),
              "lite2": ("tf_efficientnet_lite2", 260)}
 IMAGENET = {"ants": 310, "bees": 309}  # ImageNet-1k class indices: ant (emmet, pismire) and bee
-PLAIN = ["train.head_fit=sgd", "train.average=off", "train.interpolate=off"]
+PLAIN = ["train.head_fit=sgd", "train.head_fit_prior=none", "train.average=off", "train.interpolate=off"]
+FEATURES = ["train.head_fit_inputs=features", "train.head_fit_prior=none"]  # the logreg probe of the features alone
 VARIANTS = {
     "anchor": ("untrained ImageNet head: ant logit vs bee logit, no training", None),
     "before": ("the recipe before issue 23 (8 SGD head epochs, 3 of stage 2, 256 px)",
                [*PLAIN, "train.freeze_epochs=8", "train.epochs=3", "image.size=256"]),
     "logreg": ("head_fit logreg, stage 1 only (exact linear probe)",
-               ["train.head_fit=logreg", "train.freeze_epochs=1", "train.epochs=0", "train.average=off",
+               [*FEATURES, "train.head_fit=logreg", "train.freeze_epochs=1", "train.epochs=0", "train.average=off",
                 "train.interpolate=off"]),
     "logreg_hflip": ("head_fit logreg on each photo and its mirror image (head_fit_views [hflip])",
-                     ["train.head_fit=logreg", "train.head_fit_views=[hflip]", "train.freeze_epochs=1", "train.epochs=0",
+                     [*FEATURES, "train.head_fit=logreg", "train.head_fit_views=[hflip]", "train.freeze_epochs=1", "train.epochs=0",
                       "train.average=off", "train.interpolate=off"]),
     "lpft": ("logreg + 2 stage-2 epochs + greedy soup + interpolation",
-             ["train.head_fit=logreg", "train.freeze_epochs=1", "train.epochs=2", "train.average=greedy_soup",
+             [*FEATURES, "train.head_fit=logreg", "train.freeze_epochs=1", "train.epochs=2", "train.average=greedy_soup",
               "train.interpolate=auto"]),
     "logits": ("head_fit logreg on the ImageNet classifier's 1000 logits (head_fit_inputs pretrained_logits)",
                ["train.head_fit=logreg", "train.head_fit_inputs=pretrained_logits", "train.freeze_epochs=1",
