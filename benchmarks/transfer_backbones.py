@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"backbone": backbone, "variant": variant, **row})
                 print(json.dumps(rows[-1]), flush=True)
     if measured:
-        command += f" (and {measured} rows from earlier invocations: --rows)"
+        command += f" --rows {args.rows.name} ({measured} rows measured by earlier invocations)"
     order = [*BACKBONES], [*VARIANTS]
     rows.sort(key=lambda r: (order[0].index(r["backbone"]), order[1].index(r["variant"])))
     body = render(rows, len(train_rows), len(val_rows), args.n_splits, command)
