@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from results import machine_name, write_section  # noqa: E402
+from transfer_hymenoptera import SGD_RECIPE  # noqa: E402
 
 from competition import predict, train  # noqa: E402
 from competition.data.demos import build_digits  # noqa: E402
@@ -81,7 +82,7 @@ def transfer(shared: Path, work: Path) -> str:
     val[["id", "label"]].to_csv(root / "solution.csv", index=False)
     weights = shared / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
     common = [f"data.root={root}", "data.solution=solution.csv", f"model.pretrained_file={weights}",
-              "folds.n_splits=3", f"output_dir={work / 'outputs'}"]
+              "folds.n_splits=3", f"output_dir={work / 'outputs'}", *SGD_RECIPE]  # the recipe EMA and mixup apply to
     variants = {"recipe": [], "recipe + EMA (0.995)": ["train.ema_decay=0.995"],
                 "recipe + mixup (0.2)": ["train.mixup_alpha=0.2"]}
     rows = {name: run("transfer", [*common, f"name=t{i}", *extra], work / f"t{i}.csv")

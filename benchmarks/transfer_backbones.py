@@ -9,8 +9,17 @@ Variants (overrides on top of the shipped `transfer` config):
   logreg  train.head_fit logreg, stage 1 only: the exact linear probe
   logreg_hflip  the same, fit on each training photo and its mirror image (train.head_fit_views)
   lpft    logreg, then 2 epochs of stage 2, a greedy soup of the epochs and WiSE-FT interpolation
+  logits  train.head_fit_inputs pretrained_logits: the probe on the ImageNet classifier's 1000 logits
+  label_map  train.head_fit_prior label_map: the probe fit towards the ImageNet classes that match
+             ants and bees on each fold's training rows (L2-SP around that zero-shot head)
+  label_map_crop  label_map on photos cut beforehand (--crop, one backbone) to the central square
+             timm's eval transform keeps: what a centre crop in the kit would give
+  label_map_resize  the same at the side timm's eval transform resizes to before its centre crop
+             (size / crop_pct: Lite0 256, Lite1 272, Lite2 292), so the objects are as large as the
+             anchor sees them (the kit resizes the whole photo; it does not crop)
 
     python benchmarks/transfer_backbones.py [--backbones lite0,lite1,lite2] [--variants anchor,logreg,...]
+        [--rows earlier.jsonl]   # rows printed by earlier invocations, published with this one's
 """
 from __future__ import annotations
 
@@ -38,21 +47,60 @@ TITLE = "Keeping what pretraining knows: backbones on hymenoptera, held out"
 BACKBONES = {"lite0": ("tf_efficientnet_lite0", 224), "lite1": ("tf_efficientnet_lite1", 240),
              "lite2": ("tf_efficientnet_lite2", 260)}
 IMAGENET = {"ants": 310, "bees": 309}  # ImageNet-1k class indices: ant (emmet, pismire) and bee
-PLAIN = ["train.head_fit=sgd", "train.average=off", "train.interpolate=off"]
+PLAIN = ["train.head_fit=sgd", "train.head_fit_prior=none", "train.average=off", "train.interpolate=off"]
+FEATURES = ["train.head_fit_inputs=features", "train.head_fit_prior=none"]  # the logreg probe of the features alone
 VARIANTS = {
     "anchor": ("untrained ImageNet head: ant logit vs bee logit, no training", None),
     "before": ("the recipe before issue 23 (8 SGD head epochs, 3 of stage 2, 256 px)",
                [*PLAIN, "train.freeze_epochs=8", "train.epochs=3", "image.size=256"]),
     "logreg": ("head_fit logreg, stage 1 only (exact linear probe)",
-               ["train.head_fit=logreg", "train.freeze_epochs=1", "train.epochs=0", "train.average=off",
+               [*FEATURES, "train.head_fit=logreg", "train.freeze_epochs=1", "train.epochs=0", "train.average=off",
                 "train.interpolate=off"]),
     "logreg_hflip": ("head_fit logreg on each photo and its mirror image (head_fit_views [hflip])",
-                     ["train.head_fit=logreg", "train.head_fit_views=[hflip]", "train.freeze_epochs=1", "train.epochs=0",
+                     [*FEATURES, "train.head_fit=logreg", "train.head_fit_views=[hflip]", "train.freeze_epochs=1", "train.epochs=0",
                       "train.average=off", "train.interpolate=off"]),
     "lpft": ("logreg + 2 stage-2 epochs + greedy soup + interpolation",
-             ["train.head_fit=logreg", "train.freeze_epochs=1", "train.epochs=2", "train.average=greedy_soup",
+             [*FEATURES, "train.head_fit=logreg", "train.freeze_epochs=1", "train.epochs=2", "train.average=greedy_soup",
               "train.interpolate=auto"]),
+    "logits": ("head_fit logreg on the ImageNet classifier's 1000 logits (head_fit_inputs pretrained_logits)",
+               ["train.head_fit=logreg", "train.head_fit_inputs=pretrained_logits", "train.freeze_epochs=1",
+                "train.epochs=0", "train.average=off", "train.interpolate=off"]),
+    "label_map": ("head_fit logreg fit towards the matched ImageNet classes (head_fit_prior label_map)",
+                  ["train.head_fit=logreg", "train.head_fit_prior=label_map", "train.freeze_epochs=1", "train.epochs=0",
+                   "train.average=off", "train.interpolate=off"]),
+    "label_map_resize": ("label_map at size / crop_pct (the objects as large as the anchor's crop shows them)",
+                         ["train.head_fit=logreg", "train.head_fit_prior=label_map", "train.freeze_epochs=1",
+                          "train.epochs=0", "train.average=off", "train.interpolate=off", "image.size=RESIZE"]),
+    "label_map_crop": ("label_map on photos cut beforehand to their central square at crop_pct (--crop; outside the kit)",
+                       ["train.head_fit=logreg", "train.head_fit_prior=label_map", "train.freeze_epochs=1",
+                        "train.epochs=0", "train.average=off", "train.interpolate=off"]),
 }
+
+
+def resize_side(model_name: str, size: int) -> int:
+    """The side timm's eval transform resizes to before its centre crop (timm.data.transforms_factory)."""
+    import math
+
+    import timm
+
+    return math.floor(size / timm.models.get_pretrained_cfg(model_name).crop_pct)
+
+
+def centre_crops(data: Path, out: Path, model_name: str) -> Path:
+    """Copies of train/ and val/ (placeholders left out), each photo cut to its central square of side
+    shorter side × crop_pct: what timm's eval transform (resize, then centre crop) keeps of it."""
+    import timm
+    from PIL import Image
+
+    crop_pct = timm.models.get_pretrained_cfg(model_name).crop_pct
+    for split in ("train", "val"):
+        for p, label in photos(data / split):
+            image = Image.open(p).convert("RGB")
+            side = min(image.size) * crop_pct
+            left, top = (image.size[0] - side) / 2, (image.size[1] - side) / 2
+            (out / split / label).mkdir(parents=True, exist_ok=True)
+            image.crop((round(left), round(top), round(left + side), round(top + side))).save(out / split / label / f"{p.stem}.png")
+    return out
 
 
 def photos(folder: Path) -> list[tuple[Path, str]]:
@@ -101,7 +149,7 @@ def cross_fit_cv(run_dir: Path, n_splits: int) -> float | None:
 def run_kit(backbone: str, variant: str, common: list[str], work: Path, n_splits: int, weights: Path) -> dict:
     name, size = BACKBONES[backbone]
     sets = [*common, f"model.name={name}", f"model.pretrained_file={weights}", f"image.size={size}",
-            *VARIANTS[variant][1]]
+            *(f"image.size={resize_side(name, size)}" if o == "image.size=RESIZE" else o for o in VARIANTS[variant][1])]
     row = run_variant(f"{backbone}-{variant}", [], sets, work)
     sub = pd.read_csv(work / f"{backbone}-{variant}.csv")
     right = sub["label"] == sub["id"].str.split("/").str[0]  # test ids are paths under val/: <class>/<photo>
@@ -120,7 +168,8 @@ def render(rows: list[dict], n_train: int, n_test: int, n_splits: int, command: 
         f"folds through `competition.import_folders`; the tutorial's {n_test} val/ photos held out, predicted by "
         f"each variant's {n_splits}-fold ensemble × TTA (`competition.predict`) and scored against their folder "
         f"names. The anchor row trains nothing: its CV column is its accuracy on the {n_train} train/ photos. Each "
-        f"backbone at its native size (Lite0 224, Lite1 240, Lite2 260 px) except `before` (256 px, as shipped then). "
+        f"backbone at its native size (Lite0 224, Lite1 240, Lite2 260 px) except `before` (256 px, as shipped then) "
+        f"and `label_map_resize` (Lite0 256, Lite1 272, Lite2 292 px). "
         f"'CV, α cross-fit': each fold's interpolation α chosen on the other folds' validation curves instead of "
         f"its own rows (accuracy pooled by rows), the honest counterpart of the CV column for that row.",
         "",
@@ -141,16 +190,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-splits", type=int, default=3)
     parser.add_argument("--backbones", default=",".join(BACKBONES))
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--crop", action="store_true", help="one backbone: train and score on photos cropped to their "
+                        "central square at the weights' crop_pct beforehand (what timm's eval transform shows the anchor)")
+    parser.add_argument("--rows", type=Path, help="JSON lines of rows an earlier invocation printed, published too")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
     args = parser.parse_args(argv)
     data = args.shared / "data" / "hymenoptera"
     command = "python benchmarks/transfer_backbones.py" + "".join(
         f" --{k} {getattr(args, k)}" for k in ("backbones", "variants")
-        if getattr(args, k) != ",".join(BACKBONES if k == "backbones" else VARIANTS))
+        if getattr(args, k) != ",".join(BACKBONES if k == "backbones" else VARIANTS)) + (" --crop" if args.crop else "")
     train_rows, val_rows = photos(data / "train"), photos(data / "val")
-    rows = []
+    rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.startswith("{")] if args.rows else []
+    measured = len(rows)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.crop:  # every photo its central square at the backbone's crop_pct, as timm's eval transform sees it
+            data = centre_crops(data, work / "cropped", BACKBONES[args.backbones][0])
         build_pool(data, work / "pool", splits=("train",))
         with contextlib.redirect_stdout(io.StringIO()):
             if import_folders.main([str(work / "pool"), str(work / "comp"), "--test", str(data / "val"), "--link"]) != 0:
@@ -159,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"submission_dir={work / 'submissions'}", "train.num_workers=0"]
         for backbone in args.backbones.split(","):
             weights = args.shared / "weights" / f"{BACKBONES[backbone][0]}.in1k.safetensors"
-            for variant in args.variants.split(","):
+            for variant in filter(None, args.variants.split(",")):
+                if args.crop != variant.endswith("_crop"):
+                    raise SystemExit(f"{variant}: --crop goes with the _crop variants, and only with them")
                 began = time.time()
                 if variant == "anchor":
                     cv = untrained_head(BACKBONES[backbone][0], weights, train_rows)
@@ -170,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                     row = run_kit(backbone, variant, common, work, args.n_splits, weights)
                 rows.append({"backbone": backbone, "variant": variant, **row})
                 print(json.dumps(rows[-1]), flush=True)
+    if measured:
+        command += f" --rows {args.rows.name} ({measured} rows measured by earlier invocations)"
+    order = [*BACKBONES], [*VARIANTS]
+    rows.sort(key=lambda r: (order[0].index(r["backbone"]), order[1].index(r["variant"])))
     body = render(rows, len(train_rows), len(val_rows), args.n_splits, command)
     publish(TITLE, body, print_only=args.no_write)
     return 0

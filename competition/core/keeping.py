@@ -8,6 +8,8 @@ from competition.core.errors import CompetitionError
 from competition.core.schema import Config
 
 HEAD_FITS = ("sgd", "logreg")  # training.head_fit
+HEAD_FIT_INPUTS = ("features", "pretrained_logits", "both")  # training.head_fit
+HEAD_FIT_PRIORS = ("none", "label_map")  # training.head_prior
 AVERAGES = ("off", "top_k", "greedy_soup")  # training.averaging
 INTERPOLATE_MODES = ("off", "auto")
 
@@ -30,6 +32,7 @@ def check_keeping(cfg: Config, staged: bool) -> None:
     if t.head_fit_views and t.head_fit != "logreg":
         raise CompetitionError("config key train.head_fit_views: views of the rows a logreg head is fit on, and "
                                f"train.head_fit is {t.head_fit}")
+    check_pretrained_head(cfg)
     sides = cfg.image.size if isinstance(cfg.image.size, list) else [cfg.image.size]
     swapping = [v for v in t.head_fit_views if v in ("rot90", "rot270", "transpose")]
     if len(set(sides)) == 2 and swapping:
@@ -49,3 +52,35 @@ def check_keeping(cfg: Config, staged: bool) -> None:
         raise CompetitionError("config key train.interpolate: mixes stage-1 and stage-2 weights, and this run has "
                                + ("no stage 1 (a model without a pretrained backbone)" if not staged else
                                   f"train.freeze_epochs {t.freeze_epochs} and train.epochs {t.epochs}: both must be above 0"))
+
+
+def reads_pretrained_head(cfg: Config) -> bool:
+    """Whether the run fits its head on, or towards, the pretrained weights' own classifier."""
+    t = cfg.train
+    return t.head_fit == "logreg" and (t.head_fit_inputs != "features" or t.head_fit_prior != "none")
+
+
+def pretrained_head_key(cfg: Config) -> str:
+    """The key (and value) that reads the pretrained classifier, for a refusal: the prior first."""
+    t = cfg.train
+    return (f"train.head_fit_prior: {t.head_fit_prior}" if t.head_fit_prior != "none"
+            else f"train.head_fit_inputs: {t.head_fit_inputs}")
+
+
+def check_pretrained_head(cfg: Config) -> None:
+    """train.head_fit_inputs and train.head_fit_prior: choices, and a logreg head on pretrained weights
+    that come with their own classifier (whether they do is checked as the model is built)."""
+    t, m = cfg.train, cfg.model
+    choice("train.head_fit_inputs", t.head_fit_inputs, HEAD_FIT_INPUTS)
+    choice("train.head_fit_prior", t.head_fit_prior, HEAD_FIT_PRIORS)
+    for key, value, default in (("head_fit_inputs", t.head_fit_inputs, "features"), ("head_fit_prior", t.head_fit_prior, "none")):
+        if value == default:
+            continue
+        if t.head_fit != "logreg":
+            raise CompetitionError(f"config key train.{key}: {value} shapes a logreg head, and train.head_fit is {t.head_fit}")
+        if not (m.pretrained or m.pretrained_file):
+            raise CompetitionError(f"config key train.{key}: {value} reads the pretrained weights' own classifier, and "
+                                   f"this run has no pretrained weights (model.pretrained false, no model.pretrained_file)")
+        if m.init_from:
+            raise CompetitionError(f"config key train.{key}: {value} reads the pretrained weights' own classifier, and "
+                                   f"model.init_from starts each fold from run {m.init_from!r}'s weights instead")

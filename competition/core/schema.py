@@ -100,6 +100,8 @@ class TrainConfig:
     # Keeping what pretraining knows (training.head_fit, training.averaging):
     head_fit: str = "sgd"  # sgd | logreg: stage 1's one epoch fits the head exactly on frozen features (scikit-learn)
     head_fit_views: list[str] = field(default_factory=list)  # logreg: these TTA views of each training row fit too
+    head_fit_inputs: str = "features"  # features | pretrained_logits | both: what the logreg head is fit on
+    head_fit_prior: str = "none"  # none | label_map: logreg fit towards the pretrained classes that match the classes
     average: str = "off"  # off | top_k | greedy_soup: best.pt is an average of the fold's best epochs' weights
     average_k: int = 5  # epochs kept for train.average (the K best by validation score)
     interpolate: str = "off"  # off | auto: best.pt mixes stage-1 and stage-2 weights at the α best on validation

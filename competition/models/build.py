@@ -15,6 +15,7 @@ import timm
 from torch import nn
 
 from competition.core.errors import CompetitionError
+from competition.core.keeping import pretrained_head_key, reads_pretrained_head
 from competition.core.schema import Config
 from competition.models.contract import head_of
 
@@ -83,9 +84,15 @@ def build_timm(cfg: Config, num_classes: int, in_features: int | None, load_pret
         # local weights never reach for the network (tests/test_offline.py trains without one).
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
     unreachable = pretrained and not m.pretrained_file and hub_unreachable()
+    own_head = pretrained and reads_pretrained_head(cfg)
+    if own_head:  # the weights' own classifier loads with them (timm drops it for another class count)
+        check_file_head(m.name, m.pretrained_file, pretrained_head_key(cfg))
+        del kwargs["num_classes"]
     try:
         with hub_offline(unreachable):
             model = timm.create_model(m.name, pretrained=pretrained, **kwargs)
+        if own_head:
+            keep_pretrained_head(model, m.name, num_classes, pretrained_head_key(cfg))
         # The competition's head starts afresh, scaled by its fan-in (PyTorch's Linear default):
         # 1. timm keeps the pretrained head when the class counts match (1000 = ImageNet's), and
         # 2. some timm inits scale by fan-out (EfficientNet: ±1/√classes), which for 2 classes
@@ -115,3 +122,37 @@ def build_timm(cfg: Config, num_classes: int, in_features: int | None, load_pret
             f"pretrained weights for {m.name} could not be had{why} download them once, or set "
             f"model.pretrained_file to a local .safetensors/.pth in timm's layout"
         ) from None
+
+
+def check_file_head(name: str, path: str | None, key: str) -> None:
+    """A pretrained file read for its classifier has one (the default head's keys, in timm's layout)."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    if path is None or pretrained_cfg is None or not pretrained_cfg.classifier:
+        return
+    if Path(path).suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            keys = set(f.keys())
+    else:
+        keys = set(timm.models.load_state_dict(path))
+    if f"{pretrained_cfg.classifier}.weight" not in keys:
+        raise CompetitionError(f"config key {key} reads the pretrained weights' own classifier, and {path} has none "
+                               f"(no {pretrained_cfg.classifier}.weight)")
+
+
+def keep_pretrained_head(model: nn.Module, name: str, num_classes: int, key: str) -> None:
+    """Keep the pretrained classifier, as plain tensors outside the state dict (checkpoints are
+    unchanged), in `model.pretrained_head` (weight, bias), for training.head_fit; then give the model a
+    head for the competition's classes."""
+    head = head_of(model)
+    if not isinstance(head, nn.Linear) or getattr(model, "num_classes", 0) == 0:
+        raise CompetitionError(f"config key {key} reads the pretrained weights' own classifier, and {name}'s "
+                               f"weights have no linear one")
+    if key.endswith("label_map") and num_classes > head.out_features:
+        raise CompetitionError(f"config key {key} gives each of the {num_classes} classes a pretrained class of its "
+                               f"own, and {name}'s weights have {head.out_features}")
+    bias = head.bias.detach().clone() if head.bias is not None else head.weight.new_zeros(head.out_features)
+    weight = head.weight.detach().clone()
+    model.reset_classifier(num_classes)
+    model.pretrained_head = (weight, bias)

@@ -4,6 +4,8 @@ three things (models/mlp.py does):
 
 - `get_classifier()`: the head. Stage 1 trains it alone and stage 2 gives the rest a lower rate
   (training.stages), train.head_fit writes it, and a pretrained model's starts afresh (models.build).
+  When train.head_fit_inputs or train.head_fit_prior reads the pretrained classifier, models.build keeps
+  it as `model.pretrained_head` (weight, bias), plain tensors outside the state dict.
 - `pretrained_cfg`: the input its weights expect (timm's `input_size`, `mean`, `std`,
   `interpolation`), which timm's resolve_model_data_config turns into the preprocessing each
   checkpoint stores; empty for a model whose input is not an image (it has no preprocessing).

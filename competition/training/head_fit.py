@@ -8,6 +8,14 @@ that head (LP-FT, Kumar et al. 2022).
 scikit-learn does the fit (it is the field's tool for an exact, regularised linear probe); the
 features are standardised for the solver and the scaling is folded back into the weights, so the
 layer computes exactly the fitted model's logits on the raw features.
+
+When the pretrained weights came with their own classifier (models.build keeps it as
+`model.pretrained_head` for the keys below), the fit can read what it knows:
+train.head_fit_inputs pretrained_logits fits on the pretrained classifier's logits z = W·f + b
+(both: on the features and z side by side), and train.head_fit_prior label_map fits towards the
+pretrained classes that match the competition's (training.head_prior). Either way the result is
+linear in the features and folds into the new head exactly — A·(W·f + b) + c = (A·W)·f + (A·b + c) —
+so the model stays an ordinary one.
 """
 from __future__ import annotations
 
@@ -121,6 +129,64 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, n_classes: int, mult
                           "estimators": fitted, "mean": mean, "scale": scale}
 
 
+def pretrained_inputs(features: np.ndarray, pretrained: tuple[np.ndarray, np.ndarray] | None,
+                      inputs: str) -> tuple[np.ndarray, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]]:
+    """(x, lift): what the regression is fit on under train.head_fit_inputs, and the map from its
+    (weight over x, bias) to the same logits' (weight, bias) over the features."""
+    if inputs == "features":
+        return features, lambda a, c: (a, c)
+    w, b = pretrained
+    logits = features @ w.T + b
+    if inputs == "pretrained_logits":
+        return logits, lambda a, c: (a @ w, a @ b + c)
+    d = features.shape[1]
+    return np.hstack([features, logits]), lambda a, c: (a[:, :d] + a[:, d:] @ w, a[:, d:] @ b + c)
+
+
+def fit_pretrained(features: np.ndarray, targets: np.ndarray, n_classes: int, multi_label: bool,
+                   pretrained: tuple[np.ndarray, np.ndarray] | None, inputs: str = "features", prior: str = "none",
+                   balanced: bool = False, seed: int = 0,
+                   groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """fit_logistic on train.head_fit_inputs' inputs, or towards the matched pretrained rows under
+    train.head_fit_prior label_map; (weight, bias) over the features either way, and what was fit
+    (`probs_of`: features → the fitted model's probabilities, computed the fit's own way)."""
+    from competition.training.head_prior import fit_prior
+
+    x, lift = pretrained_inputs(features, pretrained, inputs)
+    if prior == "none":
+        a, c, info = fit_logistic(x, targets, n_classes, multi_label, balanced, seed, groups)
+        weight, bias = lift(a, c)
+        info["probs_of"] = lambda f: _scikit_learn_probs(info, pretrained_inputs(f, pretrained, inputs)[0], multi_label)
+        return weight, bias, info
+    w, b = pretrained
+    logits = features @ w.T + b
+    a, c, rows, info = fit_prior(x, logits, targets, n_classes, multi_label, C_GRID, ABSENT_LOGIT, balanced, seed, groups)
+    weight, bias = (np.array(v) for v in lift(a, c))  # copies: `a` and `c` stay the fit's, for probs_of
+    on = rows >= 0
+    weight[on] += w[rows[on]]  # the matched pretrained rows: the logits the fit was offset by
+    bias[on] += b[rows[on]]
+
+    def probs_of(f: np.ndarray) -> np.ndarray:
+        from scipy.special import expit, softmax
+
+        z = f @ w.T + b
+        out = pretrained_inputs(f, pretrained, inputs)[0] @ a.T + c + np.where(on, z[:, rows.clip(0)], 0.0)
+        return expit(out) if multi_label else softmax(out, axis=1)
+
+    info.update(rows=int(len(features)), features=int(x.shape[1]), probs_of=probs_of)
+    return weight, bias, info
+
+
+def _scikit_learn_probs(info: dict, x: np.ndarray, multi_label: bool) -> np.ndarray:
+    """The probabilities of the estimators fit_logistic fit, from scikit-learn itself (classes that
+    every row shared are left out: the checks compare problems with every class present)."""
+    x = (x - info["mean"]) / info["scale"]
+    if multi_label:
+        return np.stack([est.predict_proba(x)[:, 1] for _, est in info["estimators"]], 1)
+    ((_, est),) = info["estimators"]
+    return est.predict_proba(x)
+
+
 @torch.no_grad()
 def write_head(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
     head = linear_head(model)
@@ -131,22 +197,40 @@ def write_head(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
 
 def fit_head(model: nn.Module, loader, device: torch.device, *, n_classes: int, multi_label: bool,
              batch_transform: Callable | None = None, balanced: bool = False, seed: int = 0,
-             views: tuple[str, ...] = ()) -> dict:
+             views: tuple[str, ...] = (), inputs: str = "features", prior: str = "none") -> dict:
     """Stage 1's epoch under train.head_fit logreg: features once (and of `views`), the fit, the head
     written. Returns what train_one_epoch returns (the loss: the fitted head's mean training log loss).
     The inner CV keeps the views of one row in one inner fold."""
+    pretrained = getattr(model, "pretrained_head", None)
+    if (inputs, prior) != ("features", "none") and pretrained is None:
+        raise CompetitionError(f"config key train.head_fit_inputs {inputs} / train.head_fit_prior {prior}: this model "
+                               "was built without its pretrained classifier (a run without pretrained weights)")
+    pretrained = None if pretrained is None else tuple(t.detach().double().cpu().numpy() for t in pretrained)
     features, targets, rows = pooled_features(model, loader, device, batch_transform, views)
-    weight, bias, info = fit_logistic(features, targets, n_classes, multi_label, balanced, seed, rows if views else None)
+    weight, bias, info = fit_pretrained(features, targets, n_classes, multi_label, pretrained, inputs, prior,
+                                        balanced, seed, rows if views else None)
     write_head(model, weight, bias)
     logits = torch.as_tensor(features @ weight.T + bias)
     y = torch.as_tensor(targets)
     loss = (nn.functional.binary_cross_entropy_with_logits(logits, y.double()) if multi_label
             else nn.functional.cross_entropy(logits, y.long()))
-    log.info("head fit by logistic regression on %d rows × %d features (C %s, chosen by %d-fold CV on them)",
-             info["rows"], info["features"], ", ".join(f"{c:g}" for c in info["C"]) or "-", INNER_FOLDS)
+    log.info("head fit by logistic regression on %d rows × %d %s (C %s, chosen by %d-fold CV on them)%s",
+             info["rows"], info["features"], "features" if inputs == "features" else f"inputs ({inputs})",
+             ", ".join(f"{c:g}" for c in info["C"]) or "-", INNER_FOLDS,
+             f", towards pretrained classes {_named(info['label_map'], len(pretrained[1]))}" if prior != "none" else "")
     n = len(features)
     return {"loss": float(loss), "samples": n, "lrs": {}, "batches": len(loader), "stopped": False,
             "loss_total": float(loss) * n, "fit": info}
+
+
+def _named(mapped: list[int], n_pretrained: int) -> str:
+    """The matched pretrained classes, with ImageNet-1k's names when the classifier has its 1000 classes."""
+    if n_pretrained != 1000:
+        return ", ".join(map(str, mapped))
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return ", ".join(f"{j} ({info.index_to_description(j).split(',')[0]})" if j >= 0 else "-" for j in mapped)
 
 
 class ProbeRows:
@@ -169,7 +253,7 @@ class ProbeRows:
         class_weights balanced weighs the fit too); the EMA of the weights, if any, starts from the fit."""
         done = fit_head(model, self.loader(), self.device, n_classes=len(target.classes), multi_label=target.multi_label,
                         batch_transform=self.batch_transform, balanced=t.class_weights == "balanced", seed=seed,
-                        views=tuple(t.head_fit_views))
+                        views=tuple(t.head_fit_views), inputs=t.head_fit_inputs, prior=t.head_fit_prior)
         if ema is not None:
             ema.module.load_state_dict(model.state_dict())
         return done
