@@ -7,6 +7,10 @@ AutoGluon's `best_quality` preset given the same budget. Results go to benchmark
 
     python benchmarks/auto.py [--budgets 2m,5m,15m] [--splits 3] [--datasets titanic,breast_cancer,wine]
                               [--autogluon /work/venv-ag/bin/python] [--no-write]
+                              [--tools auto|autogluon] [--json rows.json] [--combine a.json b.json]
+
+--tools runs one side only (e.g. each side as its own process, at the same time, with --json), and
+--combine renders the section from the rows they saved, merged by dataset, budget and split seed.
 
 AutoGluon runs in its own virtualenv (see benchmarks/tables.py). Each auto run is its own process,
 timed from its start to its exit, as a person would time it.
@@ -69,11 +73,13 @@ def run_auto(name: str, root: Path, work: Path, seconds: float) -> dict:
             "auto best recipe": summary["best"]["recipe"], "auto seconds": wall}
 
 
-def one(name: str, seed: int, seconds: float, ag: str | None, titanic_csv: Path) -> dict:
+def one(name: str, seed: int, seconds: float, ag: str | None, titanic_csv: Path, with_auto: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         root, label, idc = prepare(name, seed, work, titanic_csv)
-        row = {"dataset": name, "budget": seconds, "split seed": seed, **run_auto(name, root, work, seconds)}
+        row = {"dataset": name, "budget": seconds, "split seed": seed}
+        if with_auto:
+            row.update(run_auto(name, root, work, seconds))
         if ag:
             began = time.monotonic()
             row["AutoGluon"] = autogluon(ag, seconds, root, label, idc, work)
@@ -116,12 +122,23 @@ def main() -> None:
     parser.add_argument("--autogluon", default=None, help="the python of a virtualenv with autogluon.tabular")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here, after each one")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--tools", default="auto,autogluon", help="which sides to run (AutoGluon needs --autogluon)")
+    parser.add_argument("--combine", type=Path, nargs="+", default=None, help="render the rows of these --json files")
     args = parser.parse_args()
+    if args.combine:
+        merged: dict = {}
+        for path in args.combine:
+            for r in json.loads(path.read_text()):
+                merged.setdefault((r["dataset"], r["budget"], r["split seed"]), {}).update(r)
+        publish(TITLE, render(list(merged.values()), args), args.no_write)
+        return
+    tools = args.tools.split(",")
+    ag = args.autogluon if "autogluon" in tools else None
     rows = []
     for budget in (parse_duration(b, "--budgets") for b in args.budgets.split(",")):
         for name in args.datasets.split(","):
             for seed in range(1, args.splits + 1):
-                rows.append(one(name, seed, budget, args.autogluon, args.titanic))
+                rows.append(one(name, seed, budget, ag, args.titanic, "auto" in tools))
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
                 if args.json:
                     args.json.write_text(json.dumps(rows))
