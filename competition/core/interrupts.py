@@ -50,7 +50,15 @@ def signal_name(signum: int) -> str:
 class GracefulStop:
     """While installed (training), the first SIGINT or SIGTERM only sets `requested`: the loop
     asks after each optimizer step and stops there. A second one ends the process at once, with
-    one line and no traceback; every file is written atomically, so the last whole one stays."""
+    one line and no traceback; every file is written atomically, so the last whole one stays.
+
+    A subclass says what the first signal prints (NOTICE), what the second says continues the
+    work (AGAIN), which signals it ignores, and whether the handler stays while stopping."""
+
+    NOTICE: str | None = None  # printed at the first signal, after its name
+    AGAIN = "the last checkpoint written is whole, and --resume continues from it"
+    # Stopping: a second signal during the shutdown still ends it at once, tracebackless.
+    KEEP_WHILE_STOPPING = True
 
     def __init__(self) -> None:
         self.requested: int | None = None
@@ -60,23 +68,35 @@ class GracefulStop:
         """The signal that asked to stop, or None."""
         return self.requested
 
+    def ignores(self, signum: int) -> bool:
+        return False
+
     def _handle(self, signum: int, frame) -> None:
+        if self.ignores(signum):
+            return
         if self.requested is None:
             self.requested = signum
+            if self.NOTICE:
+                print(f"{signal_name(signum)}: {self.NOTICE}", file=sys.stderr, flush=True)
             return
-        print(f"interrupted again ({signal_name(signum)}): stopped at once; the last checkpoint written is whole, "
-              f"and --resume continues from it", file=sys.stderr, flush=True)
+        print(f"interrupted again ({signal_name(signum)}): stopped at once; {self.AGAIN}", file=sys.stderr, flush=True)
         os._exit(EXIT_CODES.get(signum, 128 + signum))
 
-    def __enter__(self) -> GracefulStop:
+    def install(self) -> None:
+        """(Re)install this handler (on the main thread only, where signals arrive); the first
+        handlers it replaced are put back on exit."""
         if threading.current_thread() is threading.main_thread():
             for signum in EXIT_CODES:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                previous = signal.signal(signum, self._handle)
+                self._previous.setdefault(signum, previous)
+
+    def __enter__(self) -> GracefulStop:
+        self.install()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.requested is not None:
-            return  # stopping: a second signal during the shutdown still ends it at once, tracebackless
+        if self.requested is not None and self.KEEP_WHILE_STOPPING:
+            return
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 
-from competition.core.interrupts import EXIT_CODES, signal_name
+from competition.core.interrupts import GracefulStop
 
 # The final blend, the honest estimate, the report and the board, with room for a busy machine: they
 # read the trials' kept predictions and fit nothing but blend weights.
@@ -81,41 +80,19 @@ class Watchdog:
         self._timer.cancel()
 
 
-class AutoStop:
+class AutoStop(GracefulStop):
     """While the study runs, outside the commands: the first SIGINT or SIGTERM only sets `requested`,
     and the loop stops before the next trial; a second ends the process at once (every file is written
     whole, and `--resume` continues the trial it left). Commands install their own handling and put
-    this one back. Auto's own late signal (SelfStop), after its command returned, is no request."""
+    this one back (`install`). Auto's own late signal (SelfStop), after its command returned, is no request."""
+
+    NOTICE = "auto stops after the current step; again to stop at once"
+    AGAIN = "python -m competition.auto --resume continues the study"
+    KEEP_WHILE_STOPPING = False
 
     def __init__(self) -> None:
-        self.requested: int | None = None
+        super().__init__()
         self.own: SelfStop | None = None  # the current trial's
-        self._previous: dict[int, object] = {}
 
-    def _handle(self, signum: int, frame) -> None:
-        if self.own is not None and self.own.reason is not None and signum == signal.SIGINT:
-            return
-        if self.requested is None:
-            self.requested = signum
-            print(f"{signal_name(signum)}: auto stops after the current step; again to stop at once",
-                  file=sys.stderr, flush=True)
-            return
-        print(f"interrupted again ({signal_name(signum)}): stopped at once; python -m competition.auto --resume "
-              f"continues the study", file=sys.stderr, flush=True)
-        os._exit(EXIT_CODES.get(signum, 128 + signum))
-
-    def install(self) -> None:
-        """(Re)install this handler: after each command, which put its own in place."""
-        if threading.current_thread() is threading.main_thread():
-            for signum in EXIT_CODES:
-                previous = signal.signal(signum, self._handle)
-                self._previous.setdefault(signum, previous)
-
-    def __enter__(self) -> AutoStop:
-        self.install()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+    def ignores(self, signum: int) -> bool:
+        return self.own is not None and self.own.reason is not None and signum == signal.SIGINT
