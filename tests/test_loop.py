@@ -85,3 +85,10 @@ def test_nonsense_time_limits_and_top_k_are_refused(table_comp, tmp_path, capsys
     path = write_yaml(tmp_path / "bad.yaml", table_config(tmp_path, root, train={key: value}))
     refused(capsys, train.main(["--config", str(path), "--fold", "0"]), said)
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_time_limit_under_a_minute_is_said_as_given():
+    from competition.core.durations import format_duration, parse_duration
+
+    assert [format_duration(parse_duration(v, "x")) for v in ("0.3", "2.5s", "45", "20m", "2h")] == \
+        ["0.3s", "2.5s", "45s", "20m00s", "2h00m"]

@@ -22,7 +22,10 @@ def parse_duration(value: float | int | str, what: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """`45s`, `12m05s`, `2h03m`: how long something took or has left, for a person."""
+    """`0.3s`, `45s`, `12m05s`, `2h03m`: how long something took or has left, for a person (a limit of
+    0.3 s shows as 0.3s, not 0s)."""
+    if 0 < seconds < 59.95:
+        return f"{round(seconds, 1):g}s"
     seconds = max(0, int(round(seconds)))
     if seconds < 60:
         return f"{seconds}s"
