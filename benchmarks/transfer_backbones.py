@@ -12,6 +12,8 @@ Variants (overrides on top of the shipped `transfer` config):
   logits  train.head_fit_inputs pretrained_logits: the probe on the ImageNet classifier's 1000 logits
   label_map  train.head_fit_prior label_map: the probe fit towards the ImageNet classes that match
              ants and bees on each fold's training rows (L2-SP around that zero-shot head)
+  label_map_center  label_map with the kit's centre crop at the weights' crop_pct (image.crop_mode center,
+             image.crop_pct pretrained), at the native size: timm's eval view of each photo, in training too
   label_map_crop  label_map on photos cut beforehand (--crop, one backbone) to the central square
              timm's eval transform keeps: what a centre crop in the kit would give
   label_map_resize  the same at the side timm's eval transform resizes to before its centre crop
@@ -71,6 +73,10 @@ VARIANTS = {
     "label_map_resize": ("label_map at size / crop_pct (the objects as large as the anchor's crop shows them)",
                          ["train.head_fit=logreg", "train.head_fit_prior=label_map", "train.freeze_epochs=1",
                           "train.epochs=0", "train.average=off", "train.interpolate=off", "image.size=RESIZE"]),
+    "label_map_center": ("label_map with the weights' own eval crop, in the kit (image.crop_mode center, crop_pct pretrained)",
+                         ["train.head_fit=logreg", "train.head_fit_prior=label_map", "train.freeze_epochs=1",
+                          "train.epochs=0", "train.average=off", "train.interpolate=off", "image.crop_mode=center",
+                          "image.crop_pct=pretrained"]),
     "label_map_crop": ("label_map on photos cut beforehand to their central square at crop_pct (--crop; outside the kit)",
                        ["train.head_fit=logreg", "train.head_fit_prior=label_map", "train.freeze_epochs=1",
                         "train.epochs=0", "train.average=off", "train.interpolate=off"]),

@@ -16,6 +16,7 @@ from competition.core.choices import (
     CACHE_MODES,
     CACHE_ON_DEVICE,
     CLASS_WEIGHTS,
+    CROP_MODES,
     DEVICE_AUGMENT_MODES,
     FOLD_STRATEGIES,
     LOSSES,
@@ -130,6 +131,11 @@ def validate(cfg: Config) -> None:
     choice("tracking.wandb", cfg.tracking.wandb, WANDB_MODES)
     for name in cfg.image.augment:
         choice("image.augment", name, AUGMENTATION_NAMES)
+    choice("image.crop_mode", cfg.image.crop_mode, CROP_MODES)
+    if isinstance(cfg.image.crop_pct, str) and cfg.image.crop_pct != "pretrained":
+        raise CompetitionError(f"config key image.crop_pct: a fraction in (0, 1] or pretrained, got {cfg.image.crop_pct!r}")
+    if not isinstance(cfg.image.crop_pct, str) and not 0 < cfg.image.crop_pct <= 1:
+        raise CompetitionError(f"config key image.crop_pct: a fraction in (0, 1] or pretrained, got {cfg.image.crop_pct:g}")
     for name in cfg.predict.tta:
         choice("predict.tta", name, TTA_VIEW_NAMES)
     _check_image_size(cfg)

@@ -32,6 +32,7 @@ TARGET_FORMATS = ("single", "multi_label")  # data.target_format: data.targets
 FOLD_STRATEGIES = ("stratified", "group", "stratified_group", "kfold", "multilabel_stratified")  # folds.strategy: data.splits
 OUTPUTS = ("auto", "labels", "probabilities")  # predict.output: inference.submission
 CACHE_MODES = ("auto", "off")  # train.cache: data.cache
+CROP_MODES = ("squash", "center")  # image.crop_mode: data.images.Crop
 DEVICE_AUGMENT_MODES = ("auto", "on", "off")  # train.device_augment: data.batch_augment
 CACHE_ON_DEVICE = ("auto", "on", "stream", "off")  # train.cache_on_device: data.device_rows
 SAMPLERS = ("shuffle", "balanced", "sqrt")  # train.sampler: training.imbalance

@@ -63,6 +63,12 @@ class ModelConfig:
 class ImageConfig:
     size: int | list[int] = 64  # one side, or [height, width] (competition photos are often 384×512)
     augment: list[str] = field(default_factory=lambda: ["hflip"])  # see data.transforms.AUGMENTATIONS
+    # What of each photo the model sees, cut before the resize to `size` (data.images.Crop), in
+    # training, predict and the cache alike: squash (the box resized to `size` whatever its aspect)
+    # or center (timm's eval crop: the central box of `size`'s aspect); crop_pct is the share of
+    # the photo's side kept, or `pretrained` for the one timm's pretrained config gives model.name.
+    crop_mode: str = "squash"
+    crop_pct: float | str = 1.0
 
 
 

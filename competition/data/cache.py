@@ -1,6 +1,6 @@
 """Decode cache: images decoded and resized once, in parallel, into a uint8 memmap reused by
-every epoch and every fold; rebuilt when the image list, the files or the resolution change,
-and when the file no longer matches the block checksums stored beside it."""
+every epoch and every fold; rebuilt when the image list, the files, the resolution or the crop
+change, and when the file no longer matches the block checksums stored beside it."""
 from __future__ import annotations
 
 import contextlib
@@ -18,17 +18,18 @@ import numpy as np
 
 from competition.core.choices import CACHE_DIR
 from competition.core.schema import Config
-from competition.data.images import Size, UndecodableImages, decode_each, hw, load_image, size_name
+from competition.data.images import Crop, Size, UndecodableImages, decode_each, hw, load_image, size_name
 from competition.io.disk import reserve
 from competition.io.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
+WHOLE = Crop()  # the whole photo, squashed: the default
 
 
-def cache_key(paths: list[Path], size: Size) -> str:
-    """Names the image list, each file's size and mtime, and the cache resolution."""
-    height, width = hw(size)  # a square keeps the key it always had
-    h = hashlib.sha1(f"v2|{height if height == width else f'{height}x{width}'}".encode())  # v2: reduced-scale JPEGs
+def cache_key(paths: list[Path], size: Size, crop: Crop = WHOLE) -> str:
+    """Names the image list, each file's size and mtime, the cache resolution and the crop."""
+    height, width = hw(size)  # a square (and the whole photo) keeps the key it always had
+    h = hashlib.sha1(f"v2|{height if height == width else f'{height}x{width}'}{crop.tag}".encode())  # v2: reduced-scale JPEGs
     for p in paths:
         st = os.stat(p)
         h.update(f"\n{p}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -139,9 +140,9 @@ def damage(path: Path, nbytes: int) -> str | None:
     return _checked[key]
 
 
-def cache_file(paths: list[Path], size: Size, cache_dir: Path) -> Path:
-    """Where the cache of `paths` at `size` lives (or will)."""
-    return Path(cache_dir) / f"images-{size_name(size)}-{cache_key(paths, size)}.u8"
+def cache_file(paths: list[Path], size: Size, cache_dir: Path, crop: Crop = WHOLE) -> Path:
+    """Where the cache of `paths` at `size` (cut by `crop`) lives (or will)."""
+    return Path(cache_dir) / f"images-{size_name(size)}{crop.tag}-{cache_key(paths, size, crop)}.u8"
 
 
 def cache_bytes(n: int, size: Size) -> int:
@@ -149,19 +150,20 @@ def cache_bytes(n: int, size: Size) -> int:
     return n * height * width * 3
 
 
-def cache_bytes_to_build(paths: list[Path], size: Size, cache_dir: Path) -> int:
+def cache_bytes_to_build(paths: list[Path], size: Size, cache_dir: Path, crop: Crop = WHOLE) -> int:
     """The bytes build_cache would write: 0 when a whole cache is already there."""
-    path = cache_file(paths, size, cache_dir)
+    path = cache_file(paths, size, cache_dir, crop)
     if damage(path, cache_bytes(len(paths), size)) is None:
         return 0
     nbytes = cache_bytes(len(paths), size)
     return nbytes + 4096 + 16 * (nbytes // BLOCK + 1)  # and its .json sidecar, one line per checksum
 
 
-def build_cache(paths: list[Path], size: Size, cache_dir: Path, workers: int | None = None) -> CachedImages:
-    """Return the cache for `paths` at `size`, decoding (in parallel) only when it is missing
-    or damaged."""
-    path = cache_file(paths, size, cache_dir)
+def build_cache(paths: list[Path], size: Size, cache_dir: Path, workers: int | None = None,
+                crop: Crop = WHOLE) -> CachedImages:
+    """Return the cache for `paths` at `size`, each photo cut by `crop` first, decoding (in
+    parallel) only when it is missing or damaged."""
+    path = cache_file(paths, size, cache_dir, crop)
     nbytes = cache_bytes(len(paths), size)
     reason = damage(path, nbytes)
     if reason is None:
@@ -175,7 +177,7 @@ def build_cache(paths: list[Path], size: Size, cache_dir: Path, workers: int | N
         array = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(len(paths), *hw(size), 3))
 
         def fill(i: int) -> None:
-            array[i] = resize(load_image(paths[i], max(hw(size))), size)
+            array[i] = resize(crop(load_image(paths[i], crop.decode_side(max(hw(size)))), size), size)
 
         failures = [f for f in decode_each(paths, fill, desc=f"decode cache {size_name(size)}", workers=workers) if f]
         if failures:  # every broken file named; atomic_path leaves no cache (nor folder) behind
@@ -183,15 +185,17 @@ def build_cache(paths: list[Path], size: Size, cache_dir: Path, workers: int | N
         array.flush()
         sums = block_checksums(tmp)
     # Written after the .u8 is in place: a .u8 without its sidecar counts as damaged.
-    write_json(path.with_suffix(".json"), {"images": len(paths), "size": size, "first": str(paths[0]) if paths else None,
+    write_json(path.with_suffix(".json"), {"images": len(paths), "size": size, "crop_mode": crop.mode,
+                                           "crop_pct": crop.pct, "first": str(paths[0]) if paths else None,
                                            "bytes": nbytes, "block_bytes": BLOCK, "crc32": sums})
     _checked[_stat_key(path)] = None
-    log.info("decode cache: %d images at %s in %s", len(paths), size_name(size), path)
+    log.info("decode cache: %d images at %s%s in %s", len(paths), size_name(size), crop.tag, path)
     return CachedImages(path, len(paths), size)
 
 
-def image_cache(cfg: Config, paths: list[Path], size: Size) -> CachedImages | None:
-    """The decode cache of `paths` under the run's output folder, or None when train.cache is off."""
+def image_cache(cfg: Config, paths: list[Path], size: Size, crop: Crop = WHOLE) -> CachedImages | None:
+    """The decode cache of `paths` (cut by `crop`, at `size`) under the run's output folder, or None
+    when train.cache is off."""
     if cfg.train.cache == "off":
         return None
-    return build_cache(paths, size, Path(cfg.output_dir) / CACHE_DIR)
+    return build_cache(paths, size, Path(cfg.output_dir) / CACHE_DIR, crop=crop)

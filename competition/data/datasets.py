@@ -31,7 +31,9 @@ class ImageDataset(Dataset):
     `transform` is a uint8 albumentations pipeline called as transform(image=array)["image"].
     `images`, when given, is an array [n, H, W, 3] of pre-decoded rows (the decode cache)
     used instead of reading the files. `decode_side` lets large JPEG files decode at reduced
-    scale as long as both sides stay at least that long (`transforms.decode_side`).
+    scale as long as both sides stay at least that long (`transforms.decode_side`). `crop`, when
+    given, cuts each photo read from its file before the transform (`images.Crop` with its size
+    bound: functools.partial, which worker processes can unpickle); cached rows are cut already.
     """
 
     def __init__(
@@ -44,10 +46,12 @@ class ImageDataset(Dataset):
         image_column: str = "image",
         images: np.ndarray | None = None,
         decode_side: int | None = None,
+        crop: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.paths = image_paths(df, Path(root), image_column)
         self.transform = transform
         self.decode_side = decode_side
+        self.crop = crop
         self.targets = targets
         self.images = images
         if images is not None and len(images) != len(self.paths):
@@ -61,8 +65,11 @@ class ImageDataset(Dataset):
         return self.images is None
 
     def raw(self, index: int) -> np.ndarray:
-        """The decoded RGB image of a row (from the cache when there is one)."""
-        return np.asarray(self.images[index]) if self.images is not None else load_image(self.paths[index], self.decode_side)
+        """The decoded RGB image of a row (from the cache when there is one), cut by the crop."""
+        if self.images is not None:
+            return np.asarray(self.images[index])
+        image = load_image(self.paths[index], self.decode_side)
+        return self.crop(image) if self.crop is not None else image
 
     def __getitem__(self, key: int | tuple[int, int]):
         # The seeded sampler passes (row, seed): augmentation then depends on the epoch and the

@@ -3,9 +3,11 @@ every file that does not decode (used by the image check, the decode cache and i
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,64 @@ def size_name(size: Size) -> str:
     """`64px` for a square, `384x512` for height × width: in cache names and log lines."""
     h, w = hw(size)
     return f"{h}px" if h == w else f"{h}x{w}"
+
+
+@dataclass(frozen=True)
+class Crop:
+    """What of each photo the model sees (image.crop_mode, image.crop_pct): the box cut from the
+    decoded photo before it is resized to image.size, the same for training, validation, test,
+    the decode cache and the report's pictures.
+
+    `squash` keeps the central crop_pct of each side and resizes it to image.size whatever its
+    aspect (crop_pct 1: the whole photo, the kit's default). `center` is timm's eval crop
+    (crop_mode center): the largest box of image.size's aspect that fits the photo, scaled by
+    crop_pct about its centre — for a square, the central square of side shorter side × crop_pct,
+    what timm's resize to size / crop_pct followed by a size × size centre crop keeps. Cutting the
+    box first and resizing once (instead of resizing and then cropping) reads the same pixels and
+    interpolates once."""
+
+    mode: str = "squash"
+    pct: float = 1.0
+
+    @property
+    def whole(self) -> bool:
+        """The whole photo, squashed: nothing is cut (the kit's behaviour before crops existed)."""
+        return self.mode == "squash" and self.pct == 1.0
+
+    @property
+    def tag(self) -> str:
+        """'' for the whole photo; else `-center0.875`: in cache names and cache keys."""
+        return "" if self.whole else f"-{self.mode}{self.pct:g}"
+
+    def box(self, height: int, width: int, size: Size) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the box kept of a height × width photo bound for `size`."""
+        if self.mode == "center":
+            th, tw = hw(size)
+            if height * tw > width * th:  # taller than the target's aspect: the width fits
+                bh, bw = width * th / tw, float(width)
+            else:
+                bh, bw = float(height), height * tw / th
+        else:
+            bh, bw = float(height), float(width)
+        h = min(height, max(1, round(bh * self.pct)))
+        w = min(width, max(1, round(bw * self.pct)))
+        return round((height - h) / 2), round((width - w) / 2), h, w
+
+    def __call__(self, image: np.ndarray, size: Size) -> np.ndarray:
+        """The kept box of an HxWx3 image (a view: no copy)."""
+        if self.whole:
+            return image
+        top, left, h, w = self.box(image.shape[0], image.shape[1], size)
+        return image[top:top + h, left:left + w]
+
+    def decode_side(self, side: int) -> int:
+        """The side a photo must keep when decoded at reduced scale so that its box still has `side`."""
+        return side if self.pct >= 1.0 else math.ceil(side / self.pct)
+
+    @classmethod
+    def of(cls, preprocessing: dict) -> Crop:
+        """The crop a checkpoint's preprocessing records (one from before crops existed: the whole photo)."""
+        return cls(str(preprocessing.get("crop_mode", "squash")), float(preprocessing.get("crop_pct", 1.0)))
 
 
 def build_image_column(frame: pd.DataFrame, path: Path, pattern: str, key: str, column: str) -> None:

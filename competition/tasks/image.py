@@ -2,6 +2,7 @@
 fine-tuned in two stages, test-time augmentation."""
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from competition.data.datasets import CachedRows, ImageDataset
 from competition.data.device_rows import DeviceRows, residence
 from competition.data.folder import Competition, require_columns
 from competition.data.images import (
+    Crop,
     UndecodableImages,
     build_image_column,
     check_images_decode,
@@ -35,6 +37,21 @@ from competition.models.contract import data_config
 from competition.tasks.base import FoldData, Task, joined, split
 
 log = logging.getLogger(__name__)
+
+
+def crop_of(cfg: Config) -> Crop:
+    """The crop image.crop_mode and image.crop_pct ask for; crop_pct `pretrained` is the one in
+    timm's pretrained config of model.name (0.875 for tf_efficientnet_lite0)."""
+    pct = cfg.image.crop_pct
+    if pct == "pretrained":
+        import timm
+
+        named = timm.models.get_pretrained_cfg(cfg.model.name)
+        if named is None or named.crop_pct is None:
+            raise CompetitionError(f"config key image.crop_pct: pretrained, and timm names no crop_pct for model.name "
+                                   f"{cfg.model.name}: give the fraction (0.875 is timm's usual)")
+        pct = named.crop_pct
+    return Crop(cfg.image.crop_mode, float(pct))
 
 
 class ImageTask(Task):
@@ -69,13 +86,14 @@ class ImageTask(Task):
         which every fold and predict then read: no image is decoded twice."""
         column = cfg.data.image_column
         lists = ([image_paths(comp.train, comp.root, column)] if train else []) + [image_paths(comp.test, comp.root, column)]
+        crop = crop_of(cfg)  # a crop_pct timm does not know is refused before any decoding
         if cfg.train.cache == "off":
             check_images_decode([p for paths in lists for p in paths], Path(cfg.output_dir) / CACHE_DIR)
             return
         failures: list[str] = []
         for paths in lists:
             try:
-                image_cache(cfg, paths, cfg.image.size)
+                image_cache(cfg, paths, cfg.image.size, crop)
             except UndecodableImages as exc:
                 failures += exc.failures
         if failures:  # train and test in one message, as the check without the cache gives it
@@ -86,30 +104,35 @@ class ImageTask(Task):
         cache writes a few bytes)."""
         if cfg.train.cache == "off":
             return 0
-        column, cache_dir = cfg.data.image_column, Path(cfg.output_dir) / CACHE_DIR
-        return sum(cache_bytes_to_build(image_paths(frame, comp.root, column), cfg.image.size, cache_dir)
+        column, cache_dir, crop = cfg.data.image_column, Path(cfg.output_dir) / CACHE_DIR, crop_of(cfg)
+        return sum(cache_bytes_to_build(image_paths(frame, comp.root, column), cfg.image.size, cache_dir, crop)
                    for frame in (comp.train, comp.test))
 
     def fold(self, cfg, comp, df, fold, device, load_pretrained):
         model = self.build_model(cfg, len(comp.classes), load_pretrained=load_pretrained)
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        return model, self.fold_data(cfg, comp, df, fold, device, data_config(model, cfg.image.size), weights)
+        prep = data_config(model, cfg.image.size)
+        if prep:  # what of each photo it sees, recorded in the checkpoint for predict
+            crop = crop_of(cfg)
+            prep.update(crop_mode=crop.mode, crop_pct=crop.pct)
+        return model, self.fold_data(cfg, comp, df, fold, device, prep, weights)
 
     def fold_data(self, cfg: Config, comp: Competition, df: pd.DataFrame, fold: int, device: torch.device,
                   prep: dict, model_bytes: int = 0) -> FoldData:
-        """The fold's datasets for a model that wants `prep` (size, mean, std, interpolation): cached
-        rows for the device path, else albumentations pipelines over the files or the cache. The
-        training rows are the other folds' rows, then any pseudo-labelled test rows."""
-        d, size = cfg.data, prep["size"]
+        """The fold's datasets for a model that wants `prep` (size, mean, std, interpolation, crop):
+        cached rows for the device path, else albumentations pipelines over the files or the cache.
+        The training rows are the other folds' rows, then any pseudo-labelled test rows."""
+        d, size, crop = cfg.data, prep["size"], Crop.of(prep)
+        cut = functools.partial(crop, size=size)  # photos read from their files; cached rows are cut already
         train_df, valid_df = split(df, fold)
-        cache = image_cache(cfg, image_paths(df, comp.root, d.image_column), size)
+        cache = image_cache(cfg, image_paths(df, comp.root, d.image_column), size, crop)
         train_rows, valid_rows = np.flatnonzero((df.fold != fold).to_numpy()), np.flatnonzero((df.fold == fold).to_numpy())
         valid_targets, answers = comp.target.encode(valid_df), comp.target.encode(train_df)
         # (frame, answers, the cache its rows are in, their rows there) for each part of the training rows
         parts = [(train_df, answers, cache, train_rows)]
         pseudo = read_pseudo_labels(cfg, comp)
         if pseudo is not None:
-            test_cache = image_cache(cfg, image_paths(comp.test, comp.root, d.image_column), size)
+            test_cache = image_cache(cfg, image_paths(comp.test, comp.root, d.image_column), size, crop)
             parts = [(train_df, comp.target.soft(parts[0][1]), cache, train_rows),
                      (comp.test.iloc[pseudo.rows].reset_index(drop=True), pseudo.targets, test_cache, pseudo.rows)]
         if cache is not None and use_device_augment(cfg, device, cached=True):
@@ -128,14 +151,15 @@ class ImageTask(Task):
         else:
             pipeline = build_train_transform(size, cfg.image.augment, prep["interpolation"])
             train_ds = joined([ImageDataset(f, comp.root, pipeline, t, image_column=d.image_column,
-                                            images=c.subset(r) if c else None,
-                                            decode_side=decode_side(size, cfg.image.augment)) for f, t, c, r in parts])
+                                            images=c.subset(r) if c else None, crop=cut,
+                                            decode_side=crop.decode_side(decode_side(size, cfg.image.augment)))
+                                for f, t, c, r in parts])
             valid_ds = ImageDataset(valid_df, comp.root, build_eval_transform(size, prep["interpolation"]), valid_targets,
                                     image_column=d.image_column, images=cache.subset(valid_rows) if cache else None,
-                                    decode_side=size)
+                                    decode_side=crop.decode_side(max(hw(size))), crop=cut)
             probe_ds = ImageDataset(train_df, comp.root, build_eval_transform(size, prep["interpolation"]), answers,
                                     image_column=d.image_column, images=cache.subset(train_rows) if cache else None,
-                                    decode_side=size)
+                                    decode_side=crop.decode_side(max(hw(size))), crop=cut)
             train_tf = BatchAugment(size, prep["mean"], prep["std"])
         eval_tf = BatchAugment(size, prep["mean"], prep["std"])
         train_targets = np.concatenate([t for _, t, _, _ in parts])
@@ -144,13 +168,13 @@ class ImageTask(Task):
 
     def inputs(self, cfg, comp, state, device, rows=None):
         p = state.preprocessing
-        size, mean, std, interp = p["size"], p["mean"], p["std"], p["interpolation"]
+        size, mean, std, interp, crop = p["size"], p["mean"], p["std"], p["interpolation"], Crop.of(p)
         frame = comp.test if rows is None else comp.train.iloc[rows].reset_index(drop=True)
 
         def make() -> tuple[Dataset, Callable]:
             # The cache of the whole file (train or test), as `prepare` built it; a subset for rows.
             whole = comp.test if rows is None else comp.train
-            cache = image_cache(cfg, image_paths(whole, comp.root, cfg.data.image_column), size)
+            cache = image_cache(cfg, image_paths(whole, comp.root, cfg.data.image_column), size, crop)
             if cache is not None and rows is not None:
                 cache = cache.subset(rows)
             if cache is not None and use_device_augment(cfg, device, cached=True):
@@ -158,14 +182,16 @@ class ImageTask(Task):
                 # uint8 rows to the device, resized there
                 ds = CachedRows(cache) if where == "loader" else DeviceRows([(cache, None)], device, where == "stream")
             else:
-                ds = ImageDataset(frame, comp.root, build_eval_transform(size, interp),
-                                  image_column=cfg.data.image_column, images=cache, decode_side=size)
+                ds = ImageDataset(frame, comp.root, build_eval_transform(size, interp), image_column=cfg.data.image_column,
+                                  images=cache, decode_side=crop.decode_side(max(hw(size))),
+                                  crop=functools.partial(crop, size=size))
             return ds, BatchAugment(size, mean, std)  # uint8 → normalised float on the device
 
         # Folds trained from one config share their input pipeline: each test image decoded once.
-        key = (hw(size), tuple(mean), tuple(std), interp)
+        key = (hw(size), tuple(mean), tuple(std), interp, crop)
         return (key if rows is None else (*key, state.fold)), make
 
     def picture_of(self, cfg: Config, comp: Competition) -> Callable[[int, int], np.ndarray] | None:
-        paths = image_paths(comp.train, comp.root, cfg.data.image_column)
-        return lambda row, side: load_image(paths[row], side)  # a large JPEG may decode at reduced scale
+        paths, crop = image_paths(comp.train, comp.root, cfg.data.image_column), crop_of(cfg)
+        # what the model sees of the photo; a large JPEG may decode at reduced scale
+        return lambda row, side: crop(load_image(paths[row], crop.decode_side(side)), cfg.image.size)
