@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+import zygote as zygote_module
 from PIL import Image
+from zygote import Zygote
 
 from competition.io.checkpoints import FoldState
 
@@ -153,19 +154,32 @@ def epochs_saved(fold_dir: Path) -> int:
         return 0
 
 
-def kill_training(cfg: Path, fold_dir: Path, after_step: int, env: dict | None = None,
+def kill_training(zygote: Zygote, cfg: Path, fold_dir: Path, after_step: int, env: dict | None = None,
                   sig: signal.Signals = signal.SIGKILL) -> tuple[int, int, str]:
-    """Train fold 0 of `cfg` in a subprocess that sends itself `sig` (SIGKILL: no cleanup runs) right
-    after the fold's optimizer step `after_step` (core.interrupts.TEST_FAULT): no timer to race.
-    (exit code, epochs last.pt holds after it died, the end of its stderr: for a failure message).
+    """Train fold 0 of `cfg` in a process of its own (a child of the zygote) that sends itself `sig`
+    (SIGKILL: no cleanup runs) right after the fold's optimizer step `after_step`
+    (core.interrupts.TEST_FAULT): no timer to race. (exit code, epochs last.pt holds after it died,
+    the end of its stderr: for a failure message).
 
     The epochs saved may lag the epoch killed by one: each epoch's files are written while the next
     one trains (io.files.BackgroundWriter), and a SIGKILL does not wait for them."""
-    env = {**(env or os.environ), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-           "COMPETITION_TEST_KILL_AFTER_STEP": str(after_step), "COMPETITION_TEST_KILL_SIGNAL": sig.name}
-    proc = subprocess.run([sys.executable, "-m", "competition.train", "--config", str(cfg), "--fold", "0"],
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
-    return proc.returncode, epochs_saved(fold_dir), proc.stderr[-2000:]
+    env = {**(env or os.environ), "COMPETITION_TEST_KILL_AFTER_STEP": str(after_step),
+           "COMPETITION_TEST_KILL_SIGNAL": sig.name}
+    proc = zygote.spawn(["competition.train", "--config", str(cfg), "--fold", "0"], env=env, stdout=subprocess.DEVNULL)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, epochs_saved(fold_dir), err[-2000:]
+
+
+@pytest.fixture(scope="session")
+def zygote() -> Zygote:
+    """Real processes of the kit's commands without an interpreter start each (tests/zygote.py)."""
+    return zygote_module.zygote()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the zygote now, importing torch and timm while the first tests run, when a test will use it."""
+    if any("zygote" in getattr(item, "fixturenames", ()) for item in session.items):
+        zygote_module.zygote()
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -50,7 +48,7 @@ def _leftover_run(run_dir: Path, cfg: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def table_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def table_study(tmp_path_factory: pytest.TempPathFactory, zygote) -> dict:
     base = tmp_path_factory.mktemp("auto-table")
     raw = table_config(base, make_table_competition(base / "data" / "table"), auto={"models": ["lightgbm", "logreg", "mlp"]})
     cfg = str(write_yaml(base / "table.yaml", raw))
@@ -64,10 +62,7 @@ def table_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         mp.setattr(interrupts, "TEST_FAULT", None)
         # Another process joins the study (the default SQLite file), then this one continues it with --resume.
         began = time.monotonic()
-        other = subprocess.Popen([sys.executable, "-m", "competition.auto", "--config", cfg, "--time-budget", "60s",
-                                  "--trials", "2"],
-                                 cwd=base, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        other = zygote.spawn(["competition.auto", "--config", cfg, "--time-budget", "60s", "--trials", "2"], cwd=base)
         header = other.stdout.readline()  # it has joined the study and is about to start its first trial
         resumed = _run(["--config", cfg, "--resume", "--time-budget", "20s"])
         out, err = other.communicate(timeout=120)

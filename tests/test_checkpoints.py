@@ -5,7 +5,6 @@ import contextlib
 import pathlib
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -216,14 +215,12 @@ def test_training_a_locked_fold_refuses_and_writes_nothing(image_comp, tmp_path,
 
 
 @pytest.mark.slow
-def test_a_second_process_holding_the_lock_blocks_training_until_it_dies(image_comp, tmp_path, capsys):
+def test_a_second_process_holding_the_lock_blocks_training_until_it_dies(image_comp, tmp_path, capsys, zygote):
     cfg, _ = image_comp
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from competition.io.checkpoints import FoldLock\n"
-         "with FoldLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)\n",
-         str(fold_dir(tmp_path))],
-        stdout=subprocess.PIPE, text=True,
+    holder = zygote.spawn(
+        ["-c", "import sys, time; from pathlib import Path; from competition.io.checkpoints import FoldLock\n"
+               "with FoldLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)\n",
+         str(fold_dir(tmp_path))], stderr=subprocess.DEVNULL,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -112,9 +111,9 @@ def _read(path: Path, kind: str) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["csv", "checkpoint"])
-def test_kill_9_while_rewriting_in_a_loop_leaves_a_whole_file(tmp_path, kind):
+def test_kill_9_while_rewriting_in_a_loop_leaves_a_whole_file(tmp_path, kind, zygote):
     path = tmp_path / ("folds.csv" if kind == "csv" else "last.pt")
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), kind], stdout=subprocess.PIPE, text=True)
+    writer = zygote.spawn(["-c", WRITER, str(path), kind], stderr=subprocess.DEVNULL)
     try:
         assert writer.stdout.readline().strip() == "writing"
         # Read while the other process keeps replacing the file: every read sees a whole version.

@@ -7,13 +7,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from conftest import CLASSES, fold_state, image_config, write_yaml
+from zygote import run as zygote_run
 
 from competition import train
 from competition.config import load_config
@@ -59,14 +59,11 @@ def leftovers(folder: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_a_run_that_cannot_fit_is_refused_before_it_writes_anything(image_comp, tmp_path, small_disk):
+def test_a_run_that_cannot_fit_is_refused_before_it_writes_anything(image_comp, tmp_path, small_disk, zygote):
     cfg, root = image_comp
     disk = small_disk("8m")
-    proc = subprocess.run(
-        [sys.executable, "-m", "competition.train", "--config", str(cfg), "--fold", "0",
-         "--set", f"output_dir={disk}", "--set", "train.cache=auto"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    proc = zygote_run(["competition.train", "--config", str(cfg), "--fold", "0", "--set", f"output_dir={disk}",
+                       "--set", "train.cache=auto"], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -165,7 +162,7 @@ def test_a_decode_cache_that_does_not_fit_fails_in_one_line_and_leaves_nothing(i
 
 
 @pytest.mark.slow
-def test_tensorboard_on_a_full_disk_is_one_line_without_a_thread_traceback(tmp_path, small_disk):
+def test_tensorboard_on_a_full_disk_is_one_line_without_a_thread_traceback(tmp_path, small_disk, zygote):
     """TensorBoard's writer thread meets the full disk first; the CLI still prints one line."""
     disk = small_disk("1m")
     script = f"""
@@ -183,8 +180,7 @@ def main(argv):
 
 sys.exit(run_cli(main, None))
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = zygote_run(["-c", script], cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: no space left on device writing {disk / 'fold0' / 'tb'} (0 B free on {disk})"], proc.stderr

@@ -62,13 +62,13 @@ def signal_handlers():
 
 
 @pytest.mark.slow
-def test_ctrl_c_mid_epoch_saves_the_step_and_resume_ends_bit_identical(image_comp, tmp_path):
+def test_ctrl_c_mid_epoch_saves_the_step_and_resume_ends_bit_identical(image_comp, tmp_path, zygote):
     _, root = image_comp
     ref = _uninterrupted(tmp_path, root, 1e-6)  # a mid-epoch last.pt after every step
     cfg = _config(tmp_path, root, "run", 1e-6)
     fold_dir = tmp_path / "run" / "shapes" / "fold0"
     # A real process that gets SIGINT after the first step of epoch 3 (stage 2).
-    code, _, err = kill_training(cfg, fold_dir, after_step=2 * STEPS + 1, sig=signal.SIGINT)
+    code, _, err = kill_training(zygote, cfg, fold_dir, after_step=2 * STEPS + 1, sig=signal.SIGINT)
     line = _last_line(err)
     assert code == 130, line
     assert line.startswith("interrupted (SIGINT): fold 0 stopped after 1 of 3 batches of epoch 3"), line
@@ -119,11 +119,11 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interrupted_predict_writes_no_submission(trained_image_comp, tmp_path):
+def test_an_interrupted_predict_writes_no_submission(trained_image_comp, tmp_path, zygote):
     cfg, _ = trained_image_comp
     out = tmp_path / "sub.csv"
-    proc = subprocess.Popen([sys.executable, "-m", "competition.predict", "--config", str(cfg), "--output", str(out)],
-                            env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = zygote.spawn(["competition.predict", "--config", str(cfg), "--output", str(out)], env=ENV, cwd=tmp_path,
+                        stdout=subprocess.DEVNULL)
     seen = []
     for line in proc.stderr:  # interrupt once the fold models are loaded
         seen.append(line)

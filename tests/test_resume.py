@@ -39,7 +39,7 @@ def test_checkpoint_round_trip_is_weights_only(trained_image_comp, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(image_comp, tmp_path):
+def test_sigkill_then_resume_matches_an_uninterrupted_run(image_comp, tmp_path, zygote):
     _, root = image_comp
     reference = _config(tmp_path, root, "ref")
     assert train.main(["--config", str(reference), "--fold", "0"]) == 0
@@ -52,7 +52,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(image_comp, tmp_path):
     # an unfinished stage must all come back: after the first step of epoch 4 (3 steps an epoch:
     # fold 0's 18 training rows in batches of 8), when last.pt holds epoch 3, or 2 while epoch 3's
     # files are still being written.
-    code, killed_after, err = kill_training(interrupted, fold_dir, after_step=3 * 3 + 1)
+    code, killed_after, err = kill_training(zygote, interrupted, fold_dir, after_step=3 * 3 + 1)
     assert code == -signal.SIGKILL, f"exit {code} before the kill\n{err}"
     assert killed_after in (2, 3), f"the run must be killed part-way through stage 2, not after epoch {killed_after}"
     assert not load_checkpoint(fold_dir / "last.pt").finished

@@ -47,7 +47,8 @@ def test_every_tool_at_once_trains_predicts_and_scores_the_ema(image_comp, tmp_p
 
 
 @pytest.mark.slow
-def test_kill_and_resume_is_bit_identical_with_mixup_ema_accumulation_and_a_balanced_sampler(image_comp, tmp_path):
+def test_kill_and_resume_is_bit_identical_with_mixup_ema_accumulation_and_a_balanced_sampler(image_comp, tmp_path,
+                                                                                            zygote):
     _, root = image_comp
     tools = {**TOOLS, "loss": "cross_entropy", "epochs": 3, "freeze_epochs": 1, "warmup_epochs": 0.5}
     configs = {}
@@ -62,7 +63,7 @@ def test_kill_and_resume_is_bit_identical_with_mixup_ema_accumulation_and_a_bala
     # Killed after the first optimizer step of epoch 4 (2 steps an epoch: 3 batches of 8 of fold 0's
     # 18 rows, 2 batches a step): inside stage 2 (epochs 2-4), last.pt at epoch 3 or, while its files
     # are still being written, 2.
-    code, killed_after, err = kill_training(configs["run"], fold_dir, after_step=3 * 2 + 1)
+    code, killed_after, err = kill_training(zygote, configs["run"], fold_dir, after_step=3 * 2 + 1)
     assert code == -signal.SIGKILL and killed_after in (2, 3), f"not killed in stage 2: exit {code} after " \
                                                                f"{killed_after} epochs\n{err}"
     assert train.main(["--config", str(configs["run"]), "--fold", "0", "--resume"]) == 0

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from conftest import image_config, kill_training, no_network_reason, write_yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb.proto import wandb_internal_pb2
+from zygote import run as zygote_run
 
 from competition import train
 
@@ -92,7 +92,7 @@ def _own_service_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path):
+def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path, zygote):
     """Killed in its last epoch (SIGKILL) and resumed: the same run id, its epochs continuing."""
     _, root = image_comp
     cfg = write_yaml(tmp_path / "run.yaml", image_config(tmp_path, root, train={"epochs": 2, "freeze_epochs": 1},
@@ -100,7 +100,7 @@ def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path):
     fold_dir = tmp_path / "outputs" / "shapes" / "fold0"
     # After the first step of epoch 3 (3 steps an epoch: fold 0's 18 rows in batches of 8); last.pt
     # holds epoch 2, or 1 while epoch 2's files are still being written.
-    code, killed_after, err = kill_training(cfg, fold_dir, after_step=2 * 3 + 1, env=_own_service_env())
+    code, killed_after, err = kill_training(zygote, cfg, fold_dir, after_step=2 * 3 + 1, env=_own_service_env())
     assert code == -signal.SIGKILL and 1 <= killed_after < 3, f"not killed part-way: exit {code} after " \
                                                                f"{killed_after} epochs\n{err}"
     first_id = json.loads((fold_dir / "wandb.json").read_text())["id"]
@@ -119,14 +119,13 @@ def test_a_resumed_fold_continues_its_wandb_run(image_comp, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(no_network_reason() is not None, reason=str(no_network_reason()))
-def test_offline_wandb_needs_no_network(image_comp, tmp_path):
+def test_offline_wandb_needs_no_network(image_comp, tmp_path, zygote):
     """In a network namespace with no route, an offline run trains and logs without a complaint."""
     cfg, _ = image_comp
     env = {**_own_service_env(), "HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     env.pop("WANDB_MODE", None)
-    done = subprocess.run(["unshare", "-n", sys.executable, "-m", "competition.train", "--config", str(cfg), "--fold", "0",
-                           "--set", "tracking.wandb=offline"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = zygote_run(["competition.train", "--config", str(cfg), "--fold", "0", "--set", "tracking.wandb=offline"],
+                      cwd=tmp_path, env=env, unshare_net=True)
     assert done.returncode == 0, done.stderr
     noise = [line for line in done.stderr.splitlines() if any(w in line.lower() for w in ("warn", "error", "traceback"))]
     assert noise == [], done.stderr
