@@ -65,7 +65,7 @@ def binary_auc(shared: Path, work: Path, n_splits: int) -> str:
     val[["id", "target"]].to_csv(root / "solution.csv", index=False)
     weights = shared / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
     sets = [f"data.root={root}", "data.target_column=target", "data.solution=solution.csv", "train.metric=roc_auc",
-            f"model.pretrained_file={weights}", f"folds.n_splits={n_splits}", "name=hymenoptera_auc",
+            "model.name=tf_efficientnet_lite0", f"model.pretrained_file={weights}", f"folds.n_splits={n_splits}", "name=hymenoptera_auc",
             f"output_dir={work / 'outputs'}", f"submission_dir={work / 'subs'}"]
     argv = ["--config", "transfer", *[a for s in sets for a in ("--set", s)]]
     began = time.time()

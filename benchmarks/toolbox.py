@@ -81,7 +81,7 @@ def transfer(shared: Path, work: Path) -> str:
     val[["id"]].assign(label="ants").to_csv(root / "sample_submission.csv", index=False)
     val[["id", "label"]].to_csv(root / "solution.csv", index=False)
     weights = shared / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
-    common = [f"data.root={root}", "data.solution=solution.csv", f"model.pretrained_file={weights}",
+    common = [f"data.root={root}", "data.solution=solution.csv", "model.name=tf_efficientnet_lite0", f"model.pretrained_file={weights}",
               "folds.n_splits=3", f"output_dir={work / 'outputs'}", *SGD_RECIPE]  # the recipe EMA and mixup apply to
     variants = {"recipe": [], "recipe + EMA (0.995)": ["train.ema_decay=0.995"],
                 "recipe + mixup (0.2)": ["train.mixup_alpha=0.2"]}

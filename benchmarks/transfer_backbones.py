@@ -154,7 +154,9 @@ def cross_fit_cv(run_dir: Path, n_splits: int) -> float | None:
 
 def run_kit(backbone: str, variant: str, common: list[str], work: Path, n_splits: int, weights: Path) -> dict:
     name, size = BACKBONES[backbone]
+    # Every variant sees the whole photo (as they were measured before image.crop_mode existed) unless it sets a crop.
     sets = [*common, f"model.name={name}", f"model.pretrained_file={weights}", f"image.size={size}",
+            "image.crop_mode=squash", "image.crop_pct=1.0",
             *(f"image.size={resize_side(name, size)}" if o == "image.size=RESIZE" else o for o in VARIANTS[variant][1])]
     row = run_variant(f"{backbone}-{variant}", [], sets, work)
     sub = pd.read_csv(work / f"{backbone}-{variant}.csv")

@@ -168,7 +168,7 @@ def heldout(data: Path, weights: Path, n_splits: int, work: Path, extra: list[st
         raise SystemExit("import_folders failed (held-out)")
     common = [
         f"data.root={work / 'comp'}",
-        f"model.pretrained_file={weights}",
+        "model.name=tf_efficientnet_lite0", f"model.pretrained_file={weights}",
         f"folds.n_splits={n_splits}",
         f"output_dir={work / 'outputs'}",
         f"submission_dir={work / 'submissions'}",
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped = pool["linked"] - n_train
         common = [
             f"data.root={work / 'comp'}",
-            f"model.pretrained_file={weights}",
+            "model.name=tf_efficientnet_lite0", f"model.pretrained_file={weights}",
             f"folds.n_splits={args.n_splits}",
             f"output_dir={work / 'outputs'}",  # one decode cache for every variant
             f"submission_dir={work / 'submissions'}",

@@ -151,30 +151,48 @@ def _scratch(cfg: Config, backbone: str) -> Recipe:
     ), True)
 
 
+def _native_side(backbone: str, fallback: int | list[int]) -> int | list[int]:
+    """The side the backbone's pretrained weights were evaluated at (timm's pretrained config), or the config's."""
+    import timm  # here, not at import: the config check reads this module
+
+    named = timm.models.get_pretrained_cfg(backbone)
+    return int(named.input_size[-1]) if named is not None and named.input_size else fallback
+
+
 def _pretrained(cfg: Config, backbone: str, weights: str) -> Recipe:
-    """Fine-tuning: the portfolio's run is the head fit exactly on the frozen backbone (logreg), two
-    epochs of every layer, a greedy soup of the epochs and WiSE-FT interpolation (benchmarks/RESULTS.md,
-    "Keeping what pretraining knows"); the search also tries SGD heads, longer stage 2, no soup."""
+    """Fine-tuning. The portfolio's run is the shipped `transfer` recipe (benchmarks/RESULTS.md, "Keeping
+    what pretraining knows"): the weights' own centre crop at their native size, the head fit exactly on
+    the frozen backbone's features towards the pretrained classes that match (label_map), no stage 2.
+    The search also tries the plain probe, SGD heads, stage 2 with a greedy soup of its epochs and WiSE-FT
+    interpolation, the whole photo squashed, and a size a step down or up."""
     file = None if weights == TIMM_WEIGHTS else weights
+    native = _native_side(backbone, cfg.image.size)
     sets = {"model.name": backbone, "model.pretrained": file is None, "model.pretrained_file": file,
-            "train.head_fit_views": []}
+            "train.head_fit_views": [], "train.head_fit_prior": "none", "image.crop_pct": "pretrained"}
 
     def derive(v: dict) -> dict:
-        return {"train.freeze_epochs": 1} if v["train.head_fit"] == "logreg" else {}
+        whole = {"image.crop_pct": 1.0} if v["image.crop_mode"] == "squash" else {}  # squash: all of the photo
+        return {"train.freeze_epochs": 1, **whole} if v["train.head_fit"] == "logreg" else whole
 
     def stages(v: dict) -> int:
         return v.get("train.freeze_epochs", 1) + v["train.epochs"]
 
+    t = cfg.train
     return Recipe(backbone, sets, (
         Knob("train.head_fit", choices=("logreg", "sgd"), default="logreg"),
+        Knob("train.head_fit_prior", choices=("label_map", "none"), default="label_map",
+             when=lambda v: v["train.head_fit"] == "logreg"),
         Knob("train.freeze_epochs", 1, 8, integer=True, when=lambda v: v["train.head_fit"] == "sgd"),
-        Knob("train.epochs", 0, 8, integer=True, default=2),
+        Knob("train.epochs", 0, 8, integer=True, default=0),
         Knob("train.average", choices=("greedy_soup", "off"), default="greedy_soup", when=lambda v: stages(v) >= 2),
         Knob("train.interpolate", choices=("auto", "off"), default="auto", when=lambda v: v["train.epochs"] > 0),
         Knob("train.lr", 1e-4, 1e-2, log=True, default=5e-3),
         Knob("train.backbone_lr_mult", 0.01, 0.3, log=True, default=0.02),
         Knob("train.freeze_bn", choices=(True, False), default=True),
-        *_image_common(cfg),
+        Knob("image.crop_mode", choices=("center", "squash"), default="center"),
+        Knob("image.size", choices=_sizes(native), default=_sizes(native)[0]),
+        Knob("train.label_smoothing", 0.0, 0.2, default=min(t.label_smoothing, 0.2)),
+        Knob("train.mixup_alpha", choices=(0.0, 0.2, 0.4), default=0.0),
     ), True, derive)
 
 
