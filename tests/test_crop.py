@@ -11,9 +11,11 @@ from conftest import image_config, refused, write_yaml
 from PIL import Image
 
 from competition import predict, train
+from competition.config import config_from_dict
 from competition.data.cache import resize
 from competition.data.images import Crop
 from competition.io.checkpoints import load_checkpoint
+from competition.tasks.image import crop_of
 
 
 def _photo(height: int, width: int) -> np.ndarray:
@@ -66,6 +68,15 @@ def test_a_cropped_run_records_its_crop_and_predict_sees_what_training_saw(image
     predicted = pd.read_csv(tmp_path / "outputs" / "shapes" / "oof.csv").set_index("id").loc[trained.index]
     cols = [c for c in trained if c.startswith("prob_")]
     np.testing.assert_allclose(predicted[cols].to_numpy(), trained[cols].to_numpy(), atol=1e-5)
+
+
+def test_pretrained_reads_the_crop_timm_gives_the_backbone(tmp_path):
+    for name in ("tf_efficientnet_lite0", "tf_efficientnet_lite2"):
+        cfg = config_from_dict(image_config(tmp_path, tmp_path, model={"name": name},
+                                            image={"crop_mode": "center", "crop_pct": "pretrained"}))
+        assert crop_of(cfg) == Crop("center", timm.models.get_pretrained_cfg(name).crop_pct)
+    assert crop_of(config_from_dict(image_config(tmp_path, tmp_path))) == Crop()  # the default: the whole photo
+    assert (Crop("center", 0.875).decode_side(224), Crop().decode_side(224)) == (256, 224)  # the box keeps full detail
 
 
 @pytest.mark.parametrize("sets, culprit", [
