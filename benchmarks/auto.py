@@ -7,7 +7,7 @@ AutoGluon's `best_quality` preset given the same budget. Results go to benchmark
 
     python benchmarks/auto.py [--budgets 2m,5m,15m] [--splits 3] [--datasets titanic,breast_cancer,wine]
                               [--autogluon /work/venv-ag/bin/python] [--no-write]
-                              [--tools auto|autogluon] [--json rows.json] [--combine a.json b.json]
+                              [--tools auto|autogluon] [--json rows.json] [--combine a.json b.json] [--seeds 2,3]
 
 --tools runs one side only (e.g. each side as its own process, at the same time, with --json), and
 --combine renders the section from the rows they saved, merged by dataset, budget and split seed.
@@ -117,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="2m,5m,15m")
     parser.add_argument("--splits", type=int, default=3)
+    parser.add_argument("--seeds", default=None, help="split seeds to run, e.g. 2,3 (default: 1..--splits)")
     parser.add_argument("--datasets", default="titanic,breast_cancer,wine")
     parser.add_argument("--titanic", type=Path, default=REPO / "data" / "titanic" / "train.csv")
     parser.add_argument("--autogluon", default=None, help="the python of a virtualenv with autogluon.tabular")
@@ -137,7 +138,7 @@ def main() -> None:
     rows = []
     for budget in (parse_duration(b, "--budgets") for b in args.budgets.split(",")):
         for name in args.datasets.split(","):
-            for seed in range(1, args.splits + 1):
+            for seed in ([int(x) for x in args.seeds.split(",")] if args.seeds else range(1, args.splits + 1)):
                 rows.append(one(name, seed, budget, ag, args.titanic, "auto" in tools))
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
                 if args.json:
