@@ -30,11 +30,11 @@ from torch import nn
 from competition.core.errors import CompetitionError
 from competition.core.runtime import to_device
 from competition.models.contract import head_of
+from competition.training.head_prior import INNER_FOLDS, fit_prior, standardise
 
 log = logging.getLogger(__name__)
 
 C_GRID = np.logspace(-4, 2, 13)  # inverse regularisation strengths the inner CV tries
-INNER_FOLDS = 5
 ABSENT_LOGIT = -20.0  # below every fitted logit: a class with no training row gets ~0 probability
 
 
@@ -96,9 +96,7 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, n_classes: int, mult
                  seed: int = 0, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """(weight [classes, features], bias [classes], what was fit) of the logistic regression whose
     logits, as a Linear layer on the raw features, give the fitted model's probabilities."""
-    mean, scale = features.mean(0), features.std(0)
-    scale[scale < 1e-12] = 1.0  # a constant feature: left unscaled (its weight fits 0)
-    x = (features - mean) / scale
+    x, mean, scale = standardise(features)
     weight, bias = np.zeros((n_classes, x.shape[1])), np.full(n_classes, ABSENT_LOGIT)
     cs, fitted = [], []
     columns = [(c, targets[:, c].astype(int)) for c in range(n_classes)] if multi_label else [(None, targets.astype(int))]
@@ -150,8 +148,6 @@ def fit_pretrained(features: np.ndarray, targets: np.ndarray, n_classes: int, mu
     """fit_logistic on train.head_fit_inputs' inputs, or towards the matched pretrained rows under
     train.head_fit_prior label_map; (weight, bias) over the features either way, and what was fit
     (`probs_of`: features → the fitted model's probabilities, computed the fit's own way)."""
-    from competition.training.head_prior import fit_prior
-
     x, lift = pretrained_inputs(features, pretrained, inputs)
     if prior == "none":
         a, c, info = fit_logistic(x, targets, n_classes, multi_label, balanced, seed, groups)

@@ -20,7 +20,16 @@ from __future__ import annotations
 
 import numpy as np
 
-INNER_FOLDS = 5
+INNER_FOLDS = 5  # the inner CV that chooses C, here and in training.head_fit
+
+
+def standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(standardised x, mean, scale): what the solvers fit on (here and in training.head_fit); the caller
+    folds the scaling back in, w·(x − μ)/σ + b = (w/σ)·x + (b − (w/σ)·μ). A constant column is left
+    unscaled (its weight fits 0)."""
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale < 1e-12] = 1.0
+    return (x - mean) / scale, mean, scale
 
 
 def label_map(logits: np.ndarray, targets: np.ndarray, n_classes: int, multi_label: bool) -> np.ndarray:
@@ -131,11 +140,9 @@ def fit_prior(x: np.ndarray, logits: np.ndarray, targets: np.ndarray, n_classes:
     else:
         fitted = np.flatnonzero(mapped >= 0)
         y = np.searchsorted(fitted, targets.astype(int))  # class indices among the fitted ones
-    mean, scale = x.mean(0), x.std(0)
-    scale[scale < 1e-12] = 1.0  # a constant column: left unscaled (its weight fits 0)
-    fa, fc, chosen = fit_towards((x - mean) / scale, logits[:, mapped[fitted]], y, multi_label, c_grid, balanced, seed,
-                                 groups)
-    a[fitted] = fa / scale  # w·(x − μ)/σ + b = (w/σ)·x + (b − (w/σ)·μ)
+    z, mean, scale = standardise(x)
+    fa, fc, chosen = fit_towards(z, logits[:, mapped[fitted]], y, multi_label, c_grid, balanced, seed, groups)
+    a[fitted] = fa / scale  # the scaling folded in (standardise)
     c[fitted] = fc - a[fitted] @ mean
     rows[fitted] = mapped[fitted]
     return a, c, rows, {"C": [chosen], "label_map": mapped.tolist()}
