@@ -6,7 +6,6 @@ import dataclasses
 import os
 import re
 import typing
-from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -27,6 +26,7 @@ from competition.core.choices import (
     TTA_VIEW_NAMES,
     WANDB_MODES,
     choice,
+    shipped_dir,
 )
 from competition.core.errors import CompetitionError
 from competition.core.keeping import check_keeping
@@ -52,11 +52,6 @@ ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:tr
 
 DEFAULT_CONFIG_FILE = "competition.yaml"
 DEFAULT_SHIPPED = "digits"
-
-
-def shipped_dir() -> Path:
-    """The package folder of the shipped configs and the recipes beside them."""
-    return Path(str(resources.files("competition") / "configs"))
 
 
 def shipped_configs() -> list[str]:

@@ -9,6 +9,8 @@ same names, and tests/test_startup.py checks that the two agree (and that `tasks
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,11 @@ WANDB_MODES = ("off", "offline", "online")  # tracking.wandb: io.wandb_runs
 CACHE_DIR = "cache"  # output_dir/cache: every decode cache (and the image check's markers): data.cache
 KEPT_FOLDS = "folds"  # output_dir/folds/<data folder's name>/folds.csv, a read-only data folder's split: data.splits
 AUTO_DIR = "auto"  # output_dir/auto/<name>/: auto's study, trial logs, report (search/)
+
+
+def shipped_dir() -> Path:
+    """The package folder of the shipped configs (`--config NAME`) and the recipes beside them."""
+    return Path(str(resources.files("competition") / "configs"))
 
 
 def choice(key: str, value: str, options) -> None:

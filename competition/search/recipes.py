@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from competition.core.choices import shipped_dir
 from competition.core.errors import CompetitionError
-from competition.core.schema import Config
+from competition.core.schema import Config, build_config
 
 GBDT_PATIENCE = 50  # early-stopping rounds of the GBDT recipes (train.patience), as benchmarks/tables.py
 TIMM_WEIGHTS = "timm"  # auto.backbones value: timm's own weights (model.pretrained: true)
@@ -59,22 +60,24 @@ def _p(key: str, low: float, high: float, default: Any, log: bool = False, integ
     return Knob(f"model.params.{key}", low, high, log, integer, default=default)
 
 
-# The MLP of the shipped titanic config (its schedule, known to work on tables), unless the config's
-# own model is the MLP: then the config's settings are the portfolio's.
-TITANIC_MLP = {"model.hidden_sizes": "64,32", "model.drop_rate": 0.3, "train.epochs": 40, "train.batch_size": 32,
-               "train.lr": 3.0e-3, "train.weight_decay": 1.0e-2}
-
-
 def _mlp(cfg: Config) -> Recipe:
+    """The MLP, from the config's own settings when its model is the MLP, else from the shipped titanic
+    config's (its schedule, known to work on tables), read from that file."""
     own = cfg.model.name == "mlp"
-    d = {"model.hidden_sizes": ",".join(map(str, cfg.model.hidden_sizes)), "model.drop_rate": cfg.model.drop_rate,
-         "train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size, "train.lr": cfg.train.lr,
-         "train.weight_decay": cfg.train.weight_decay} if own else TITANIC_MLP
+    if own:
+        src = cfg
+    else:
+        import yaml
+
+        src = build_config(yaml.safe_load((shipped_dir() / "titanic.yaml").read_text()))
+    d = {"model.hidden_sizes": ",".join(map(str, src.model.hidden_sizes)), "model.drop_rate": src.model.drop_rate,
+         "train.epochs": src.train.epochs, "train.batch_size": src.train.batch_size, "train.lr": src.train.lr,
+         "train.weight_decay": src.train.weight_decay}
     sizes = tuple(dict.fromkeys([d["model.hidden_sizes"], "32", "64,32", "128,64", "256,128"]))
     batches = tuple(dict.fromkeys([d["train.batch_size"], 16, 32, 64, 128]))
     sets = {"model.name": "mlp", "model.params": {}, "train.freeze_epochs": 0}
     if not own:
-        sets |= {"train.warmup_epochs": 1, "train.patience": 10}
+        sets |= {"train.warmup_epochs": src.train.warmup_epochs, "train.patience": src.train.patience}
     return Recipe("mlp", sets, (
         Knob("train.lr", 3e-4, 3e-2, log=True, default=d["train.lr"]),
         Knob("model.hidden_sizes", choices=sizes, default=d["model.hidden_sizes"]),
@@ -233,10 +236,15 @@ def _fill(recipe: Recipe, pick: Callable[[Knob], Any]) -> dict:
     return values
 
 
+def portfolio_values(recipe: Recipe) -> dict:
+    """The knobs' values of the recipe's portfolio trial: key → value."""
+    return _fill(recipe, lambda k: k.default)
+
+
 def portfolio_params(recipe: Recipe) -> dict:
     """The Optuna parameters of the recipe's portfolio trial (enqueued before the search)."""
     by_key = {k.key: k for k in recipe.knobs}
-    return {"recipe": recipe.name, **{param_name(recipe, by_key[key]): v for key, v in _fill(recipe, lambda k: k.default).items()}}
+    return {"recipe": recipe.name, **{param_name(recipe, by_key[key]): v for key, v in portfolio_values(recipe).items()}}
 
 
 def _significant(value: float) -> float:

@@ -23,7 +23,7 @@ from competition.core.errors import CompetitionError
 from competition.core.metrics import METRICS
 from competition.core.schema import Config
 from competition.search.budget import AutoStop, Budget
-from competition.search.recipes import Recipe, choose, config_sets, portfolio_params, recipes
+from competition.search.recipes import Recipe, choose, config_sets, portfolio_params, portfolio_values, recipes
 from competition.search.trials import Plan
 
 if TYPE_CHECKING:
@@ -186,9 +186,8 @@ def applicable(cfg: Config, config: str | None, sets: list[str]) -> dict[str, Re
         weights = recipe.sets.get("model.pretrained_file")
         if weights and not Path(weights).is_file():
             raise CompetitionError(f"config key auto.backbones: {name}'s weights {weights} not found")
-        values = {key.split(":", 1)[1]: v for key, v in portfolio_params(recipe).items() if ":" in key}
         try:
-            load_config(config, [*sets, *(f"{k}={_yaml(v)}" for k, v in config_sets(recipe, values).items())])
+            load_config(config, [*sets, *(f"{k}={_yaml(v)}" for k, v in config_sets(recipe, portfolio_values(recipe)).items())])
         except CompetitionError as exc:
             print(f"auto: {name} left out: {exc}", flush=True)
             continue
