@@ -92,7 +92,8 @@ def build_timm(cfg: Config, num_classes: int, in_features: int | None, load_pret
         with hub_offline(unreachable):
             model = timm.create_model(m.name, pretrained=pretrained, **kwargs)
         if own_head:
-            keep_pretrained_head(model, m.name, num_classes, pretrained_head_key(cfg))
+            keep_pretrained_head(model, m.name, num_classes, pretrained_head_key(cfg),
+                                 one_class_each=cfg.train.head_fit_prior == "label_map")
         # The competition's head starts afresh, scaled by its fan-in (PyTorch's Linear default):
         # 1. timm keeps the pretrained head when the class counts match (1000 = ImageNet's), and
         # 2. some timm inits scale by fan-out (EfficientNet: ±1/√classes), which for 2 classes
@@ -141,15 +142,15 @@ def check_file_head(name: str, path: str | None, key: str) -> None:
                                f"(no {pretrained_cfg.classifier}.weight)")
 
 
-def keep_pretrained_head(model: nn.Module, name: str, num_classes: int, key: str) -> None:
+def keep_pretrained_head(model: nn.Module, name: str, num_classes: int, key: str, one_class_each: bool = False) -> None:
     """Keep the pretrained classifier, as plain tensors outside the state dict (checkpoints are
     unchanged), in `model.pretrained_head` (weight, bias), for training.head_fit; then give the model a
-    head for the competition's classes."""
+    head for the competition's classes. `one_class_each` (label_map): each class needs a pretrained class."""
     head = head_of(model)
     if not isinstance(head, nn.Linear) or getattr(model, "num_classes", 0) == 0:
         raise CompetitionError(f"config key {key} reads the pretrained weights' own classifier, and {name}'s "
                                f"weights have no linear one")
-    if key.endswith("label_map") and num_classes > head.out_features:
+    if one_class_each and num_classes > head.out_features:
         raise CompetitionError(f"config key {key} gives each of the {num_classes} classes a pretrained class of its "
                                f"own, and {name}'s weights have {head.out_features}")
     bias = head.bias.detach().clone() if head.bias is not None else head.weight.new_zeros(head.out_features)
