@@ -182,12 +182,12 @@ def _main(argv: Sequence[str] | None) -> int:
             # the task's fold trainer; the torch loop stops at a signal's next step
             fit = functools.partial(TRAINERS[task.trainer], stop=stop_request)
             results = []
-            for f in folds:
+            for f, after in zip(folds, [*folds[1:], None], strict=True):
                 results.append(fit(cfg, task, comp, df, f, device=device, world=world, resume=args.resume))
                 # A signal during a one-fit fold (it cannot stop inside its fit), or after a fold's last step:
                 # stop before the next fold. Under torchrun the ranks agree on stopping inside the fold loop.
-                if stop_request() is not None and f != folds[-1] and not world.distributed:
-                    raise Interrupted(stop_request(), f"stopped after fold {f}, before fold {folds[folds.index(f) + 1]}")
+                if stop_request() is not None and after is not None and not world.distributed:
+                    raise Interrupted(stop_request(), f"stopped after fold {f}, before fold {after}")
     except Interrupted as exc:
         exc.message = f"{exc.message}; continue with: {resume_command(argv)}"
         raise
