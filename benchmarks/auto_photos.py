@@ -23,12 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from results import machine_name, publish  # noqa: E402
+from transfer_backbones import held_out  # noqa: E402
 from transfer_hymenoptera import build_pool, run_variant  # noqa: E402
 
 from competition import import_folders  # noqa: E402
@@ -36,13 +35,6 @@ from competition.core.durations import format_duration, parse_duration  # noqa: 
 
 TITLE = "auto on photos: ants and bees against the hand-tuned recipe"
 BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
-
-
-def held_out(submission: Path) -> tuple[float, int]:
-    """Accuracy on the val/ photos (their ids are paths under val/: <class>/<photo>) and how many are wrong."""
-    sub = pd.read_csv(submission)
-    right = sub["label"] == sub["id"].str.split("/").str[0]
-    return float(right.mean()), int((~right).sum())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,6 +152,13 @@ def cross_fit_cv(run_dir: Path, n_splits: int) -> float | None:
     return right / sum(c["validation_rows"] for c in curves)
 
 
+def held_out(submission: Path) -> tuple[float, int]:
+    """Accuracy on the val/ photos (their ids are paths under val/: <class>/<photo>) and how many are wrong."""
+    sub = pd.read_csv(submission)
+    right = sub["label"] == sub["id"].str.split("/").str[0]
+    return float(right.mean()), int((~right).sum())
+
+
 def run_kit(backbone: str, variant: str, common: list[str], work: Path, n_splits: int, weights: Path) -> dict:
     name, size = BACKBONES[backbone]
     # Every variant sees the whole photo (as they were measured before image.crop_mode existed) unless it sets a crop.
@@ -159,13 +166,11 @@ def run_kit(backbone: str, variant: str, common: list[str], work: Path, n_splits
             "image.crop_mode=squash", "image.crop_pct=1.0",
             *(f"image.size={resize_side(name, size)}" if o == "image.size=RESIZE" else o for o in VARIANTS[variant][1])]
     row = run_variant(f"{backbone}-{variant}", [], sets, work)
-    sub = pd.read_csv(work / f"{backbone}-{variant}.csv")
-    right = sub["label"] == sub["id"].str.split("/").str[0]  # test ids are paths under val/: <class>/<photo>
+    heldout, wrong = held_out(work / f"{backbone}-{variant}.csv")
     cfg = load_config("transfer", [*sets, f"name={backbone}-{variant}"])
     alphas = [json.loads((cfg.fold_dir(f) / "averaging.json").read_text())["interpolated"]["alpha"]
               for f in range(n_splits) if (cfg.fold_dir(f) / "averaging.json").is_file()]
-    return {"cv": row["cv"], "cv_cross_fit": cross_fit_cv(cfg.run_dir, n_splits), "heldout": float(right.mean()),
-            "wrong": int((~right).sum()), "seconds": row["train_seconds"] + row["predict_seconds"], "alphas": alphas}
+    return {"cv": row["cv"], "cv_cross_fit": cross_fit_cv(cfg.run_dir, n_splits), "heldout": heldout, "wrong": wrong, "seconds": row["train_seconds"] + row["predict_seconds"], "alphas": alphas}
 
 
 def render(rows: list[dict], n_train: int, n_test: int, n_splits: int, command: str) -> str:
