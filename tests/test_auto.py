@@ -124,15 +124,25 @@ def test_the_finished_trials_blend_into_a_checked_submission_with_honest_numbers
     assert set(sub["target"]) <= {0, 1}
     best = max((t for t in table_study["trials"].values() if t.state.name == "COMPLETE"), key=lambda t: t.value)
     assert summary["best"]["cv"] == pytest.approx(best.value)
-    # Only trials with every fold trained and predicted are blended.
-    blend = json.loads((base / "outputs" / "blends" / "table-auto" / "blend.json").read_text())
-    for run in blend["runs"]:
-        assert all((base / "outputs" / run / f"fold{k}" / "best.pt").is_file() for k in (0, 1))
-    assert summary["blend"]["cross_fit"] == pytest.approx(blend["cross_fit"]["cv"])
+    # The submitted way is the one that scores higher on rows it was not chosen on; only trials with
+    # every fold trained and predicted are blended.
+    choice = summary["choice"]
+    assert choice["scores"][choice["chosen"]] == max(choice["scores"].values())  # (ties: the lower log loss)
+    assert choice["submitted"] == choice["chosen"]
+    assert summary["estimate"] == choice["scores"][choice["submitted"]]
+    blends = base / "outputs" / "blends" / "table-auto" / "blend.json"
+    if choice["submitted"] == "blend":
+        for run in json.loads(blends.read_text())["runs"]:
+            assert all((base / "outputs" / run / f"fold{k}" / "best.pt").is_file() for k in (0, 1))
+    else:
+        assert not blends.exists()
+        alone = base / "outputs" / "auto" / "table" / "submissions" / f"{summary['best']['run']}.csv"
+        assert sub.equals(pd.read_csv(alone))
     sel = summary["selection"]
     assert 0 <= sel["other_rows"] <= 1 and sel["drop"] == pytest.approx(sel["same_rows"] - sel["other_rows"])
+    assert sel["same_rows"] == pytest.approx(best.value) and sel["other_rows"] == choice["scores"]["best"]
     out = table_study["resumed"][1] + table_study["joined"][1]
-    assert "flatters the best CV by" in out and "estimate" in out and "submission:" in out
+    assert "flatters the best CV by" in out and f"the {choice['chosen']} is submitted" in out and "submission:" in out
     page = (base / "outputs" / "auto" / "table" / "report.html").read_text()
     assert "table-t000-lightgbm/run.json was trained with model.name" in page and "estimate" in page
     # Every trial is a run of its own on the board; trials predict without report.html (auto's page links runs).

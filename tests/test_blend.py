@@ -11,7 +11,15 @@ from conftest import refused
 
 from competition import blend, board, folds, predict, train
 from competition.core.metrics import METRICS
-from competition.experiments.blending import column_ranks, combine, cross_fit, greedy_weights, tie_loss
+from competition.experiments.blending import (
+    blend_of_best,
+    choose,
+    column_ranks,
+    combine,
+    cross_fit,
+    greedy_weights,
+    tie_loss,
+)
 
 
 def trained_and_predicted(cfg, name: str, *sets: str) -> None:
@@ -99,6 +107,35 @@ def test_greedy_weights_mix_runs_whose_mistakes_differ_and_never_score_below_the
     # Weights fit on one half, scored on the other (and back): what the blend earns on unseen rows.
     held, fold_weights = cross_fit("weights", accuracy, y, np.arange(400) % 2, [a, b, weak])
     assert set(fold_weights) == {"0", "1"} and accuracy(y, held) == 1.0
+
+
+def test_auto_blends_runs_whose_mistakes_differ_and_keeps_the_best_alone_when_blending_fits_noise():
+    """The choice between the best run alone and a blend of the best is made on rows neither was
+    chosen on: runs that are right on different rows blend; a good run among runs of noise, which
+    greedy selection can always fit to a few hundred rows, stands alone."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    truth = np.stack([1 - y, y], 1).astype(float)
+    fold = np.arange(400) % 5
+    accuracy = METRICS["accuracy"]
+
+    def sure(p_true: np.ndarray) -> np.ndarray:
+        return truth * p_true[:, None] + (1 - truth) * (1 - p_true[:, None])
+
+    a, b = np.full(400, 0.9), np.full(400, 0.8)
+    a[:130], b[130:260] = 0.45, 0.45
+    complementary = choose(accuracy, y, fold, [sure(b), sure(a)], top=20)
+    assert complementary.way == "blend" and complementary.order == [1, 0]
+    assert complementary.scores["blend"] == 1.0 > complementary.scores["best"] == complementary.best_cv == 0.675
+
+    # A run right on ~84% of the rows, among thirty runs of guesses (probabilities of 0.3 to 0.7
+    # that know nothing of the truth): some blend of guesses always fits the rows it is chosen on.
+    good = np.clip(rng.normal(0.7, 0.2, 400), 0.01, 0.99)
+    runs = [np.stack([1 - q, q], 1) for q in rng.uniform(0.3, 0.7, (30, 400))] + [sure(good)]
+    alone = choose(accuracy, y, fold, runs, top=20)
+    fitted = accuracy(y, combine(runs, blend_of_best(accuracy, y, runs, 20), "weights"))
+    assert alone.way == "best" and alone.order[0] == 30 and alone.scores["best"] == alone.best_cv
+    assert alone.scores["blend"] < alone.scores["best"] < fitted, (alone.scores, fitted)  # it looked better
 
 
 def test_rank_blend_keeps_each_runs_order_and_is_refused_where_probabilities_are_scored(table_comp, capsys):

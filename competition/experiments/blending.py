@@ -1,9 +1,11 @@
 """Combining runs' probabilities: greedy ensemble selection on the pooled out-of-fold rows (weights),
-the plain mean, or the mean of ranks; and the cross-fitted estimate of what a fitted blend scores
-on rows its weights never saw."""
+the plain mean, or the mean of ranks; the cross-fitted estimate of what a fitted blend scores on
+rows its weights never saw; and auto's last choice, between the best run alone and a blend of the
+best, each scored on rows it was not chosen on."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -82,11 +84,70 @@ def cross_fit(method: str, metric: Metric, y: np.ndarray, fold: np.ndarray,
     these probabilities is what the fitted blend earns on rows its weights never saw. Ranks are
     taken over every out-of-fold row, as in the blend itself."""
     parts = [column_ranks(p) for p in preds] if method == "rank" else preds
+    return across_folds(lambda y_, p_: fit_weights(method, metric, y_, p_), y, fold, preds, parts)
+
+
+def across_folds(fit: Callable[[np.ndarray, list[np.ndarray]], np.ndarray], y: np.ndarray, fold: np.ndarray,
+                 preds: Sequence[np.ndarray], parts: Sequence[np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, dict[str, list[float]]]:
+    """Each fold's rows combined with the weights `fit` gives on the other folds' rows (of `preds`;
+    `parts` are what the weights combine, the predictions themselves unless given), and each fold's
+    weights."""
+    parts = preds if parts is None else parts
     out = np.zeros_like(parts[0], dtype=np.float64)
     weights = {}
     for k in np.unique(fold):
         held = fold == k
-        w = fit_weights(method, metric, y[~held], [p[~held] for p in preds])
-        out[held] = sum(wi * p[held] for wi, p in zip(w, parts, strict=True))
+        w = fit(y[~held], [p[~held] for p in preds])
+        out[held] = sum(wi * p[held] for wi, p in zip(w, parts, strict=True) if wi > 0)
         weights[str(int(k))] = [float(v) for v in w]
     return out, weights
+
+
+def ranked(metric: Metric, y: np.ndarray, preds: Sequence[np.ndarray]) -> list[int]:
+    """The runs' indexes, best first: the metric on these rows, then the lower log loss."""
+    keys = [_key(metric, y, p) for p in preds]
+    return sorted(range(len(preds)), key=keys.__getitem__, reverse=True)
+
+
+def best_alone(metric: Metric, y: np.ndarray, preds: Sequence[np.ndarray]) -> np.ndarray:
+    """All the weight on the run that scores best on these rows."""
+    w = np.zeros(len(preds))
+    w[ranked(metric, y, preds)[0]] = 1.0
+    return w
+
+
+def blend_of_best(metric: Metric, y: np.ndarray, preds: Sequence[np.ndarray], top: int) -> np.ndarray:
+    """Greedy weights over the `top` runs that score best on these rows (none on the others)."""
+    chosen = ranked(metric, y, preds)[:top]
+    w = np.zeros(len(preds))
+    w[chosen] = greedy_weights(metric, y, [preds[i] for i in chosen])
+    return w
+
+
+@dataclass
+class Choice:
+    """Auto's last choice: the best run alone or a blend of the best, whichever scores higher on rows
+    it was not chosen on."""
+
+    way: str  # "best" or "blend"
+    order: list[int]  # the runs' indexes, best first on every row
+    scores: dict[str, float]  # each way's score, every step of it (the ranking included) made on the other folds
+    best_cv: float  # the first run's score on every row: what choosing it flatters
+
+
+def choose(metric: Metric, y: np.ndarray, fold: np.ndarray, preds: Sequence[np.ndarray], top: int) -> Choice:
+    """The best run alone, or greedy weights over the `top` best: each way is scored across the folds
+    (each fold's rows combined as the way chooses on the other folds' rows, its ranking of the runs
+    included), and the higher scoring way is taken, ties to the lower log loss, then to the run alone.
+    On a few hundred rows with many runs, a blend's weights often fit the rows' noise: then the run
+    alone scores higher on rows it was not chosen on."""
+    ways = {"best": lambda y_, p_: best_alone(metric, y_, p_)}
+    if len(preds) > 1:
+        ways["blend"] = lambda y_, p_: blend_of_best(metric, y_, p_, top)
+    keys, scores = {}, {}
+    for way, fit in ways.items():
+        honest, _ = across_folds(fit, y, fold, preds)
+        keys[way], scores[way] = _key(metric, y, honest), metric.best(y, honest)
+    order = ranked(metric, y, preds)
+    return Choice(max(keys, key=keys.__getitem__), order, scores, metric.best(y, preds[order[0]]))

@@ -1,7 +1,8 @@
-"""The end of an auto run: the finished trials (every fold trained, then predicted) blended into the
-checked submission through `blend`, and the honest numbers beside the flattering ones — the blend's
-cross-fitted estimate, and how far the best trial's CV drops when the trial is chosen without the rows
-that score it — in summary.json, report.html and on the board."""
+"""The end of an auto run: of the finished trials (every fold trained, then predicted), the best alone
+or a blend of the best through `blend` — whichever scores higher on rows it was not chosen on — as the
+checked submission, and the honest numbers beside the flattering ones — that estimate, and how far the
+best trial's CV drops when the trial is chosen without the rows that score it — in summary.json,
+report.html and on the board."""
 from __future__ import annotations
 
 import shutil
@@ -16,7 +17,7 @@ from competition.core.interrupts import Interrupted
 from competition.io.checkpoints import BEST
 from competition.io.files import atomic_path, write_json
 from competition.io.runs import BLEND_FILE, BLENDS, CV_FILE
-from competition.search.search_page import write_page
+from competition.search.search_page import numbers, write_page
 from competition.search.study import LEFT_ATTR, Search
 from competition.search.trials import run_command
 
@@ -75,8 +76,9 @@ def _alone(search: Search, trial, output: str | None) -> Path:
     return out
 
 
-def _kept_oof(search: Search, runs: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The truth and each run's out-of-fold probabilities as predict kept them (oof.csv), rows by id."""
+def _kept_oof(search: Search, runs: list[str]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The truth, the folds and each run's out-of-fold probabilities as predict kept them (oof.csv),
+    rows by id."""
     from competition.data.folder import read_csv
     from competition.experiments.standings import stored_target
     from competition.io.prob_columns import read_oof_probs
@@ -89,49 +91,39 @@ def _kept_oof(search: Search, runs: list[str]) -> tuple[np.ndarray, list[np.ndar
               for r in runs]
     first = frames[0]
     y = target.encode(first.reset_index(), out / runs[0] / "oof.csv")
-    return y, [read_oof_probs(f.loc[first.index], record.classes) for f in frames]
-
-
-def selection(search: Search, runs: list[str]) -> dict:
-    """The best trial chosen on half the out-of-fold rows and scored on the other half, and the reverse:
-    against the same halves scored where they were chosen, how much the choice among the trials flatters."""
-    metric = search.metric
-    y, oof = _kept_oof(search, runs)
-    first = np.zeros(len(y), dtype=bool)
-    first[np.random.default_rng(search.cfg.seed).permutation(len(y))[: len(y) // 2]] = True
-    pick = max if metric.higher_is_better else min
-    chosen, held, seen = [], [], []
-    for a, b in ((first, ~first), (~first, first)):
-        scores = [metric.best(y[a], p[a]) for p in oof]
-        i = scores.index(pick(scores))
-        chosen.append(runs[i])
-        seen.append(scores[i])
-        held.append(metric(y[b], oof[i][b], metric.fit_thresholds(y[a], oof[i][a])))
-    same, other = float(np.mean(seen)), float(np.mean(held))
-    return {"trials": len(runs), "chosen": chosen, "same_rows": same, "other_rows": other,
-            "drop": same - other if metric.higher_is_better else other - same}
+    return y, first["fold"].to_numpy(), [read_oof_probs(f.loc[first.index], record.classes) for f in frames]
 
 
 def finish(search: Search, url: str, output: str | None) -> dict:
-    """Blend, estimate, write summary.json and report.html; returns the summary."""
+    """Choose between the best trial alone and a blend of the best (whichever scores higher on rows it
+    was not chosen on), write that submission, summary.json and report.html; returns the summary."""
+    from competition.experiments.blending import choose
+
     trials = finished(search)
     if not trials:
         raise CompetitionError(f"no trial finished every fold within the budget ({format_duration(search.budget.total)}; "
                                f"see {search.folder / 'logs'}): give a larger --time-budget, or fewer folds")
-    runs = [t.user_attrs["run"] for t in trials[:MAX_BLENDED]]
-    record = _blend(search, runs, output) if len(runs) >= 2 else None
-    submission = Path(record["submission"]) if record else _alone(search, trials[0], output)
-    best = trials[0]
+    runs = [t.user_attrs["run"] for t in trials]
+    y, fold, oof = _kept_oof(search, runs)
+    choice = choose(search.metric, y, fold, oof, MAX_BLENDED)
+    best = trials[choice.order[0]]
+    blended = [runs[i] for i in choice.order[:MAX_BLENDED]]
+    record = _blend(search, blended, output) if choice.way == "blend" else None
+    submission = Path(record["submission"]) if record else _alone(search, best, output)
+    same, other = choice.best_cv, choice.scores["best"]
     summary = {
         "study": search.cfg.name, "storage": url, "metric": search.metric.name,
         "higher_is_better": search.metric.higher_is_better, "budget_seconds": search.budget.total,
         "trials": _counts(search), "best": {"trial": best.number, "run": best.user_attrs["run"],
                                             "recipe": best.params["recipe"], "cv": best.value},
+        "choice": {"scores": choice.scores, "chosen": choice.way, "submitted": "blend" if record else "best"},
         "blend": None if record is None else {"name": record["name"], "cv": record["blend_cv"]["cv"],
                                               "cross_fit": record["cross_fit"]["cv"], "weights": record["weights"]},
-        "selection": selection(search, runs), "submission": str(submission),
+        "selection": {"trials": len(runs), "same_rows": same, "other_rows": other,
+                      "drop": same - other if search.metric.higher_is_better else other - same},
+        "submission": str(submission),
     }
-    summary["estimate"] = summary["blend"]["cross_fit"] if record else summary["selection"]["other_rows"]
+    summary["estimate"] = choice.scores[summary["choice"]["submitted"]]
     summary["seconds"] = round(search.budget.elapsed(), 2)  # what the page says; summary.json has the end
     search.study.set_user_attr(LEFT_ATTR, 0.0)  # spent: a later --resume needs a --time-budget
     write_page(search.folder / PAGE_FILE, summary, search.study, Path(search.cfg.output_dir))
@@ -151,18 +143,11 @@ def report(summary: dict, search: Search) -> None:
     from competition.data.splits import split_digest
     from competition.experiments.standings import board_rows, mark_other_folds, render_board
 
-    m, s, b = summary["metric"], summary["selection"], summary["blend"]
-    best = summary["best"]
-    print(f"best trial {best['trial']} ({best['run']}): {m} {best['cv']:.5f} out of fold, as submitted")
-    print(f"chosen on half the out-of-fold rows and scored on the other half (and the reverse): {m} "
-          f"{s['other_rows']:.5f}, against {s['same_rows']:.5f} where chosen: the choice among {s['trials']} "
-          f"trials flatters the best CV by {s['drop']:.5f}")
-    if b is not None:
-        weights = ", ".join(f"{r} {w:.2f}" for r, w in b["weights"].items() if w > 0)
-        print(f"blend ({weights}): {m} {b['cv']:.5f} with weights fit on the rows it scores; estimate {b['cross_fit']:.5f} "
-              f"(each fold's rows blended with weights fit on the other folds')")
+    for line in numbers(summary):
+        print(line)
     print(f"submission: {summary['submission']}")
     print(f"report: {search.folder / PAGE_FILE}")
+    b = summary["blend"]
     names = {f"{BLENDS}/{b['name']}"} if b else set()
     names |= {t.user_attrs["run"] for t in search.study.get_trials(deepcopy=False) if "run" in t.user_attrs}
     rows = [r for r in board_rows(Path(search.cfg.output_dir)) if r.name in names]

@@ -39,19 +39,25 @@ def _trial_row(t, out: Path, folder: Path) -> str:
             f'{_cell(_knobs(t.params))}{_cell(value)}{_cell(state)}{_cell(seconds)}{_cell(a.get("error", ""))}</tr>')
 
 
-def _numbers(s: dict) -> str:
-    m, sel, b, best = s["metric"], s["selection"], s["blend"], s["best"]
+def numbers(s: dict) -> list[str]:
+    """The numbers to trust beside the flattering ones, one line each: for the closing lines and the page."""
+    m, sel, b, best, c = s["metric"], s["selection"], s["blend"], s["best"], s["choice"]
     items = [f"best trial {best['trial']} ({best['recipe']}, run {best['run']}): {m} {best['cv']:.5f} out of fold, "
              f"as submitted",
-             f"chosen on half the out-of-fold rows and scored on the other half, and the reverse: {sel['other_rows']:.5f}, "
-             f"against {sel['same_rows']:.5f} on the rows it was chosen on — the choice among {sel['trials']} "
-             f"finished trials flatters the best CV by {sel['drop']:.5f}"]
+             f"the best of the {sel['trials']} finished trials chosen on the other folds' rows, fold by fold: {m} "
+             f"{sel['other_rows']:.5f} on the rows it was not chosen on, against {sel['same_rows']:.5f} on every row: the "
+             f"choice flatters the best CV by {sel['drop']:.5f}"]
+    if "blend" in c["scores"]:
+        items.append(f"the best trial alone scores {c['scores']['best']:.5f}, a blend of the best {c['scores']['blend']:.5f}, "
+                     f"each chosen (the trials ranked, the weights fit) on the other folds' rows: the {c['chosen']} is "
+                     f"submitted" + ("" if c["chosen"] == c["submitted"] else " (the blend failed: the best trial "
+                                                                                "stands alone)"))
     if b is not None:
         weights = ", ".join(f"{r} {w:.2f}" for r, w in b["weights"].items() if w > 0)
-        items.append(f"blend {b['name']} ({weights}): {m} {b['cv']:.5f} with weights fit on the rows it scores; "
-                     f"<b>estimate {b['cross_fit']:.5f}</b>: each fold's rows blended with weights fit on the other "
-                     f"folds' (the trials it may use were still chosen on every row)")
-    return "<ul>" + "".join(f"<li>{i if '<b>' in i else html.escape(i)}</li>" for i in items) + "</ul>"
+        items.append(f"blend {b['name']} ({weights}): {m} {b['cv']:.5f} with weights fit on the rows it scores")
+    items.append(f"estimate {s['estimate']:.5f}: what the submission's way of choosing scores on rows it was not "
+                 f"chosen on")
+    return items
 
 
 def write_page(path: Path, summary: dict, study, out: Path) -> None:
@@ -62,7 +68,8 @@ def write_page(path: Path, summary: dict, study, out: Path) -> None:
             f"<p class=muted>{now}; study {html.escape(summary['storage'])}; "
             f"{format_duration(summary['seconds'])} of a {format_duration(summary['budget_seconds'])} budget; "
             f"trials: {html.escape(counts)}</p>"
-            f"<p>submission: <code>{html.escape(summary['submission'])}</code></p>{_numbers(summary)}"
+            f"<p>submission: <code>{html.escape(summary['submission'])}</code></p>"
+            f"<ul>{''.join(f'<li>{html.escape(i)}</li>' for i in numbers(summary))}</ul>"
             "<h2>Trials</h2><table><tr><th>trial</th><th>run</th><th>recipe</th><th>knobs</th>"
             f"<th>{html.escape(summary['metric'])}</th><th>outcome</th><th>time</th><th>error</th></tr>{rows}</table>")
     write_text(path, f"<!doctype html><html><head><meta charset=utf-8><title>auto: {html.escape(summary['study'])}"
