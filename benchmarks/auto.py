@@ -8,6 +8,7 @@ AutoGluon's `best_quality` preset given the same budget. Results go to benchmark
     python benchmarks/auto.py [--budgets 2m,5m,15m] [--splits 3] [--datasets titanic,breast_cancer,wine]
                               [--autogluon /work/venv-ag/bin/python] [--no-write]
                               [--tools auto|autogluon] [--json rows.json] [--combine a.json b.json] [--seeds 2,3]
+                              [--keep DIR]
 
 --tools runs one side only (e.g. each side as its own process, at the same time, with --json), and
 --combine renders the section from the rows they saved, merged by dataset, budget and split seed.
@@ -70,12 +71,15 @@ def run_auto(name: str, root: Path, work: Path, seconds: float) -> dict:
     return {"auto": held_out(out, root / "solution.csv"), "auto estimate": summary["estimate"],
             "auto best trial CV": summary["best"]["cv"], "auto selection drop": summary["selection"]["drop"],
             "auto trials": sum(counts.values()), "auto finished": counts.get("complete", 0),
-            "auto best recipe": summary["best"]["recipe"], "auto seconds": wall}
+            "auto best recipe": summary["best"]["recipe"], "auto submitted": summary["choice"]["submitted"],
+            "auto seconds": wall}
 
 
-def one(name: str, seed: int, seconds: float, ag: str | None, titanic_csv: Path, with_auto: bool = True) -> dict:
+def one(name: str, seed: int, seconds: float, ag: str | None, titanic_csv: Path, with_auto: bool = True,
+        keep: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(tmp) if keep is None else keep / f"{name}-{format_duration(seconds)}-seed{seed}"
+        work.mkdir(parents=True, exist_ok=True)
         root, label, idc = prepare(name, seed, work, titanic_csv)
         row = {"dataset": name, "budget": seconds, "split seed": seed}
         if with_auto:
@@ -99,15 +103,19 @@ def render(rows: list[dict], args) -> str:
              "on a fresh stratified 20% of each source per split seed (benchmarks/tables.py's splits), never seen by "
              "either; auto's 'estimate' is its blend's cross-fitted CV (or, with one finished trial, that trial "
              "chosen on half the out-of-fold rows and scored on the other); 'drop' is how much choosing the best "
-             "of its trials flatters the best CV; 'seconds' is the wall-clock time of the whole command, interpreter "
+             "of its trials flatters the best CV; 'submitted' counts the splits where auto submitted its best trial "
+             "alone or its blend; 'seconds' is the wall-clock time of the whole command, interpreter "
              "start to exit, against the budget. AutoGluon: `TabularPredictor(presets='best_quality', time_limit="
              "budget, num_cpus=2, dynamic_stacking=False)`.", "",
              "| dataset | budget | splits | auto held-out | auto estimate | best trial CV | drop | trials (finished) "
-             "| auto seconds (max) | AutoGluon held-out | AutoGluon seconds (max) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| submitted | auto seconds (max) | AutoGluon held-out | AutoGluon seconds (max) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (name, budget), g in df.groupby(["dataset", "budget"], sort=False):
         trials = f"{_mean(g, 'auto trials', '.1f')} ({_mean(g, 'auto finished', '.1f')})"
+        took = g["auto submitted"].value_counts() if "auto submitted" in g else pd.Series(dtype=int)
+        submitted = ", ".join(f"{way} {n}" for way, n in took.items()) or "-"
         lines.append(f"| {name} | {format_duration(budget)} | {len(g)} | {_mean(g, 'auto')} | {_mean(g, 'auto estimate')} "
-                     f"| {_mean(g, 'auto best trial CV')} | {_mean(g, 'auto selection drop')} | {trials} | "
+                     f"| {_mean(g, 'auto best trial CV')} | {_mean(g, 'auto selection drop')} | {trials} | {submitted} | "
                      f"{_mean(g, 'auto seconds', '.0f', 'max')} | {_mean(g, 'AutoGluon')} | "
                      f"{_mean(g, 'AutoGluon seconds', '.0f', 'max')} |")
     return "\n".join(lines)
@@ -124,6 +132,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here, after each one")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--tools", default="auto,autogluon", help="which sides to run (AutoGluon needs --autogluon)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep each split's folder (data, study, every trial's run) under this folder")
     parser.add_argument("--combine", type=Path, nargs="+", default=None, help="render the rows of these --json files")
     args = parser.parse_args()
     if args.combine:
@@ -139,7 +149,7 @@ def main() -> None:
     for budget in (parse_duration(b, "--budgets") for b in args.budgets.split(",")):
         for name in args.datasets.split(","):
             for seed in ([int(x) for x in args.seeds.split(",")] if args.seeds else range(1, args.splits + 1)):
-                rows.append(one(name, seed, budget, ag, args.titanic, "auto" in tools))
+                rows.append(one(name, seed, budget, ag, args.titanic, "auto" in tools, args.keep))
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
                 if args.json:
                     args.json.write_text(json.dumps(rows))
