@@ -62,15 +62,19 @@ class Metric:
 
 
 def _binary_f1_threshold(y: np.ndarray, positive: np.ndarray) -> list[float]:
-    """The positive-class threshold with the best F1 on these rows, halfway to the next lower
-    score so that test rows just under the fitted one are not decided by a hair."""
-    from sklearn.metrics import precision_recall_curve
-
+    """The positive-class threshold with the best F1 on these rows (scikit-learn's
+    precision_recall_curve, in numpy: each distinct score a threshold, the lowest of equal bests),
+    halfway to the next lower score so that test rows just under the fitted one are not decided by
+    a hair."""
     if y.min() == y.max():
         return [0.5]
-    precision, recall, thresholds = precision_recall_curve(y, positive)
-    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-    best = float(thresholds[int(np.argmax(f1))])
+    order = np.argsort(positive, kind="mergesort")[::-1]
+    score, truth = positive[order], y[order]
+    ends = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # the last row of each distinct score
+    tps = np.cumsum(truth)[ends]
+    precision, recall = tps / (ends + 1), tps / tps[-1]
+    f1 = (2 * precision * recall / np.maximum(precision + recall, 1e-12))[::-1]
+    best = float(score[ends][::-1][int(np.argmax(f1))])
     lower = positive[positive < best]
     return [(best + float(lower.max())) / 2 if len(lower) else best]
 
@@ -91,7 +95,35 @@ def _ascend_thresholds(metric: Metric, y: np.ndarray, p: np.ndarray, passes: int
     return [float(t) for t in th]
 
 
-# scikit-learn is imported where a metric needs it: it costs a second of every run's start.
+# The metrics are scikit-learn's, computed in numpy: a blend's greedy selection and auto's final choice
+# score thousands of combinations, and scikit-learn's input checks cost milliseconds a call (seconds of
+# a small budget), more than the sums. tests/test_metrics_numpy.py checks each against scikit-learn's.
+
+
+def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """roc_auc_score of 0/1 truth: the Mann-Whitney statistic, tied scores at their mean rank."""
+    positive = y == 1
+    n1 = int(positive.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        raise ValueError("Only one class present in y_true. ROC AUC score is not defined in that case.")
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse.reshape(-1)]
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Probabilities clipped to [1e-15, 1 - 1e-15], each row renormalised; multi-label: the mean binary loss."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-15, 1.0 - 1e-15)
+    if y.ndim == 2:
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return float(-np.mean(np.log((p / p.sum(1, keepdims=True))[np.arange(len(y)), y])))
+
+
+def _f1_of_counts(hits: np.ndarray, predicted: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """F1 per class from its counts; 0 where a class is neither true nor predicted (zero_division=0)."""
+    size = predicted + true
+    return np.where(size > 0, 2 * hits / np.maximum(size, 1), 0.0)
 
 
 def _accuracy(y: np.ndarray, p: np.ndarray, th) -> float:
@@ -99,49 +131,39 @@ def _accuracy(y: np.ndarray, p: np.ndarray, th) -> float:
 
 
 def _f1_macro(y: np.ndarray, p: np.ndarray, th) -> float:
-    from sklearn import metrics as skm
-
-    return skm.f1_score(y, decide(p, False, th), average="macro", labels=np.arange(p.shape[1]), zero_division=0)
+    d, n = decide(p, False, th), p.shape[1]
+    counts = [np.bincount(v, minlength=n) for v in (y[d == y], d, y)]
+    return float(np.mean(_f1_of_counts(*counts)))
 
 
 def _f1_positive(y: np.ndarray, p: np.ndarray, th) -> float:
-    from sklearn import metrics as skm
-
-    return skm.f1_score(y, decide(p, False, th if th is not None else [0.5]), pos_label=1, zero_division=0)
+    d = decide(p, False, th if th is not None else [0.5])
+    return float(_f1_of_counts(np.sum((d == 1) & (y == 1)), np.sum(d == 1), np.sum(y == 1)))
 
 
 def _log_loss(y: np.ndarray, p: np.ndarray, th) -> float:
-    from sklearn import metrics as skm
-
-    p = np.clip(p, 1e-15, 1.0 - 1e-15)
-    if y.ndim == 2:  # multi-label: the mean over classes of each class's binary log loss
-        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    return skm.log_loss(y, p / p.sum(1, keepdims=True), labels=np.arange(p.shape[1]))
+    return log_loss(y, p)
 
 
 def _roc_auc(y: np.ndarray, p: np.ndarray, th) -> float:
-    from sklearn import metrics as skm
-
     if p.shape[1] == 2:
-        return skm.roc_auc_score(y, p[:, 1])
+        return binary_auc(y, p[:, 1])
     present = np.unique(y)
     # One-vs-rest macro AUC over the classes present, as Kaggle's multi-class AUC scores.
-    scores = [skm.roc_auc_score(y == k, p[:, k]) for k in present if 0 < (y == k).sum() < len(y)]
+    scores = [binary_auc((y == k).astype(np.int64), p[:, k]) for k in present if 0 < (y == k).sum() < len(y)]
     return float(np.mean(scores)) if scores else float("nan")
 
 
 def _mean_roc_auc(y: np.ndarray, p: np.ndarray, th) -> float:
-    from sklearn import metrics as skm
-
     # Column-wise mean over the classes with both outcomes present in these rows.
-    scores = [skm.roc_auc_score(y[:, k], p[:, k]) for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
+    scores = [binary_auc(y[:, k], p[:, k]) for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
     return float(np.mean(scores)) if scores else float("nan")
 
 
 def _f1_samples(y: np.ndarray, p: np.ndarray, th) -> float:
     """scikit-learn's f1_score(average="samples", zero_division=1) in numpy: the threshold search
     calls it hundreds of times an epoch, where scikit-learn's checks cost more than the sums.
-    A row with no labels, predicted with none, scores 1 (tests/test_targets.py checks the match)."""
+    A row with no labels, predicted with none, scores 1 (tests/test_metrics_numpy.py checks the match)."""
     d = decide(p, True, th)
     hits, size = (d * y).sum(1), d.sum(1) + y.sum(1)
     return float(np.mean(np.where(size > 0, 2 * hits / np.maximum(size, 1), 1.0)))
