@@ -159,3 +159,26 @@ def test_the_tie_break_is_the_kits_log_loss_in_numpy():
     multi, labels = rng.random((60, 5)), rng.integers(0, 2, (60, 5))
     for truth, p in ((y, single), (labels, multi)):
         assert tie_loss(truth, p) == pytest.approx(METRICS["log_loss"](truth, p), rel=1e-12)
+
+
+def test_the_budget_set_aside_for_autos_final_choice_counts_the_scorings_it_makes(monkeypatch):
+    """auto reserves one timed scoring times `scorings(...)` for its final choice and blend: the count
+    must be the work they do, or a slow metric (scikit-learn's, milliseconds a call) overruns the budget."""
+    import competition.experiments.blending as blending
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 150)
+    runs = [np.stack([1 - q, q], 1) for q in rng.random((25, 150))]
+    fold = np.arange(150) % 5
+    calls = []
+    real = blending._key
+    monkeypatch.setattr(blending, "_key", lambda *a: calls.append(1) or real(*a))
+    metric = METRICS["accuracy"]  # the count is the metric's own; accuracy keeps the test quick
+    choice = choose(metric, y, fold, runs, top=20)
+    top = [runs[i] for i in choice.order[:20]]
+    blending.fit_weights("weights", metric, y, top)  # what `blend` then does with the best 20
+    cross_fit("weights", metric, y, fold, top)
+    assert blending.scorings(25, 5, 20) == len(calls)
+    calls.clear()
+    choose(metric, y, fold, runs[:1], top=20)
+    assert blending.scorings(1, 5, 20) == len(calls)  # one run: ranked only

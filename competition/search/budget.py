@@ -11,7 +11,8 @@ import time
 from competition.core.interrupts import GracefulStop
 
 # The final blend, the honest estimate, the report and the board, with room for a busy machine: they
-# read the trials' kept predictions and fit nothing but blend weights.
+# read the trials' kept predictions and fit nothing but blend weights (whose scoring, measured, is
+# reserved on top: Budget.choosing).
 FINAL_SECONDS = 2.0
 FINAL_SHARE = 0.03
 TRIAL_SHARE = 0.25  # a trial's share of the budget after the first (search.loop.allotment): the search needs several
@@ -24,16 +25,20 @@ class Budget:
     def __init__(self, seconds: float, start: float | None = None):
         self.total, self.start = float(seconds), time.monotonic() if start is None else start
         self.predict: float | None = None  # the quickest predict of a trial so far
+        self.choice = 0.0  # what the final choice's scoring of the finished trials will take
 
     @property
     def reserve(self) -> float:
         """The final step's seconds: a floor and a share of the budget, and as long as the quickest trial's
         predict took, up to another share (the blend, too, opens the competition and writes a checked
-        submission, but runs no model)."""
-        return FINAL_SECONDS + FINAL_SHARE * self.total + min(self.predict or 0.0, FINAL_SHARE * self.total)
+        submission, but runs no model), and the time the final choice spends scoring the finished trials."""
+        return FINAL_SECONDS + FINAL_SHARE * self.total + min(self.predict or 0.0, FINAL_SHARE * self.total) + self.choice
 
     def predicted(self, seconds: float) -> None:
         self.predict = seconds if self.predict is None else min(self.predict, seconds)
+
+    def choosing(self, seconds: float) -> None:
+        self.choice = seconds
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start

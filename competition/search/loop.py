@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from competition.core.durations import format_duration
 from competition.core.interrupts import Interrupted
 from competition.search.budget import TRIAL_SHARE
+from competition.search.outcome import reserve_choice
 from competition.search.recipes import describe
 from competition.search.study import LEFT_ATTR, Search, plan_trial, same_as
 from competition.search.trials import COMPLETE, INTERRUPTED, PRUNED, Outcome, Plan, run_trial
@@ -79,6 +80,7 @@ def _tell(search: Search, trial, plan: Plan, outcome: Outcome) -> None:
         search.seconds.append(outcome.seconds)
         search.budget.predicted(outcome.timings["predict"])
         search.study.tell(trial, outcome.value)
+        reserve_choice(search)
         return
     if outcome.state == PRUNED:
         search.study.tell(trial, state=TrialState.PRUNED)
@@ -126,6 +128,7 @@ def run_search(search: Search, argv: Sequence[str]) -> None:
     from optuna.trial import TrialState
 
     ran = 0
+    reserve_choice(search)  # a study continued, or shared, may hold finished trials already
     while search.max_trials is None or ran < search.max_trials:
         if search.stop.requested is not None:
             raise _interrupted(search, search.stop.requested, argv, "stopped between trials")

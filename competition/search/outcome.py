@@ -94,6 +94,21 @@ def _kept_oof(search: Search, runs: list[str]) -> tuple[np.ndarray, np.ndarray, 
     return y, first["fold"].to_numpy(), [read_oof_probs(f.loc[first.index], record.classes) for f in frames]
 
 
+def reserve_choice(search: Search) -> None:
+    """Set the final choice's scoring time aside from the budget, for the trials finished so far: one
+    scoring timed once on a finished trial's kept predictions (microseconds for accuracy, milliseconds
+    for scikit-learn's checked metrics, which a few thousand scorings make seconds)."""
+    from competition.experiments.blending import scorings, seconds_per_scoring
+
+    done = finished(search)
+    if not done:
+        return
+    if search.scoring_seconds is None:
+        y, _, oof = _kept_oof(search, [done[0].user_attrs["run"]])
+        search.scoring_seconds = seconds_per_scoring(search.metric, y, oof[0])
+    search.budget.choosing(search.scoring_seconds * scorings(len(done), search.cfg.folds.n_splits, MAX_BLENDED))
+
+
 def finish(search: Search, url: str, output: str | None) -> dict:
     """Choose between the best trial alone and a blend of the best (whichever scores higher on rows it
     was not chosen on), write that submission, summary.json and report.html; returns the summary."""

@@ -49,6 +49,7 @@ class Search:
     study: optuna.Study | None = None
     seconds: list[float] = field(default_factory=list)  # the finished trials' durations
     max_trials: int | None = None  # --trials: this process stops after so many
+    scoring_seconds: float | None = None  # one scoring of kept predictions in the final choice, timed once
 
     @property
     def folder(self) -> Path:
