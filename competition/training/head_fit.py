@@ -30,7 +30,7 @@ from torch import nn
 from competition.core.errors import CompetitionError
 from competition.core.runtime import to_device
 from competition.models.contract import head_of
-from competition.training.head_prior import INNER_FOLDS, fit_prior, standardise
+from competition.training.head_prior import INNER_FOLDS, fit_prior, inner_splits, standardise
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ def _fit_one(x: np.ndarray, y: np.ndarray, balanced: bool, seed: int, groups: np
     """A logistic regression of y on standardised x, C by inner CV (log loss) on these rows; the
     views of one row (`groups`) stay in one inner fold."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     weight = "balanced" if balanced else None
     folds = min(INNER_FOLDS, int(np.unique(y, return_counts=True)[1].min()))
@@ -86,9 +85,7 @@ def _fit_one(x: np.ndarray, y: np.ndarray, balanced: bool, seed: int, groups: np
         if folds < 2:  # a class with one row: nothing to cross-validate
             est = LogisticRegression(C=1.0, max_iter=2000, class_weight=weight).fit(x, y)
             return est, 1.0
-        cv = (StratifiedKFold(folds, shuffle=True, random_state=seed) if groups is None
-              else list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, groups)))
-        est = LogisticRegressionCV(Cs=C_GRID, cv=cv, scoring="neg_log_loss", max_iter=2000, class_weight=weight).fit(x, y)
+        est = LogisticRegressionCV(Cs=C_GRID, cv=inner_splits(x, y, folds, seed, groups), scoring="neg_log_loss", max_iter=2000, class_weight=weight).fit(x, y)
     return est, float(np.ravel(est.C_)[0])
 
 

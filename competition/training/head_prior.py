@@ -91,13 +91,25 @@ def _weights(y: np.ndarray, multi_label: bool, balanced: bool) -> np.ndarray:
     return (y @ (len(y) / (y.shape[1] * counts.clip(1))))[:, None]
 
 
+def inner_splits(x: np.ndarray, y: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None,
+                 stratified: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The inner folds that choose a head's C: stratified by class (not for multi-label targets), the
+    views of one row (`groups`) kept in one fold."""
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+    if stratified:
+        splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if groups is None
+                    else StratifiedGroupKFold(folds, shuffle=True, random_state=seed))
+    else:
+        splitter = KFold(folds, shuffle=True, random_state=seed) if groups is None else GroupKFold(folds)
+    return list(splitter.split(x, y, groups))
+
+
 def fit_towards(x: np.ndarray, offset: np.ndarray, targets: np.ndarray, multi_label: bool, c_grid: np.ndarray,
                 balanced: bool = False, seed: int = 0, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """(A [classes, features], c [classes], C) of logits = offset + A·x + c on standardised `x` (the
     caller folds the scaling in), C chosen by inner CV (log loss) on these rows; `targets` class
     indices, or 0/1 per class for multi-label."""
-    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
-
     k = offset.shape[1]
     y = targets.astype(float) if multi_label else np.eye(k)[targets.astype(int)]
     w = _weights(y, multi_label, balanced)
@@ -107,12 +119,7 @@ def fit_towards(x: np.ndarray, offset: np.ndarray, targets: np.ndarray, multi_la
     if folds < 2:  # a class with one row: nothing to cross-validate
         params, chosen = _fit(x, offset, y, w, 1.0, multi_label), 1.0
     else:
-        if multi_label:
-            splitter = KFold(folds, shuffle=True, random_state=seed) if groups is None else GroupKFold(folds)
-        else:
-            splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if groups is None
-                        else StratifiedGroupKFold(folds, shuffle=True, random_state=seed))
-        splits = list(splitter.split(x, label if label is not None else y[:, 0], groups))
+        splits = inner_splits(x, label if label is not None else y[:, 0], folds, seed, groups, stratified=not multi_label)
         losses = np.zeros(len(c_grid))
         for train, held in splits:
             params = None  # each C starts from the last one's fit (the grid runs from the strongest penalty)
