@@ -4,7 +4,7 @@ trials' kept predictions are combined by each way of choosing, and each choice i
 cross-fitted CV (every step of the choice, the ranking of the trials included, made without the fold
 it scores) and its held-out accuracy on the split's solution.csv. No training: a few seconds a split.
 
-    python benchmarks/auto_choice.py DIR [--no-write]
+    python benchmarks/auto_choice.py DIR [DIR ...] [--no-write]
 
 The ways of choosing:
 - auto: the kit's own choice (competition.experiments.blending.choose): top20 or best, whichever
@@ -150,11 +150,11 @@ def auto(d: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="the --keep folder of benchmarks/auto.py")
+    parser.add_argument("folders", type=Path, nargs="+", help="--keep folders of benchmarks/auto.py")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     rows = []
-    for split in sorted(p for p in args.folder.iterdir() if (p / "outputs" / AUTO_DIR).is_dir()):
+    for split in sorted(p for f in args.folders for p in f.iterdir() if (p / "outputs" / AUTO_DIR).is_dir()):
         d = load(split)
         rows.append({"split": split.name, "way": "auto", "trials": len(d["oof"]), **auto(d)})
         print(rows[-1], flush=True)
@@ -162,7 +162,7 @@ def main() -> None:
             rows.append({"split": split.name, "way": name, "trials": len(d["oof"]), **score(d, way, 0)})
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
-    lines = [f"Machine: {machine_name()}. Command: `python benchmarks/auto_choice.py DIR` on the folders of "
+    lines = [f"Machine: {machine_name()}. Command: `python benchmarks/auto_choice.py DIR ...` on the folders of "
              "`benchmarks/auto.py --keep DIR`. Accuracy; cross-fit: every step of the choice made without the fold "
              "it scores.", "", "| split | trials | " + " | ".join(f"{w} held-out (cross-fit)" for w in ["auto", *WAYS])
              + " |", "|---|---|" + "---|" * (len(WAYS) + 1)]
@@ -170,7 +170,7 @@ def main() -> None:
         cells = [f"{r['held-out']:.4f} ({r['cross-fit']:.4f})" + (f" {r['took']}" if r["way"] == "auto" else "")
                  for _, r in g.iterrows()]
         lines.append(f"| {split} | {g['trials'].iloc[0]} | " + " | ".join(cells) + " |")
-    df["dataset"] = df["split"].str.split("-").str[0]
+    df["dataset"] = df["split"].str.rsplit("-", n=1).str[0]  # the dataset and budget
     for dataset, g in df.groupby("dataset", sort=False):
         mean = g.groupby("way", sort=False)[["held-out", "cross-fit"]].mean()
         lines.append(f"| {dataset}: mean | | " + " | ".join(
