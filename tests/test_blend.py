@@ -182,3 +182,24 @@ def test_the_budget_set_aside_for_autos_final_choice_counts_the_scorings_it_make
     calls.clear()
     choose(metric, y, fold, runs[:1], top=20)
     assert blending.scorings(1, 5, 20) == len(calls)  # one run: ranked only
+
+
+def test_the_choice_scores_a_thresholded_metric_as_predicts_cv_as_submitted():
+    """F1 decides each fold's rows at a threshold fit on the other folds' rows, as predict's CV as
+    submitted does: never at one fit on the rows it scores, which flatters."""
+    from competition.experiments.blending import held_out_score
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 200)
+    q = np.clip(0.5 * y + rng.normal(0.25, 0.25, 200), 0, 1)
+    p, fold = np.stack([1 - q, q], 1), np.arange(200) % 4
+    f1 = METRICS["f1"]
+    decided = np.zeros(200, dtype=np.int64)
+    for k in range(4):
+        held = fold == k
+        th = f1.fit_thresholds(y[~held], p[~held])
+        decided[held] = p[held, 1] >= th[0]
+    expected = f1(y, np.eye(2)[decided])
+    assert held_out_score(f1, y, fold, p) == pytest.approx(expected, abs=1e-12) and expected < f1.best(y, p)
+    assert held_out_score(METRICS["accuracy"], y, fold, p) == METRICS["accuracy"](y, p)
+    assert choose(f1, y, fold, [p], top=20).best_cv == pytest.approx(expected, abs=1e-12)

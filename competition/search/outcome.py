@@ -96,8 +96,7 @@ def _kept_oof(search: Search, runs: list[str]) -> tuple[np.ndarray, np.ndarray, 
 
 def reserve_choice(search: Search) -> None:
     """Set the final choice's scoring time aside from the budget, for the trials finished so far: one
-    scoring timed once on a finished trial's kept predictions (microseconds for accuracy, milliseconds
-    for scikit-learn's checked metrics, which a few thousand scorings make seconds)."""
+    scoring timed once on a finished trial's kept predictions, times the thousands the choice makes."""
     from competition.experiments.blending import scorings, seconds_per_scoring
 
     done = finished(search)
