@@ -7,8 +7,8 @@ it scores) and its held-out accuracy on the split's solution.csv. No training: a
     python benchmarks/auto_choice.py DIR [DIR ...] [--no-write]
 
 The ways of choosing:
-- auto: the kit's own choice (competition.experiments.blending.choose): top20 or best, whichever
-  scores higher across the folds — its held-out accuracy, and the cross-fit of the way it took;
+- auto: the kit's own choice (competition.experiments.blending.choose): best, top20 or portfolio,
+  whichever scores higher across the folds — its held-out accuracy, and the cross-fit of the way it took;
 - top20: the 20 best trials by CV, greedy ensemble selection on all out-of-fold rows (auto before it
   chose);
 - recipe_best: the best trial of each recipe, greedy;
@@ -140,9 +140,10 @@ def score(d: dict, way: Callable, seed: int) -> dict:
 
 def auto(d: dict) -> dict:
     """The kit's choice on every out-of-fold row, and the cross-fit of the way it took (its estimate)."""
-    c = choose(d["metric"], d["y"], d["fold"], d["oof"], TOP)
+    c = choose(d["metric"], d["y"], d["fold"], d["oof"], TOP, list(np.flatnonzero(d["portfolio"])))
     rows = np.ones(len(d["y"]), dtype=bool)
-    weights = {c.order[0]: 1.0} if c.way == "best" else top20(d, rows, None)
+    weights = {"best": lambda: {c.order[0]: 1.0}, "blend": lambda: top20(d, rows, None),
+               "portfolio": lambda: portfolio(d, rows, None)}[c.way]()
     return {"cross-fit": c.scores[c.way], "fitted": d["metric"].best(d["y"], _mix(d["oof"], weights)),
             "held-out": float(np.mean(_mix(d["test"], weights).argmax(1) == d["truth"])), "runs": len(weights),
             "took": c.way}

@@ -174,11 +174,12 @@ def test_the_budget_set_aside_for_autos_final_choice_counts_the_scorings_it_make
     real = blending._key
     monkeypatch.setattr(blending, "_key", lambda *a: calls.append(1) or real(*a))
     metric = METRICS["accuracy"]  # the count is the metric's own; accuracy keeps the test quick
-    choice = choose(metric, y, fold, runs, top=20)
+    choice = choose(metric, y, fold, runs, top=20, portfolio=[3, 7, 11])
+    assert set(choice.scores) == {"best", "blend", "portfolio"}
     top = [runs[i] for i in choice.order[:20]]
-    blending.fit_weights("weights", metric, y, top)  # what `blend` then does with the best 20
+    blending.fit_weights("weights", metric, y, top)  # what `blend` then does with the best 20 (the larger)
     cross_fit("weights", metric, y, fold, top)
-    assert blending.scorings(25, 5, 20) == len(calls)
+    assert blending.scorings(25, 5, 20, 3) == len(calls)
     calls.clear()
     choose(metric, y, fold, runs[:1], top=20)
     assert blending.scorings(1, 5, 20) == len(calls)  # one run: ranked only

@@ -113,20 +113,26 @@ def best_alone(metric: Metric, y: np.ndarray, preds: Sequence[np.ndarray]) -> np
     return w
 
 
-def blend_of_best(metric: Metric, y: np.ndarray, preds: Sequence[np.ndarray], top: int) -> np.ndarray:
-    """Greedy weights over the `top` runs that score best on these rows (none on the others)."""
-    chosen = ranked(metric, y, preds)[:top]
+def blend_of(metric: Metric, y: np.ndarray, preds: Sequence[np.ndarray], runs: Sequence[int]) -> np.ndarray:
+    """Greedy weights over the given runs (none on the others)."""
     w = np.zeros(len(preds))
-    w[chosen] = greedy_weights(metric, y, [preds[i] for i in chosen])
+    w[list(runs)] = greedy_weights(metric, y, [preds[i] for i in runs])
     return w
 
 
-def scorings(runs: int, folds: int, top: int) -> int:
+def blend_of_best(metric: Metric, y: np.ndarray, preds: Sequence[np.ndarray], top: int) -> np.ndarray:
+    """Greedy weights over the `top` runs that score best on these rows (none on the others)."""
+    return blend_of(metric, y, preds, ranked(metric, y, preds)[:top])
+
+
+def scorings(runs: int, folds: int, top: int, portfolio: int = 0) -> int:
     """How many combinations auto's final choice and its blend score: each way's ranking of the runs on
-    each fold's complement (and one on every row), and greedy selection over the best `top` once a
-    fold in the choice, and in `blend` on every row and once a fold."""
-    blend = runs > 1
-    return (folds + 1) * runs + blend * (folds * runs + (2 * folds + 1) * ROUNDS * min(runs, top))
+    each fold's complement (and one on every row); greedy selection once a fold in the choice, over the
+    best `top` and over the portfolio's runs, and in `blend` (of the larger) on every row and once a fold."""
+    best = min(runs, top) * (runs > 1)
+    pooled = portfolio * (portfolio > 1)
+    return ((folds + 1) * runs + (runs > 1) * folds * runs + folds * ROUNDS * (best + pooled)
+            + (folds + 1) * ROUNDS * max(best, pooled))
 
 
 def seconds_per_scoring(metric: Metric, y: np.ndarray, p: np.ndarray, repeat: int = 3) -> float:
@@ -146,7 +152,7 @@ class Choice:
     """Auto's last choice: the best run alone or a blend of the best, whichever scores higher on rows
     it was not chosen on."""
 
-    way: str  # "best" or "blend"
+    way: str  # "best", "blend" or "portfolio"
     order: list[int]  # the runs' indexes, best first on every row
     scores: dict[str, float]  # each way's score, every step of it (the ranking included) made on the other folds
     best_cv: float  # the first run's out-of-fold score, as predict's CV as submitted: what choosing it flatters
@@ -167,15 +173,19 @@ def held_out_score(metric: Metric, y: np.ndarray, fold: np.ndarray, probs: np.nd
     return metric(y, decided)
 
 
-def choose(metric: Metric, y: np.ndarray, fold: np.ndarray, preds: Sequence[np.ndarray], top: int) -> Choice:
-    """The best run alone, or greedy weights over the `top` best: each way is scored across the folds
-    (each fold's rows combined as the way chooses on the other folds' rows, its ranking of the runs
-    included, and decided at thresholds fit there), and the higher scoring way is taken, ties to the
-    lower log loss, then to the run alone. On a few hundred rows with many runs, a blend's weights
-    often fit the rows' noise: then the run alone scores higher on rows it was not chosen on."""
+def choose(metric: Metric, y: np.ndarray, fold: np.ndarray, preds: Sequence[np.ndarray], top: int,
+           portfolio: Sequence[int] = ()) -> Choice:
+    """The best run alone, greedy weights over the `top` best, or over the `portfolio` runs (settings
+    known to work, chosen before any score): each way is scored across the folds (each fold's rows
+    combined as the way chooses on the other folds' rows, its ranking of the runs included, and decided
+    at thresholds fit there), and the higher scoring way is taken, ties to the lower log loss, then to
+    the simpler way. On a few hundred rows with many runs, the best CV and a blend's weights often fit
+    the rows' noise: then a way that chose less scores higher on rows it was not chosen on."""
     ways = {"best": lambda y_, p_: best_alone(metric, y_, p_)}
     if len(preds) > 1:
         ways["blend"] = lambda y_, p_: blend_of_best(metric, y_, p_, top)
+    if len(portfolio) > 1:
+        ways["portfolio"] = lambda y_, p_: blend_of(metric, y_, p_, portfolio)
     keys, scores = {}, {}
     for way, fit in ways.items():
         honest, _ = across_folds(fit, y, fold, preds)

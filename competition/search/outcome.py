@@ -1,8 +1,8 @@
-"""The end of an auto run: of the finished trials (every fold trained, then predicted), the best alone
-or a blend of the best through `blend` — whichever scores higher on rows it was not chosen on — as the
-checked submission, and the honest numbers beside the flattering ones — that estimate, and how far the
-best trial's CV drops when the trial is chosen without the rows that score it — in summary.json,
-report.html and on the board."""
+"""The end of an auto run: of the finished trials (every fold trained, then predicted), the best alone,
+a blend of the best or a blend of the portfolio's trials through `blend` — whichever scores higher on
+rows it was not chosen on — as the checked submission, and the honest numbers beside the flattering
+ones — that estimate, and how far the best trial's CV drops when the trial is chosen without the rows
+that score it — in summary.json, report.html and on the board."""
 from __future__ import annotations
 
 import shutil
@@ -94,6 +94,15 @@ def _kept_oof(search: Search, runs: list[str]) -> tuple[np.ndarray, np.ndarray, 
     return y, first["fold"].to_numpy(), [read_oof_probs(f.loc[first.index], record.classes) for f in frames]
 
 
+def _portfolio(search: Search, trials: list) -> list[int]:
+    """The finished trials that ran a recipe's portfolio settings (chosen before any score)."""
+    from competition.search.recipes import portfolio_params
+
+    fixed = {name: portfolio_params(recipe) for name, recipe in search.recipes.items()}
+    return [i for i, t in enumerate(trials) if t.params.get("recipe") in fixed
+            and all(t.params.get(k) == v for k, v in fixed[t.params["recipe"]].items())]
+
+
 def reserve_choice(search: Search) -> None:
     """Set the final choice's scoring time aside from the budget, for the trials finished so far: one
     scoring timed once on a finished trial's kept predictions, times the thousands the choice makes."""
@@ -105,12 +114,14 @@ def reserve_choice(search: Search) -> None:
     if search.scoring_seconds is None:
         y, _, oof = _kept_oof(search, [done[0].user_attrs["run"]])
         search.scoring_seconds = seconds_per_scoring(search.metric, y, oof[0])
-    search.budget.choosing(search.scoring_seconds * scorings(len(done), search.cfg.folds.n_splits, MAX_BLENDED))
+    search.budget.choosing(search.scoring_seconds * scorings(len(done), search.cfg.folds.n_splits, MAX_BLENDED,
+                                                             len(_portfolio(search, done))))
 
 
 def finish(search: Search, url: str, output: str | None) -> dict:
-    """Choose between the best trial alone and a blend of the best (whichever scores higher on rows it
-    was not chosen on), write that submission, summary.json and report.html; returns the summary."""
+    """Choose between the best trial alone, a blend of the best and a blend of the portfolio's trials
+    (whichever scores higher on rows it was not chosen on), write that submission, summary.json and
+    report.html; returns the summary."""
     from competition.experiments.blending import choose
 
     trials = finished(search)
@@ -119,10 +130,11 @@ def finish(search: Search, url: str, output: str | None) -> dict:
                                f"see {search.folder / 'logs'}): give a larger --time-budget, or fewer folds")
     runs = [t.user_attrs["run"] for t in trials]
     y, fold, oof = _kept_oof(search, runs)
-    choice = choose(search.metric, y, fold, oof, MAX_BLENDED)
+    portfolio = _portfolio(search, trials)
+    choice = choose(search.metric, y, fold, oof, MAX_BLENDED, portfolio)
     best = trials[choice.order[0]]
-    blended = [runs[i] for i in choice.order[:MAX_BLENDED]]
-    record = _blend(search, blended, output) if choice.way == "blend" else None
+    blended = {"blend": [runs[i] for i in choice.order[:MAX_BLENDED]], "portfolio": [runs[i] for i in portfolio]}
+    record = _blend(search, blended[choice.way], output) if choice.way in blended else None
     submission = Path(record["submission"]) if record else _alone(search, best, output)
     same, other = choice.best_cv, choice.scores["best"]
     summary = {
@@ -130,7 +142,7 @@ def finish(search: Search, url: str, output: str | None) -> dict:
         "higher_is_better": search.metric.higher_is_better, "budget_seconds": search.budget.total,
         "trials": _counts(search), "best": {"trial": best.number, "run": best.user_attrs["run"],
                                             "recipe": best.params["recipe"], "cv": best.value},
-        "choice": {"scores": choice.scores, "chosen": choice.way, "submitted": "blend" if record else "best"},
+        "choice": {"scores": choice.scores, "chosen": choice.way, "submitted": choice.way if record else "best"},
         "blend": None if record is None else {"name": record["name"], "cv": record["blend_cv"]["cv"],
                                               "cross_fit": record["cross_fit"]["cv"], "weights": record["weights"]},
         "selection": {"trials": len(runs), "same_rows": same, "other_rows": other,

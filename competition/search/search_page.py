@@ -39,6 +39,9 @@ def _trial_row(t, out: Path, folder: Path) -> str:
             f'{_cell(_knobs(t.params))}{_cell(value)}{_cell(state)}{_cell(seconds)}{_cell(a.get("error", ""))}</tr>')
 
 
+WAYS = {"best": "the best trial alone", "blend": "a blend of the best 20", "portfolio": "a blend of the portfolio's trials"}
+
+
 def numbers(s: dict) -> list[str]:
     """The numbers to trust beside the flattering ones, one line each: for the closing lines and the page."""
     m, sel, b, best, c = s["metric"], s["selection"], s["blend"], s["best"], s["choice"]
@@ -47,11 +50,11 @@ def numbers(s: dict) -> list[str]:
              f"the best of the {sel['trials']} finished trials chosen on the other folds' rows, fold by fold: {m} "
              f"{sel['other_rows']:.5f} on the rows it was not chosen on, against {sel['same_rows']:.5f} on every row: the "
              f"choice flatters the best CV by {sel['drop']:.5f}"]
-    if "blend" in c["scores"]:
-        items.append(f"the best trial alone scores {c['scores']['best']:.5f}, a blend of the best {c['scores']['blend']:.5f}, "
-                     f"each chosen (the trials ranked, the weights fit) on the other folds' rows: the {c['chosen']} is "
-                     f"submitted" + ("" if c["chosen"] == c["submitted"] else " (the blend failed: the best trial "
-                                                                                "stands alone)"))
+    if len(c["scores"]) > 1:
+        ways = ", ".join(f"{WAYS[w]} {score:.5f}" for w, score in c["scores"].items())
+        items.append(f"{ways}: each chosen (the trials ranked, the weights fit) on the other folds' rows, scored on "
+                     f"the fold's: the {WAYS[c['chosen']]} is submitted" + (
+                         "" if c["chosen"] == c["submitted"] else " (its blend failed: the best trial stands alone)"))
     if b is not None:
         weights = ", ".join(f"{r} {w:.2f}" for r, w in b["weights"].items() if w > 0)
         items.append(f"blend {b['name']} ({weights}): {m} {b['cv']:.5f} with weights fit on the rows it scores")
