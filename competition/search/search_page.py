@@ -39,7 +39,8 @@ def _trial_row(t, out: Path, folder: Path) -> str:
             f'{_cell(_knobs(t.params))}{_cell(value)}{_cell(state)}{_cell(seconds)}{_cell(a.get("error", ""))}</tr>')
 
 
-WAYS = {"best": "the best trial alone", "blend": "a blend of the best 20", "portfolio": "a blend of the portfolio's trials"}
+WAYS = {"best": "the best trial alone", "blend": "a blend of the best trials (up to 20)",
+        "portfolio": "a blend of the portfolio's trials"}
 
 
 def numbers(s: dict) -> list[str]:
