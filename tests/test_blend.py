@@ -18,7 +18,6 @@ from competition.experiments.blending import (
     combine,
     cross_fit,
     greedy_weights,
-    tie_loss,
 )
 
 
@@ -147,18 +146,6 @@ def test_rank_blend_keeps_each_runs_order_and_is_refused_where_probabilities_are
     capsys.readouterr()
     refused(capsys, blend.main(["--config", str(cfg), "one", "two", "--method", "rank"]), "--method rank",
             "accuracy", "roc_auc")
-
-
-def test_the_tie_break_is_the_kits_log_loss_in_numpy():
-    """Greedy selection breaks ties by log loss thousands of times: numpy's, equal to the metric's
-    (single-label with rows to renormalise, and multi-label), without scikit-learn's per-call checks."""
-    rng = np.random.default_rng(1)
-    single = rng.dirichlet(np.ones(4), 60) * 1.3  # rows that do not sum to 1, and a few probabilities of 0
-    single[:3, 0] = 0.0
-    y = rng.integers(0, 4, 60)
-    multi, labels = rng.random((60, 5)), rng.integers(0, 2, (60, 5))
-    for truth, p in ((y, single), (labels, multi)):
-        assert tie_loss(truth, p) == pytest.approx(METRICS["log_loss"](truth, p), rel=1e-12)
 
 
 def test_the_budget_set_aside_for_autos_final_choice_counts_the_scorings_it_makes(monkeypatch):

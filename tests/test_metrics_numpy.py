@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from competition.core.metrics import METRICS, _binary_f1_threshold, decide
+from competition.core.metrics import METRICS, _binary_f1_threshold, decide, log_loss
 
 
 def _sklearn_f1_threshold(y: np.ndarray, positive: np.ndarray) -> float:
@@ -75,3 +75,18 @@ def test_edge_cases_score_as_scikit_learn_does():
     with pytest.raises(ValueError, match="Only one class"):
         METRICS["roc_auc"](y, p)
     assert _binary_f1_threshold(y, p[:, 1]) == [0.5]
+
+
+def test_log_loss_renormalises_rows_and_clips_zeros_as_the_kit_defines_it():
+    """Greedy selection breaks ties by this log loss thousands of times (single-label with rows to
+    renormalise and probabilities of 0, and multi-label): scikit-learn's on the clipped, renormalised rows."""
+    rng = np.random.default_rng(1)
+    single = rng.dirichlet(np.ones(4), 60) * 1.3  # rows that do not sum to 1, and a few probabilities of 0
+    single[:3, 0] = 0.0
+    y = rng.integers(0, 4, 60)
+    clipped = np.clip(single, 1e-15, 1 - 1e-15)
+    assert log_loss(y, single) == pytest.approx(
+        skm.log_loss(y, clipped / clipped.sum(1, keepdims=True), labels=np.arange(4)), rel=1e-12)
+    multi, labels = np.clip(rng.random((60, 5)), 1e-15, 1 - 1e-15), rng.integers(0, 2, (60, 5))
+    assert log_loss(labels, multi) == pytest.approx(
+        np.mean([skm.log_loss(labels[:, k], multi[:, k], labels=[0, 1]) for k in range(5)]), rel=1e-12)

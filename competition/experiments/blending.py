@@ -18,17 +18,11 @@ METHODS = ("weights", "mean", "rank")  # --method
 RANK_METRICS = ("roc_auc", "mean_roc_auc")  # metrics that read only the order of each column
 
 
-def tie_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """core.metrics' log loss, without the Metric wrapper's conversions: greedy selection computes it
-    rounds × runs × (folds + 1) times."""
-    return log_loss(y, p)
-
-
 def _key(metric: Metric, y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """Bigger is better: the metric in its direction, then (for ties, frequent with accuracy on a
     few hundred rows) the lower log loss, which still moves when the decisions do not."""
     score = metric.best(y, p)
-    return (score if metric.higher_is_better else -score, -tie_loss(y, p))
+    return (score if metric.higher_is_better else -score, -log_loss(y, p))
 
 
 def greedy_weights(metric: Metric, y: np.ndarray, preds: Sequence[np.ndarray], rounds: int = ROUNDS) -> np.ndarray:
@@ -190,6 +184,6 @@ def choose(metric: Metric, y: np.ndarray, fold: np.ndarray, preds: Sequence[np.n
     for way, fit in ways.items():
         honest, _ = across_folds(fit, y, fold, preds)
         scores[way] = held_out_score(metric, y, fold, honest)
-        keys[way] = (scores[way] if metric.higher_is_better else -scores[way], -tie_loss(y, honest))
+        keys[way] = (scores[way] if metric.higher_is_better else -scores[way], -log_loss(y, honest))
     order = ranked(metric, y, preds)
     return Choice(max(keys, key=keys.__getitem__), order, scores, held_out_score(metric, y, fold, preds[order[0]]))
