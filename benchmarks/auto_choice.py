@@ -33,7 +33,7 @@ from results import machine_name, publish  # noqa: E402
 
 from competition.core.choices import AUTO_DIR  # noqa: E402
 from competition.core.metrics import METRICS  # noqa: E402
-from competition.experiments.blending import blend_of_best, choose, greedy_weights, ranked  # noqa: E402
+from competition.experiments.blending import blend_of, blend_of_best, choose, ranked  # noqa: E402
 from competition.experiments.standings import stored_target  # noqa: E402
 from competition.io.prob_columns import read_oof_probs  # noqa: E402
 from competition.io.runs import RunRecord  # noqa: E402
@@ -82,9 +82,12 @@ def _order(d, rows) -> list[int]:
     return ranked(d["metric"], d["y"][rows], [p[rows] for p in d["oof"]])
 
 
-def top20(d, rows, rng) -> dict[int, float]:
-    w = blend_of_best(d["metric"], d["y"][rows], [p[rows] for p in d["oof"]], TOP)
+def _sparse(w: np.ndarray) -> dict[int, float]:
     return {i: float(x) for i, x in enumerate(w) if x > 0}
+
+
+def top20(d, rows, rng) -> dict[int, float]:
+    return _sparse(blend_of_best(d["metric"], d["y"][rows], [p[rows] for p in d["oof"]], TOP))
 
 
 def recipe_best(d, rows, rng) -> dict[int, float]:
@@ -110,10 +113,7 @@ def best(d, rows, rng) -> dict[int, float]:
 
 
 def _greedy(d, rows, chosen) -> dict[int, float]:
-    if len(chosen) == 1:
-        return {chosen[0]: 1.0}
-    w = greedy_weights(d["metric"], d["y"][rows], [d["oof"][i][rows] for i in chosen])
-    return {i: float(x) for i, x in zip(chosen, w, strict=True) if x > 0}
+    return _sparse(blend_of(d["metric"], d["y"][rows], [p[rows] for p in d["oof"]], chosen))
 
 
 WAYS: dict[str, Callable] = {"top20": top20, "recipe_best": recipe_best, "portfolio": portfolio, "bagged": bagged,
