@@ -54,8 +54,8 @@ def numbers(s: dict) -> list[str]:
     if len(c["scores"]) > 1:
         ways = ", ".join(f"{WAYS[w]} {score:.5f}" for w, score in c["scores"].items())
         items.append(f"{ways}: each chosen (the trials ranked, the weights fit) on the other folds' rows, scored on "
-                     f"the fold's: the {WAYS[c['chosen']]} is submitted" + (
-                         "" if c["chosen"] == c["submitted"] else " (its blend failed: the best trial stands alone)"))
+                     f"the fold's; submitted: {WAYS[c['chosen']]}" + (
+                         "" if c["chosen"] == c["submitted"] else " (its blend failed: the best trial alone instead)"))
     if b is not None:
         weights = ", ".join(f"{r} {w:.2f}" for r, w in b["weights"].items() if w > 0)
         items.append(f"blend {b['name']} ({weights}): {m} {b['cv']:.5f} with weights fit on the rows it scores")
