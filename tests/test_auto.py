@@ -201,3 +201,30 @@ def test_auto_on_images_trains_a_backbone_from_scratch_and_writes_the_checked_su
     assert (trial0.model.name, trial0.model.pretrained, trial0.train.freeze_epochs) == ("test_resnet", False, 0)
     summary = json.loads((tmp_path / "outputs" / "auto" / "shapes" / "summary.json").read_text())
     assert summary["seconds"] <= SLACK * 60 and np.isfinite(summary["estimate"]) and summary["trials"] == {"complete": 1}
+
+
+def test_a_setting_already_tried_is_not_trained_again_and_counts_as_repeated(capsys):
+    from types import SimpleNamespace
+
+    from competition.search.loop import repeated
+    from competition.search.outcome import counts
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    space = {"recipe": optuna.distributions.CategoricalDistribution(["logreg"]),
+             "model.params.C": optuna.distributions.FloatDistribution(1e-3, 100.0, log=True)}
+    search = SimpleNamespace(study=study)
+    first = study.ask(space)
+    first.set_user_attr("run", "t-t000-logreg")
+    study.tell(first, 0.8)
+    study.enqueue_trial(first.params)
+    again = study.ask(space)
+    assert repeated(search, again)
+    assert study.trials[again.number].value == 0.8 and "run" not in study.trials[again.number].user_attrs
+    assert "the settings of trial 0, not trained again" in capsys.readouterr().out
+    study.enqueue_trial({"recipe": "logreg", "model.params.C": 2.0})
+    other = study.ask(space)
+    assert not repeated(search, other)
+    other.set_user_attr("run", "t-t002-logreg")
+    study.tell(other, 0.7)
+    assert counts(search) == {"complete": 2, "repeated": 1}

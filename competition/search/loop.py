@@ -123,6 +123,19 @@ def warm_up() -> None:
         importlib.import_module(name)
 
 
+def repeated(search: Search, trial) -> bool:
+    """Whether the trial repeats a finished trial's very settings (TPE does on small spaces): then it takes
+    that trial's outcome, is not trained again, and counts as repeated, not as a trial of its own."""
+    same = same_as(search, trial)
+    if same is None:
+        return False
+    trial.set_user_attr("same_as", same.number)
+    search.study.tell(trial, same.value) if same.value is not None else search.study.tell(trial, state=same.state)
+    print(f"trial {trial.number} {trial.params.get('recipe', '')}: the settings of trial {same.number}, not trained "
+          f"again", flush=True)
+    return True
+
+
 def run_search(search: Search, argv: Sequence[str]) -> None:
     """Trials until the time for them is spent; a stop raises Interrupted (the CLI's one line)."""
     from optuna.trial import TrialState
@@ -137,13 +150,7 @@ def run_search(search: Search, argv: Sequence[str]) -> None:
             return
         trial, ran = search.study.ask(), ran + 1
         plan = plan_trial(search, trial, seconds)
-        same = same_as(search, trial)
-        if same is not None:
-            trial.set_user_attr("same_as", same.number)
-            search.study.tell(trial, same.value) if same.value is not None else search.study.tell(
-                trial, state=same.state)
-            print(f"trial {trial.number} {plan.recipe.name}: the settings of trial {same.number}, not trained again",
-                  flush=True)
+        if repeated(search, trial):
             continue
         if search.stop.requested is not None:  # Ctrl-C while the trial was being planned: it runs later
             trial.set_user_attr("outcome", "stopped before it started")

@@ -140,7 +140,7 @@ def finish(search: Search, url: str, output: str | None) -> dict:
     summary = {
         "study": search.cfg.name, "storage": url, "metric": search.metric.name,
         "higher_is_better": search.metric.higher_is_better, "budget_seconds": search.budget.total,
-        "trials": _counts(search), "best": {"trial": best.number, "run": best.user_attrs["run"],
+        "trials": counts(search), "best": {"trial": best.number, "run": best.user_attrs["run"],
                                             "recipe": best.params["recipe"], "cv": best.value},
         "choice": {"scores": choice.scores, "chosen": choice.way, "submitted": choice.way if record else "best"},
         "blend": None if record is None else {"name": record["name"], "cv": record["blend_cv"]["cv"],
@@ -156,12 +156,13 @@ def finish(search: Search, url: str, output: str | None) -> dict:
     return summary
 
 
-def _counts(search: Search) -> dict:
-    counts: dict[str, int] = {}
+def counts(search: Search) -> dict:
+    """The study's trials by outcome; a repeat of a finished trial's settings (not trained) as "repeated"."""
+    n: dict[str, int] = {}
     for t in search.study.get_trials(deepcopy=False):
-        state = t.user_attrs.get("outcome") or t.state.name.lower()
-        counts[state] = counts.get(state, 0) + 1
-    return counts
+        state = "repeated" if "same_as" in t.user_attrs else t.user_attrs.get("outcome") or t.state.name.lower()
+        n[state] = n.get(state, 0) + 1
+    return n
 
 
 def report(summary: dict, search: Search) -> None:
