@@ -162,6 +162,9 @@ def main() -> None:
         for name, way in WAYS.items():
             rows.append({"split": split.name, "way": name, "trials": len(d["oof"]), **score(d, way, 0)})
             print(rows[-1], flush=True)
+    if not rows:
+        parser.error(f"no split folder with outputs/{AUTO_DIR}/ under {', '.join(map(str, args.folders))}: give the "
+                     "folders --keep was given")
     df = pd.DataFrame(rows)
     lines = [f"Machine: {machine_name()}. Command: `python benchmarks/auto_choice.py DIR ...` on the folders of "
              "`benchmarks/auto.py --keep DIR`. Accuracy; cross-fit: every step of the choice made without the fold "
