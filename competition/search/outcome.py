@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from competition.core.interrupts import Interrupted
 from competition.io.checkpoints import BEST
 from competition.io.files import atomic_path, write_json
 from competition.io.runs import BLEND_FILE, BLENDS, CV_FILE
-from competition.search.search_page import numbers, write_page
+from competition.search.search_page import numbers, outcome, write_page
 from competition.search.study import LEFT_ATTR, Search
 from competition.search.trials import run_command
 
@@ -158,11 +159,7 @@ def finish(search: Search, url: str, output: str | None) -> dict:
 
 def counts(search: Search) -> dict:
     """The study's trials by outcome; a repeat of a finished trial's settings (not trained) as "repeated"."""
-    n: dict[str, int] = {}
-    for t in search.study.get_trials(deepcopy=False):
-        state = "repeated" if "same_as" in t.user_attrs else t.user_attrs.get("outcome") or t.state.name.lower()
-        n[state] = n.get(state, 0) + 1
-    return n
+    return dict(Counter(outcome(t) for t in search.study.get_trials(deepcopy=False)))
 
 
 def report(summary: dict, search: Search) -> None:

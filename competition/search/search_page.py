@@ -24,11 +24,15 @@ def _knobs(params: dict) -> str:
     return ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in params.items() if k != "recipe")
 
 
+def outcome(t) -> str:
+    """A trial's outcome as summary.json counts it: "repeated" for a repeat of a finished trial's
+    settings (not trained), else the outcome auto recorded, else Optuna's state."""
+    return "repeated" if "same_as" in t.user_attrs else t.user_attrs.get("outcome") or t.state.name.lower()
+
+
 def _trial_row(t, out: Path, folder: Path) -> str:
     a = t.user_attrs
-    state = a.get("outcome") or t.state.name.lower()
-    if "same_as" in a:
-        state = f"the settings of trial {a['same_as']}"
+    state = f"the settings of trial {a['same_as']}" if "same_as" in a else outcome(t)
     run = a.get("run", "")
     page = out / run / "report.html"
     link = (f'<a href="{html.escape(os.path.relpath(page, folder))}">{html.escape(run)}</a>' if page.is_file()
