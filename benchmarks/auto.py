@@ -25,38 +25,34 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
-from sklearn.datasets import load_breast_cancer, load_wine
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from baselines import titanic_split, write_titanic  # noqa: E402
+from baselines import write_titanic  # noqa: E402
 from results import machine_name, publish  # noqa: E402
-from tables import autogluon, held_out, kit_config, sklearn_split, write_split  # noqa: E402
+from tables import autogluon, held_out, kit_config, split_of, write_split  # noqa: E402
 
 from competition.core.durations import format_duration, parse_duration  # noqa: E402
 
 TITLE = "auto: a time-budgeted search against AutoGluon"
 
 
-def _split(name: str, seed: int, titanic_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    if name == "titanic":
-        return titanic_split(pd.read_csv(titanic_csv), seed)
-    return sklearn_split({"breast_cancer": load_breast_cancer, "wine": load_wine}[name], seed)
-
-
+@lru_cache
 def held_out_rows(name: str, titanic_csv: Path) -> int:
-    """The held-out rows of a split of this dataset (a stratified 20%: the same count for every seed)."""
-    return len(_split(name, 1, titanic_csv)[1])
+    """The held-out rows of a split of this dataset (a stratified 20%: the same count for every seed); one
+    split made per dataset, whatever the number of budgets rendered."""
+    return len(split_of(name, 1, titanic_csv)[1])
 
 
 def prepare(name: str, seed: int, work: Path, titanic_csv: Path) -> tuple[Path, str, str]:
     """The split in Kaggle's layout under work/<name> (answers in solution.csv): (root, label, id column)."""
     root = work / name
-    tr, te = _split(name, seed, titanic_csv)
+    tr, te = split_of(name, seed, titanic_csv)
     if name == "titanic":
         write_titanic(root, tr, te)
         return root, "Survived", "PassengerId"

@@ -136,6 +136,14 @@ def sklearn_split(loader, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return train_test_split(frame, test_size=0.2, random_state=seed, stratify=frame["target"])
 
 
+def split_of(name: str, seed: int, titanic_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The seed's (train, held-out) split of a benchmark table: Titanic's from its CSV, the others from
+    scikit-learn's loaders."""
+    if name == "titanic":
+        return titanic_split(pd.read_csv(titanic_csv), seed)
+    return sklearn_split({"breast_cancer": load_breast_cancer, "wine": load_wine}[name], seed)
+
+
 def write_split(root: Path, tr: pd.DataFrame, te: pd.DataFrame, idc: str, label: str) -> None:
     root.mkdir()
     tr.to_csv(root / "train.csv", index=False)
@@ -147,13 +155,12 @@ def write_split(root: Path, tr: pd.DataFrame, te: pd.DataFrame, idc: str, label:
 def one_split(name: str, seed: int, shared: Path, runs: list[str], ag: str | None, ag_seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work, root = Path(tmp), Path(tmp) / name
+        tr, te = split_of(name, seed, shared / "data" / "titanic" / "train.csv")
         if name == "titanic":
-            tr, te = titanic_split(pd.read_csv(shared / "data" / "titanic" / "train.csv"), seed)
             write_titanic(root, tr, te)
             idc, label, raw = "PassengerId", "Survived", TITANIC_RAW
             baselines = titanic_baselines(tr, te)
         else:
-            tr, te = sklearn_split({"breast_cancer": load_breast_cancer, "wine": load_wine}[name], seed)
             write_split(root, tr, te, "id", "target")
             idc, label, raw = "id", "target", [c for c in tr.columns if c not in ("id", "target")]
             baselines = {f"{n} (raw columns)": float((m().fit(tr[raw], tr[label]).predict(te[raw]) == te[label]).mean())
